@@ -1,0 +1,47 @@
+"""nnkern: neural networks on NumPy arrays with hand-written Cython, Numba and CUDA kernels.
+
+    import nnkern
+    nnkern.available_backends()        # e.g. ['numpy', 'cython', 'numba']
+    with nnkern.use_backend("cython"):
+        loss, dlogits = nnkern.ops.softmax_cross_entropy(logits, labels)
+
+Submodules: ``ops`` (kernels on arrays), ``nn`` (layers, Sequential models, losses),
+``optim`` (optimizers), ``data`` (MNIST and a DataLoader), ``grad`` (numerical gradients).
+"""
+
+from __future__ import annotations
+
+from ._backend import (
+    BackendUnavailableError,
+    available_backends,
+    get_backend,
+    set_backend,
+    unavailable_reason,
+    use_backend,
+)
+from ._threads import get_num_threads, set_num_threads
+from . import ops
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "available_backends",
+    "get_backend",
+    "set_backend",
+    "use_backend",
+    "unavailable_reason",
+    "get_num_threads",
+    "set_num_threads",
+    "ops",
+    "__version__",
+]
+
+
+def __getattr__(name):
+    # nn, optim, data, grad are imported on first use so that `import nnkern` stays light.
+    if name in ("nn", "optim", "data", "grad"):
+        import importlib
+
+        return importlib.import_module(f"nnkern.{name}")
+    raise AttributeError(f"module 'nnkern' has no attribute {name!r}")

@@ -1,0 +1,63 @@
+"""The kernel interface every backend implements, and the registry that finds backends.
+
+A backend is a module ``nnkern.backends.<name>_backend`` that exports every name in
+``KERNELS``. The public functions in :mod:`nnkern.ops` validate their arguments (shapes,
+dtypes, label ranges, ``out=`` buffers) and then call these raw kernels, so a kernel can
+assume:
+
+* every float array is C-contiguous and of one dtype, float32 or float64;
+* every output buffer is allocated, of the right shape and dtype, and writeable;
+* integer labels are int64, in range;
+* sizes are non-zero (the ops layer answers empty problems itself).
+
+Raw kernel signatures (outputs are written in place; losses return a Python float):
+
+    matmul(a, b, trans_a, trans_b, out)
+    linear(x, w, b, act, slope, out)               # out = act(x @ w + b)
+    activation(act, x, slope, out)
+    activation_grad(act, x, y, grad_out, slope, out)   # x or y is None when act does not need it
+    softmax(x, out)
+    softmax_cross_entropy(logits, labels, dlogits) -> float   # labels: int64 (N,) or targets (N, C)
+    mse(pred, target, half_sum, dpred) -> float
+    binary_cross_entropy(prob, target, dprob) -> float
+    bias_grad(dy, out)                              # column sums of dy
+    sgd_update(p, g, lr)                            # p, g and state arrays: 1-D, same length
+    momentum_update(p, g, v, lr, momentum)
+    adagrad_update(p, g, h, lr, eps)
+    rmsprop_update(p, g, h, lr, alpha, eps)
+    adadelta_update(p, g, h, d, lr, rho, eps)
+    adam_update(p, g, m, v, t, lr, beta1, beta2, eps)
+
+``act`` is one of ``ACTIVATIONS``; ``slope`` is leaky_relu's negative slope (ignored by
+the others). ``ACTIVATION_CODES`` gives the integer code compiled kernels switch on.
+"""
+
+from __future__ import annotations
+
+KERNELS = (
+    "matmul",
+    "linear",
+    "activation",
+    "activation_grad",
+    "softmax",
+    "softmax_cross_entropy",
+    "mse",
+    "binary_cross_entropy",
+    "bias_grad",
+    "sgd_update",
+    "momentum_update",
+    "adagrad_update",
+    "rmsprop_update",
+    "adadelta_update",
+    "adam_update",
+)
+
+# "gelu" is the exact erf form; "gelu_tanh" the tanh approximation (ops.activation maps
+# approximate="tanh" onto it). "step" is the source material's step function (gradient 0).
+ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "gelu", "gelu_tanh", "step")
+ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+
+# Which forward quantity each activation's gradient is computed from.
+GRAD_NEEDS_OUTPUT = frozenset({"sigmoid", "tanh"})
+
+BACKENDS = ("numpy", "cython", "numba", "cuda")
