@@ -1,0 +1,36 @@
+"""Tolerances that follow the dtype (and the length of a reduction): one place for all tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Elementwise functions (exp, tanh, erf, log) differ by a few ulp between libm, NumPy and
+# vectorised versions; these bounds sit well above that and well below any real bug.
+ELEMENTWISE_RTOL = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-13}
+
+
+def rtol(dtype) -> float:
+    return ELEMENTWISE_RTOL[np.dtype(dtype)]
+
+
+def assert_close(actual, expected, dtype, scale=1.0, factor=1.0):
+    """|actual - expected| <= factor * rtol(dtype) * (|expected| + scale)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    tol = factor * rtol(dtype)
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale)
+
+
+def assert_matmul_close(c, a_op, b_op):
+    """The classic error bound of a length-k dot product in the inputs' precision:
+    |C - A@B| <= 2 k eps (|A| @ |B|), checked against the float64 product of the same inputs."""
+    dtype = np.dtype(c.dtype)
+    a64, b64 = np.asarray(a_op, np.float64), np.asarray(b_op, np.float64)
+    exact = a64 @ b64
+    k = a64.shape[1]
+    bound = 2 * max(k, 1) * np.finfo(dtype).eps * (np.abs(a64) @ np.abs(b64)) + np.finfo(dtype).tiny
+    err = np.abs(np.asarray(c, np.float64) - exact)
+    worst = np.unravel_index(np.argmax(err - bound), err.shape) if err.size else None
+    assert np.all(err <= bound), (
+        f"matmul error {err[worst]:.3g} exceeds bound {bound[worst]:.3g} at {worst} (k={k}, {dtype})"
+    )

@@ -1,0 +1,34 @@
+"""Shared test configuration.
+
+tests/cuda runs in its own pytest process with NUMBA_ENABLE_CUDASIM=1 (see .ci/run): the
+simulator replaces numba.cuda process-wide, so it must never leak into this run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import nnkern
+
+collect_ignore = ["cuda", "cuda_ptx"]
+
+FAST_CPU_BACKENDS = [b for b in nnkern.available_backends() if b not in ("numpy", "cuda")]
+
+
+@pytest.fixture(params=FAST_CPU_BACKENDS)
+def fast_backend(request):
+    """Each fast CPU backend usable here (cuda is tested in tests/cuda)."""
+    return request.param
+
+
+@pytest.fixture(params=["numpy", *FAST_CPU_BACKENDS])
+def any_backend(request):
+    """The reference and each fast CPU backend."""
+    return request.param
+
+
+def pytest_report_header(config):
+    expected = os.environ.get("NNKERN_EXPECT_BACKENDS", "")
+    return [f"nnkern backends available: {nnkern.available_backends()} (expected: {expected or 'unset'})"]
