@@ -1,0 +1,80 @@
+"""The backend registry and the one thread setting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nnkern
+from nnkern import ops
+
+
+def test_numpy_is_always_available():
+    assert "numpy" in nnkern.available_backends()
+
+
+def test_set_and_use_backend():
+    before = nnkern.get_backend()
+    with nnkern.use_backend("numpy"):
+        assert nnkern.get_backend() == "numpy"
+    assert nnkern.get_backend() == before
+    nnkern.set_backend("numpy")
+    try:
+        assert nnkern.get_backend() == "numpy"
+    finally:
+        nnkern.set_backend(before)
+
+
+def test_unknown_backend_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown backend 'tensorflow'.*numpy, cython, numba, cuda"):
+        nnkern.set_backend("tensorflow")
+    with pytest.raises(ValueError, match="unknown backend"):
+        ops.softmax(np.zeros((2, 2)), backend="jax")
+
+
+def test_unusable_backend_says_why_and_is_not_replaced():
+    """Without a GPU (and without the simulator) "cuda" is refused with its reason."""
+    if "cuda" in nnkern.available_backends():
+        pytest.skip("a CUDA device or the simulator is present in this process")
+    reason = nnkern.unavailable_reason("cuda")
+    assert reason
+    with pytest.raises(nnkern.BackendUnavailableError, match="backend 'cuda' is not usable here"):
+        nnkern.set_backend("cuda")
+    with pytest.raises(nnkern.BackendUnavailableError):
+        ops.softmax(np.zeros((2, 2)), backend="cuda")
+    assert nnkern.get_backend() != "cuda"
+
+
+def test_default_backend_is_the_fastest_usable_cpu_backend():
+    code = "import nnkern; print(nnkern.get_backend())"
+    env_free = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={"PATH": "", "NNKERN_BACKEND": ""})
+    want = next(b for b in ("cython", "numba", "numpy") if b in nnkern.available_backends())
+    assert env_free.stdout.strip() == want
+
+
+def test_set_num_threads_validates_and_round_trips():
+    n = nnkern.get_num_threads()
+    assert n >= 1
+    with pytest.raises(ValueError, match="positive integer"):
+        nnkern.set_num_threads(0)
+    with pytest.raises(ValueError, match="positive integer"):
+        nnkern.set_num_threads(1.5)
+    nnkern.set_num_threads(1)
+    try:
+        assert nnkern.get_num_threads() == 1
+        from threadpoolctl import threadpool_info
+
+        blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+        assert all(p["num_threads"] == 1 for p in blas)
+    finally:
+        nnkern.set_num_threads(n)
+
+
+def test_import_does_not_import_numba_or_compile():
+    code = "import sys, nnkern; print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
