@@ -365,12 +365,12 @@ def _class_labels(labels, n: int, n_classes: int, op: str):
         bad = ~np.isfinite(labels) | (labels != np.floor(labels))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{op}: labels must be integers, got {labels[i]!r} at index {i}")
+            raise ValueError(f"{op}: labels must be integers, got {labels[i].item()!r} at index {i}")
     lo, hi = labels.min(), labels.max()
     if lo < 0 or hi >= n_classes:
         i = int(np.flatnonzero((labels < 0) | (labels >= n_classes))[0])
         raise ValueError(
-            f"{op}: label {labels[i]} at index {i} is out of range for {n_classes} classes (0..{n_classes - 1})"
+            f"{op}: label {labels[i].item()} at index {i} is out of range for {n_classes} classes (0..{n_classes - 1})"
         )
     return np.ascontiguousarray(labels, dtype=np.int64)
 
