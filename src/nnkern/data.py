@@ -364,12 +364,13 @@ def _cached(cache: OrderedDict, key, make, usable=lambda value: True):
 
 
 def _files_identity(directory: Path) -> tuple:
-    """Changes whenever one of the four files is replaced or rewritten."""
-    identity = [str(directory.resolve())]
+    """Names the four files' content: the same for a directory of symlinks to them, and
+    changed whenever one is replaced or rewritten."""
+    identity = []
     for name in MNIST_FILES:
-        file = _file_in(directory, name)
+        file = _file_in(directory, name).resolve()
         st = file.stat()
-        identity.append((file.name, st.st_ino, st.st_size, st.st_mtime_ns))
+        identity.append((str(file), st.st_ino, st.st_size, st.st_mtime_ns))
     return tuple(identity)
 
 
