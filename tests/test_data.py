@@ -420,6 +420,7 @@ def test_download_failure_is_fast_and_listed(isolated_lookup, monkeypatch):
     assert [url for url, _ in fake.calls] == [f"{m}train-images-idx3-ubyte.gz" for m in data.MNIST_MIRRORS]
     assert all(0 < timeout <= 30 for _, timeout in fake.calls)
     assert "Name or service not known" in str(excinfo.value)
+    assert "not tried, no mirror answered: train-labels-idx1-ubyte.gz, t10k-images" in str(excinfo.value)
     cache = isolated_lookup / "xdg_cache" / "nnkern" / "mnist"
     assert not any(cache.iterdir())
 

@@ -220,8 +220,8 @@ def _fetch(url: str) -> bytes:
 def _download_into(cache_dir: Path, names: list[str]) -> list[str]:
     """Download ``names`` into ``cache_dir``, each verified before it is moved into place.
 
-    Returns the reasons of the failures (empty on success). A mirror that cannot be reached
-    is not tried again for the remaining files.
+    Returns the reasons of the failures (empty on success). A mirror that fails to answer
+    (unreachable, timeout, HTTP error) is not tried again for the remaining files.
     """
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -229,7 +229,10 @@ def _download_into(cache_dir: Path, names: list[str]) -> list[str]:
         return [f"cannot create {cache_dir}: {exc}"]
     failures: list[str] = []
     dead_mirrors: set[str] = set()
-    for name in names:
+    for position, name in enumerate(names):
+        if len(dead_mirrors) == len(MNIST_MIRRORS):
+            failures.append("not tried, no mirror answered: " + ", ".join(f"{n}.gz" for n in names[position:]))
+            break
         reasons = []
         for mirror in MNIST_MIRRORS:
             if mirror in dead_mirrors:
@@ -252,7 +255,7 @@ def _download_into(cache_dir: Path, names: list[str]) -> list[str]:
             _atomic_write_bytes(cache_dir / f"{name}.gz", payload)
             break
         else:
-            failures.append(f"{name}.gz: " + ("; ".join(reasons) or "no mirror left to try"))
+            failures.append(f"{name}.gz: " + "; ".join(reasons))
     return failures
 
 
