@@ -1,0 +1,73 @@
+# The C-level API of the Cython backend's GEMM and activations (nnk_gemm.h, nnk_act.h),
+# for any .pyx module to cimport: `from gemm cimport *` or named imports. All nogil.
+#
+#   nnk_gemm_{s,d}(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, epilogue, num_threads)
+#       c (m x n, row stride ldc) = op(a) @ op(b), then the epilogue (NULL: none).
+#   nnk_pack_b_{s,d}(trans_b, k, n, b, ldb, dst, num_threads)
+#       op(b) packed once into dst (nnk_packed_b_size_{s,d}(k, n) elements, 64-byte aligned,
+#       e.g. from nnk_alloc), then reused by
+#   nnk_gemm_packed_b_{s,d}(trans_a, m, n, k, a, lda, packed_b, c, ldc, epilogue, num_threads)
+# The gemm functions return 0, or -1 when a work buffer could not be allocated.
+#
+# Epilogue: bias (or NULL) added per column, then activation act; or, when grad_src is
+# not NULL, c *= act'(grad_src) (the backward mask, grad_src being the activation's input,
+# or its output for the activations nnk_grad_needs_output names).
+
+cdef extern from "nnk_act.h" nogil:
+    enum:
+        NNK_IDENTITY
+        NNK_SIGMOID
+        NNK_TANH
+        NNK_RELU
+        NNK_LEAKY_RELU
+        NNK_GELU
+        NNK_GELU_TANH
+        NNK_STEP
+    int nnk_grad_needs_output(int act)
+    void nnk_act_block_s(int act, float slope, const float *x, Py_ssize_t ldx, float *y,
+                         Py_ssize_t ldy, Py_ssize_t rows, Py_ssize_t cols)
+    void nnk_act_block_d(int act, double slope, const double *x, Py_ssize_t ldx, double *y,
+                         Py_ssize_t ldy, Py_ssize_t rows, Py_ssize_t cols)
+    void nnk_act_grad_block_s(int act, float slope, const float *x, Py_ssize_t ldx,
+                              const float *y, Py_ssize_t ldy, const float *g, Py_ssize_t ldg,
+                              float *out, Py_ssize_t ldo, Py_ssize_t rows, Py_ssize_t cols)
+    void nnk_act_grad_block_d(int act, double slope, const double *x, Py_ssize_t ldx,
+                              const double *y, Py_ssize_t ldy, const double *g, Py_ssize_t ldg,
+                              double *out, Py_ssize_t ldo, Py_ssize_t rows, Py_ssize_t cols)
+
+
+cdef extern from "nnk_gemm.h" nogil:
+    ctypedef struct nnk_epilogue_s:
+        const float *bias
+        int act
+        float slope
+        const float *grad_src
+        Py_ssize_t ld_grad_src
+    ctypedef struct nnk_epilogue_d:
+        const double *bias
+        int act
+        double slope
+        const double *grad_src
+        Py_ssize_t ld_grad_src
+
+    void *nnk_alloc(size_t nbytes)
+
+    int nnk_gemm_s(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                   const float *a, Py_ssize_t lda, const float *b, Py_ssize_t ldb,
+                   float *c, Py_ssize_t ldc, const nnk_epilogue_s *ep, int num_threads)
+    int nnk_gemm_d(int trans_a, int trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                   const double *a, Py_ssize_t lda, const double *b, Py_ssize_t ldb,
+                   double *c, Py_ssize_t ldc, const nnk_epilogue_d *ep, int num_threads)
+
+    size_t nnk_packed_b_size_s(Py_ssize_t k, Py_ssize_t n)
+    size_t nnk_packed_b_size_d(Py_ssize_t k, Py_ssize_t n)
+    void nnk_pack_b_s(int trans_b, Py_ssize_t k, Py_ssize_t n, const float *b, Py_ssize_t ldb,
+                      float *dst, int num_threads)
+    void nnk_pack_b_d(int trans_b, Py_ssize_t k, Py_ssize_t n, const double *b, Py_ssize_t ldb,
+                      double *dst, int num_threads)
+    int nnk_gemm_packed_b_s(int trans_a, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                            const float *a, Py_ssize_t lda, const float *b_packed,
+                            float *c, Py_ssize_t ldc, const nnk_epilogue_s *ep, int num_threads)
+    int nnk_gemm_packed_b_d(int trans_a, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                            const double *a, Py_ssize_t lda, const double *b_packed,
+                            double *c, Py_ssize_t ldc, const nnk_epilogue_d *ep, int num_threads)

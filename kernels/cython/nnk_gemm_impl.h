@@ -1,0 +1,328 @@
+/* The GEMM for one element type; included by nnk_gemm.h with NNK_T (the type), NNK_S
+ * (the name suffix, s or d), NNK_NR and NNK_KC_TARGET defined. Not a public header. */
+
+#define NNK_FN(name) NNK_PASTE(name, NNK_S)
+#define T NNK_T
+#define VEC NNK_FN(nnk_vec)
+#define VLEN ((ptrdiff_t)(NNK_VEC_BYTES / sizeof(T)))
+#define NV (NNK_NR / VLEN)
+#define MR NNK_MR
+#define NR NNK_NR
+
+typedef T VEC __attribute__((vector_size(NNK_VEC_BYTES)));
+
+/* The epilogue of one product (see nnk_gemm.h). */
+typedef struct {
+    const T *bias;         /* added to every row after the last K block, or NULL */
+    int act;               /* activation code (nnk_act.h); NNK_IDENTITY: none */
+    T slope;               /* leaky_relu's negative slope */
+    const T *grad_src;     /* NULL: C = act(C + bias). Otherwise C *= act'(grad_src), where
+                              grad_src is the activation's input x, or its output y for the
+                              activations that nnk_grad_needs_output() names */
+    ptrdiff_t ld_grad_src; /* row stride of grad_src */
+} NNK_FN(nnk_epilogue);
+#define EPILOGUE NNK_FN(nnk_epilogue)
+
+static inline VEC NNK_FN(nnk_loadu)(const T *p) {
+    VEC v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void NNK_FN(nnk_storeu)(T *p, VEC v) { __builtin_memcpy(p, &v, sizeof v); }
+
+/* c[0:mr, 0:nr] (+)= a_panel @ b_panel (+ bias): the MR x NR tile lives in registers for
+ * the whole K loop. a: kc columns of MR values; b: kc rows of NR values (64-byte aligned). */
+static inline void NNK_FN(nnk_micro_kernel)(ptrdiff_t kc, const T *restrict a, const T *restrict b,
+                                           T *restrict c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr,
+                                           int accumulate, const T *restrict bias) {
+    VEC acc[MR][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) acc[i][v] = (VEC){0};
+
+    for (ptrdiff_t p = 0; p < kc; p++) {
+        VEC bv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) bv[v] = *(const VEC *)(b + v * VLEN);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) {
+            T ai = a[i];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) acc[i][v] += ai * bv[v];
+        }
+        a += MR;
+        b += NR;
+    }
+
+    if (mr == MR && nr == NR) {
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) {
+            T *crow = c + i * ldc;
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) {
+                VEC r = acc[i][v];
+                if (accumulate) r += NNK_FN(nnk_loadu)(crow + v * VLEN);
+                if (bias) r += NNK_FN(nnk_loadu)(bias + v * VLEN);
+                NNK_FN(nnk_storeu)(crow + v * VLEN, r);
+            }
+        }
+    } else {
+        T tile[MR * NR] __attribute__((aligned(64)));
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) *(VEC *)(tile + i * NR + v * VLEN) = acc[i][v];
+        for (ptrdiff_t i = 0; i < mr; i++) {
+            T *crow = c + i * ldc;
+            for (ptrdiff_t j = 0; j < nr; j++) {
+                T r = tile[i * NR + j];
+                if (accumulate) r += crow[j];
+                if (bias) r += bias[j];
+                crow[j] = r;
+            }
+        }
+    }
+}
+
+/* Pack the mc x kc block A(i, p) = a[i * rs + p * cs] into MR-row panels: panel after
+ * panel, each kc columns of MR values, rows past mc zero. */
+static void NNK_FN(nnk_pack_a)(ptrdiff_t mc, ptrdiff_t kc, const T *a, ptrdiff_t rs, ptrdiff_t cs,
+                               T *restrict dst) {
+    for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
+        ptrdiff_t mr = nnk_min(MR, mc - ir);
+        const T *ap = a + ir * rs;
+        if (rs == 1 && mr == MR) { /* transposed A: each column of the panel is contiguous */
+            for (ptrdiff_t p = 0; p < kc; p++)
+#pragma GCC unroll 16
+                for (int r = 0; r < MR; r++) dst[p * MR + r] = ap[p * cs + r];
+        } else if (mr == MR) {
+            for (ptrdiff_t p = 0; p < kc; p++)
+#pragma GCC unroll 16
+                for (int r = 0; r < MR; r++) dst[p * MR + r] = ap[r * rs + p * cs];
+        } else {
+            for (ptrdiff_t p = 0; p < kc; p++)
+                for (ptrdiff_t r = 0; r < MR; r++) dst[p * MR + r] = r < mr ? ap[r * rs + p * cs] : (T)0;
+        }
+        dst += kc * MR;
+    }
+}
+
+/* Pack the k x n matrix B(p, j) = b[p * rs + j * cs] into NR-column panels over all of K:
+ * panel after panel, each k rows of NR values, columns past n zero. Panels
+ * [first_panel, end_panel) only, at their place in dst. */
+static void NNK_FN(nnk_pack_b_panels)(ptrdiff_t k, ptrdiff_t n, const T *b, ptrdiff_t rs, ptrdiff_t cs,
+                                      T *restrict dst, ptrdiff_t first_panel, ptrdiff_t end_panel) {
+    for (ptrdiff_t panel = first_panel; panel < end_panel; panel++) {
+        ptrdiff_t j0 = panel * NR, nr = nnk_min(NR, n - j0);
+        const T *bp = b + j0 * cs;
+        T *out = dst + panel * k * NR;
+        if (cs == 1 && nr == NR) { /* B not transposed: each row of the panel is contiguous */
+            for (ptrdiff_t p = 0; p < k; p++)
+#pragma GCC unroll 4
+                for (ptrdiff_t v = 0; v < NV; v++)
+                    *(VEC *)(out + p * NR + v * VLEN) = NNK_FN(nnk_loadu)(bp + p * rs + v * VLEN);
+        } else if (cs == 1) {
+            for (ptrdiff_t p = 0; p < k; p++)
+                for (ptrdiff_t j = 0; j < NR; j++) out[p * NR + j] = j < nr ? bp[p * rs + j] : (T)0;
+        } else { /* transposed B: read each column of the panel along its contiguous row */
+            for (ptrdiff_t j = 0; j < nr; j++)
+                for (ptrdiff_t p = 0; p < k; p++) out[p * NR + j] = bp[j * cs + p * rs];
+            for (ptrdiff_t j = nr; j < NR; j++)
+                for (ptrdiff_t p = 0; p < k; p++) out[p * NR + j] = (T)0;
+        }
+    }
+}
+
+/* Apply the activation part of the epilogue to the tile c[0:mr, 0:nr] at (row, col) of C. */
+static inline void NNK_FN(nnk_tile_epilogue)(const EPILOGUE *ep, T *c, ptrdiff_t ldc, ptrdiff_t row,
+                                             ptrdiff_t col, ptrdiff_t mr, ptrdiff_t nr) {
+    if (ep->grad_src) {
+        const T *src = ep->grad_src + row * ep->ld_grad_src + col;
+        int from_y = nnk_grad_needs_output(ep->act);
+        NNK_FN(nnk_act_grad_block)(ep->act, ep->slope, from_y ? NULL : src, ep->ld_grad_src,
+                                   from_y ? src : NULL, ep->ld_grad_src, c, ldc, c, ldc, mr, nr);
+    } else if (ep->act != NNK_IDENTITY) {
+        NNK_FN(nnk_act_block)(ep->act, ep->slope, c, ldc, c, ldc, mr, nr);
+    }
+}
+
+typedef struct {
+    ptrdiff_t kc, mc, nc;
+} NNK_FN(nnk_blocking);
+#define BLOCKING NNK_FN(nnk_blocking)
+
+/* Block sizes for one thread's m x n x k slice. */
+static BLOCKING NNK_FN(nnk_choose_blocking)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k) {
+    BLOCKING blk;
+    blk.kc = nnk_balanced_block(k, NNK_KC_TARGET, 8);
+    if (blk.kc > k) blk.kc = k;
+    ptrdiff_t mc_max = NNK_L2_BUDGET / (blk.kc * (ptrdiff_t)sizeof(T)) / MR * MR;
+    if (mc_max < MR) mc_max = MR;
+    blk.mc = m <= mc_max + mc_max / 4 ? nnk_round_up(m, MR) : nnk_balanced_block(m, mc_max, MR);
+    ptrdiff_t nc_max = NNK_L3_BUDGET / (k * (ptrdiff_t)sizeof(T)) / NR * NR;
+    if (nc_max < NR) nc_max = NR;
+    blk.nc = n <= nc_max + nc_max / 4 ? nnk_round_up(n, NR) : nnk_balanced_block(n, nc_max, NR);
+    return blk;
+}
+
+/* One thread's product: C[0:m, 0:n] = op(A)[0:m, :] @ B, B already packed (NR-column panels
+ * over all of K, covering the n columns), epilogue offsets already applied. */
+static void NNK_FN(nnk_gemm_slice)(int trans_a, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *a,
+                                   ptrdiff_t lda, const T *b_packed, T *c, ptrdiff_t ldc,
+                                   const EPILOGUE *ep, BLOCKING blk, T *a_buf) {
+    ptrdiff_t rs = trans_a ? 1 : lda, cs = trans_a ? lda : 1;
+    int has_tile_epilogue = ep && (ep->grad_src || ep->act != NNK_IDENTITY);
+    for (ptrdiff_t pc = 0; pc < k; pc += blk.kc) {
+        ptrdiff_t kc = nnk_min(blk.kc, k - pc);
+        int first = pc == 0, last = pc + kc >= k;
+        const T *bias = last && ep && !ep->grad_src ? ep->bias : NULL;
+        for (ptrdiff_t ic = 0; ic < m; ic += blk.mc) {
+            ptrdiff_t mc = nnk_min(blk.mc, m - ic);
+            NNK_FN(nnk_pack_a)(mc, kc, a + ic * rs + pc * cs, rs, cs, a_buf);
+            for (ptrdiff_t jr = 0; jr < n; jr += NR) {
+                ptrdiff_t nr = nnk_min(NR, n - jr);
+                const T *bp = b_packed + jr * k + pc * NR; /* panel jr / NR, row pc */
+                for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
+                    ptrdiff_t mr = nnk_min(MR, mc - ir);
+                    T *ct = c + (ic + ir) * ldc + jr;
+                    NNK_FN(nnk_micro_kernel)(kc, a_buf + ir * kc, bp, ct, ldc, mr, nr, !first,
+                                             bias ? bias + jr : NULL);
+                    if (last && has_tile_epilogue)
+                        NNK_FN(nnk_tile_epilogue)(ep, ct, ldc, ic + ir, jr, mr, nr);
+                }
+            }
+        }
+    }
+}
+
+/* How many threads a product is worth, and whether they split columns (else rows). */
+static int NNK_FN(nnk_gemm_threads)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, int num_threads,
+                                    int *split_columns) {
+    *split_columns = m <= n;
+    ptrdiff_t units = *split_columns ? nnk_ceil_div(n, NR) : nnk_ceil_div(m, MR);
+    if (num_threads < 1 || m * n * k < NNK_GEMM_PARALLEL_MIN_MNK) return 1;
+    return (int)nnk_min(num_threads, units);
+}
+
+/* The slice of the epilogue that belongs to the C block at (row, col). */
+static inline EPILOGUE NNK_FN(nnk_epilogue_at)(const EPILOGUE *ep, ptrdiff_t row, ptrdiff_t col) {
+    EPILOGUE sub = *ep;
+    if (sub.bias) sub.bias += col;
+    if (sub.grad_src) sub.grad_src += row * sub.ld_grad_src + col;
+    return sub;
+}
+
+/* Number of elements of B packed by nnk_pack_b for a k x n product operand. */
+static inline size_t NNK_FN(nnk_packed_b_size)(ptrdiff_t k, ptrdiff_t n) {
+    return (size_t)(k * nnk_round_up(n, NR));
+}
+
+/* Pack op(B) (k x n; B is n x k when trans_b) once, for nnk_gemm_packed_b calls that reuse
+ * it (weights between two updates). dst holds nnk_packed_b_size(k, n) elements, 64-byte
+ * aligned. */
+static void NNK_FN(nnk_pack_b)(int trans_b, ptrdiff_t k, ptrdiff_t n, const T *b, ptrdiff_t ldb,
+                               T *dst, int num_threads) {
+    ptrdiff_t panels = nnk_ceil_div(n, NR);
+    int nt = k * n < NNK_GEMM_PARALLEL_MIN_MNK / 4 ? 1 : (int)nnk_min(num_threads, panels);
+    ptrdiff_t rs = trans_b ? 1 : ldb, cs = trans_b ? ldb : 1;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        ptrdiff_t lo, hi;
+        nnk_partition(panels, nt, nnk_thread_id(), &lo, &hi);
+        NNK_FN(nnk_pack_b_panels)(k, n, b, rs, cs, dst, lo, hi);
+    }
+}
+
+/* C (m x n, row stride ldc) = op(A) @ op(B) with the epilogue ep (NULL: none). op(A) is
+ * m x k: A is m x k (row stride lda), or k x m when trans_a; likewise op(B) is k x n. */
+static int NNK_FN(nnk_gemm)(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                            const T *a, ptrdiff_t lda, const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc,
+                            const EPILOGUE *ep, int num_threads) {
+    int split_columns;
+    int nt = NNK_FN(nnk_gemm_threads)(m, n, k, num_threads, &split_columns);
+    ptrdiff_t a_rs = trans_a ? 1 : lda, b_rs = trans_b ? 1 : ldb, b_cs = trans_b ? ldb : 1;
+    int failed = 0;
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(|| : failed)
+    {
+        ptrdiff_t lo, hi, i0 = 0, i1 = m, j0 = 0, j1 = n;
+        if (split_columns) {
+            nnk_partition(nnk_ceil_div(n, NR), nt, nnk_thread_id(), &lo, &hi);
+            j0 = lo * NR;
+            j1 = nnk_min(n, hi * NR);
+        } else {
+            nnk_partition(nnk_ceil_div(m, MR), nt, nnk_thread_id(), &lo, &hi);
+            i0 = lo * MR;
+            i1 = nnk_min(m, hi * MR);
+        }
+        if (i0 < i1 && j0 < j1) {
+            BLOCKING blk = NNK_FN(nnk_choose_blocking)(i1 - i0, j1 - j0, k);
+            T *a_buf = nnk_alloc(sizeof(T) * blk.mc * blk.kc);
+            T *b_buf = nnk_alloc(sizeof(T) * k * blk.nc);
+            if (!a_buf || !b_buf) {
+                failed = 1;
+            } else {
+                for (ptrdiff_t jc = j0; jc < j1; jc += blk.nc) {
+                    ptrdiff_t nc = nnk_min(blk.nc, j1 - jc);
+                    NNK_FN(nnk_pack_b_panels)(k, nc, b + jc * b_cs, b_rs, b_cs, b_buf, 0, nnk_ceil_div(nc, NR));
+                    EPILOGUE sub;
+                    if (ep) sub = NNK_FN(nnk_epilogue_at)(ep, i0, jc);
+                    NNK_FN(nnk_gemm_slice)(trans_a, i1 - i0, nc, k, a + i0 * a_rs, lda, b_buf,
+                                           c + i0 * ldc + jc, ldc, ep ? &sub : NULL, blk, a_buf);
+                }
+            }
+            free(a_buf);
+            free(b_buf);
+        }
+    }
+    return failed ? -1 : 0;
+}
+
+/* As nnk_gemm, with op(B) packed beforehand by nnk_pack_b. */
+static int NNK_FN(nnk_gemm_packed_b)(int trans_a, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *a,
+                                     ptrdiff_t lda, const T *b_packed, T *c, ptrdiff_t ldc,
+                                     const EPILOGUE *ep, int num_threads) {
+    int split_columns;
+    int nt = NNK_FN(nnk_gemm_threads)(m, n, k, num_threads, &split_columns);
+    ptrdiff_t a_rs = trans_a ? 1 : lda;
+    int failed = 0;
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(|| : failed)
+    {
+        ptrdiff_t lo, hi, i0 = 0, i1 = m, j0 = 0, j1 = n;
+        if (split_columns) {
+            nnk_partition(nnk_ceil_div(n, NR), nt, nnk_thread_id(), &lo, &hi);
+            j0 = lo * NR;
+            j1 = nnk_min(n, hi * NR);
+        } else {
+            nnk_partition(nnk_ceil_div(m, MR), nt, nnk_thread_id(), &lo, &hi);
+            i0 = lo * MR;
+            i1 = nnk_min(m, hi * MR);
+        }
+        if (i0 < i1 && j0 < j1) {
+            BLOCKING blk = NNK_FN(nnk_choose_blocking)(i1 - i0, j1 - j0, k);
+            T *a_buf = nnk_alloc(sizeof(T) * blk.mc * blk.kc);
+            if (!a_buf) {
+                failed = 1;
+            } else {
+                EPILOGUE sub;
+                if (ep) sub = NNK_FN(nnk_epilogue_at)(ep, i0, j0);
+                NNK_FN(nnk_gemm_slice)(trans_a, i1 - i0, j1 - j0, k, a + i0 * a_rs, lda,
+                                       b_packed + j0 * k, c + i0 * ldc + j0, ldc, ep ? &sub : NULL,
+                                       blk, a_buf);
+            }
+            free(a_buf);
+        }
+    }
+    return failed ? -1 : 0;
+}
+
+#undef NNK_FN
+#undef T
+#undef VEC
+#undef VLEN
+#undef NV
+#undef MR
+#undef NR
+#undef EPILOGUE
+#undef BLOCKING
