@@ -1,0 +1,129 @@
+"""The "numba" backend: every kernel compiled by Numba for the CPU (see numba_kernels).
+
+Each function here maps the raw interface of :mod:`nnkern.backends` onto the compiled
+kernels: activation names to their integer codes, N-D arrays to flat views, Python floats to
+scalars of the arrays' dtype (so that float32 arithmetic stays float32, as in the NumPy
+reference), and the GEMM's operands to the layout its tiles read. Arguments arrive validated
+by :mod:`nnkern.ops`. Importing this module compiles nothing: each kernel is compiled on its
+first call for the dtype it is given, or loaded from Numba's on-disk cache.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import _threads
+from . import ACTIVATION_CODES, GRAD_NEEDS_OUTPUT
+from . import numba_kernels as _k
+
+# Numba is imported now (by numba_kernels): give it nnkern's thread count.
+_threads.get_num_threads()
+_threads.apply_to_numba()
+
+# Below this many multiply-adds a GEMM runs on one thread: a parallel region costs more
+# than it saves, and leaves the other cores free for the BLAS or a second model.
+GEMM_PARALLEL_MIN_FLOPS = 1 << 19
+
+
+def _gemm(a, b, trans_a, trans_b, out, bias, act, slope):
+    m, n = out.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    # Tiles read k-contiguous rows of op(a) and of op(b).T: a transposed op(a) is packed
+    # once here; op(b) is packed per column block inside the kernel, unless b is already
+    # op(b).T (trans_b), which it then reads in place.
+    if trans_a:
+        a_rows = np.empty((m, k), dtype=out.dtype)
+        _k.transpose_into(a, a_rows)
+    else:
+        a_rows = a
+    b_pack = b if trans_b else np.empty((n, k), dtype=out.dtype)
+    has_bias = bias is not None
+    if not has_bias:
+        bias = out[0]  # never read: has_bias is False
+    scalar_slope = out.dtype.type(slope)
+    threads = min(_threads.get_num_threads(), -(-n // _k.GEMM_TILE))
+    if threads > 1 and m * n * k >= GEMM_PARALLEL_MIN_FLOPS:
+        block_cols = -(-n // threads)
+        block_cols = -(-block_cols // _k.GEMM_TILE) * _k.GEMM_TILE
+        _k.gemm_parallel(a_rows, b, trans_b, b_pack, out, bias, has_bias, act, scalar_slope,
+                         block_cols)
+    else:
+        _k.gemm(a_rows, b, trans_b, b_pack, out, bias, has_bias, act, scalar_slope, n)
+
+
+def matmul(a, b, trans_a, trans_b, out):
+    _gemm(a, b, trans_a, trans_b, out, None, ACTIVATION_CODES["identity"], 0.0)
+
+
+def linear(x, w, b, act, slope, out):
+    _gemm(x, w, False, False, out, b, ACTIVATION_CODES[act], slope)
+
+
+def activation(act, x, slope, out):
+    _k.activation(ACTIVATION_CODES[act], x.reshape(-1), x.dtype.type(slope), out.reshape(-1))
+
+
+def activation_grad(act, x, y, grad_out, slope, out):
+    src = y if act in GRAD_NEEDS_OUTPUT else x
+    _k.activation_grad(ACTIVATION_CODES[act], src.reshape(-1), grad_out.reshape(-1),
+                       src.dtype.type(slope), out.reshape(-1))
+
+
+def softmax(x, out):
+    _k.softmax(x, out)
+
+
+def softmax_cross_entropy(logits, labels, dlogits):
+    if labels.ndim == 1:
+        return _k.softmax_cross_entropy_labels(logits, labels, dlogits)
+    return _k.softmax_cross_entropy_targets(logits, labels, dlogits)
+
+
+def mse(pred, target, half_sum, dpred):
+    return _k.mse(pred.reshape(-1), target.reshape(-1), bool(half_sum), dpred.reshape(-1))
+
+
+def binary_cross_entropy(prob, target, dprob):
+    return _k.binary_cross_entropy(prob.reshape(-1), target.reshape(-1), dprob.reshape(-1))
+
+
+def bias_grad(dy, out):
+    _k.bias_grad(dy, out)
+
+
+# Optimizer hyperparameters become scalars of p's dtype; 1 - beta and the bias corrections
+# are computed in double first, as the reference (and torch.optim) do.
+
+
+def sgd_update(p, g, lr):
+    _k.sgd_update(p, g, p.dtype.type(lr))
+
+
+def momentum_update(p, g, v, lr, momentum):
+    real = p.dtype.type
+    _k.momentum_update(p, g, v, real(lr), real(momentum))
+
+
+def adagrad_update(p, g, h, lr, eps):
+    real = p.dtype.type
+    _k.adagrad_update(p, g, h, real(lr), real(eps))
+
+
+def rmsprop_update(p, g, h, lr, alpha, eps):
+    real = p.dtype.type
+    _k.rmsprop_update(p, g, h, real(lr), real(alpha), real(1.0 - alpha), real(eps))
+
+
+def adadelta_update(p, g, h, d, lr, rho, eps):
+    real = p.dtype.type
+    _k.adadelta_update(p, g, h, d, real(lr), real(rho), real(1.0 - rho), real(eps))
+
+
+def adam_update(p, g, m, v, t, lr, beta1, beta2, eps):
+    real = p.dtype.type
+    step_size = lr / (1.0 - beta1**t)
+    inv_sqrt_bias_correction2 = 1.0 / math.sqrt(1.0 - beta2**t)
+    _k.adam_update(p, g, m, v, real(beta1), real(1.0 - beta1), real(beta2), real(1.0 - beta2),
+                   real(step_size), real(inv_sqrt_bias_correction2), real(eps))

@@ -1,0 +1,470 @@
+"""The compiled kernels of the "numba" backend (CPU).
+
+Every kernel is compiled lazily, on its first call, once per dtype (float32, float64) for
+C-contiguous arrays, and cached on disk (``cache=True``); importing this module compiles
+nothing. Arguments arrive validated by :mod:`nnkern.ops` (Numba does not bounds-check),
+and :mod:`nnkern.backends.numba_backend` hands over flat views and dtype-typed scalars.
+
+GEMM. Numba's LLVM pipeline runs the loop vectorizer but not the SLP vectorizer
+(``NUMBA_SLP_VECTORIZE`` is off by default), so a register tile of scalar accumulators
+laid out along the output row is never turned into vector code. Vectorising along k is
+what works: both operands are packed with k contiguous (``A`` by rows, ``B`` transposed),
+and a 3x3 tile of output dot products keeps nine accumulators while LLVM vectorises and
+reassociates the k loop (about 97% of OpenBLAS's single-thread float32 speed at the MNIST
+shape). Transposes cost nothing when k is already contiguous (``a`` untransposed,
+``b`` transposed) and one packing copy otherwise. Edge tiles repeat the last valid row or
+column instead of padding, and store only the valid part. Blocking: k in blocks of
+``GEMM_KC_BYTES`` so that the six packed rows of a tile stay in L1, rows in blocks of
+``GEMM_MC_ROWS`` so that the A block stays in L2, and columns split across threads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+from . import ACTIVATION_CODES
+
+# The one place that sets the fast-math flags: reassociation and contraction (what lets LLVM
+# vectorise reductions and fuse multiply-adds), approximate reciprocals and functions, and
+# no signed zeros. Deliberately without "nnan"/"ninf": softmax subtracts a row max that may be
+# -inf, the sigmoid and BCE clamp saturate to infinities, and NaNs must propagate.
+FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+
+def _jit(*, parallel: bool = False):
+    """``numba.njit`` for every kernel here: lazy, fast-math, GIL released, cached on disk.
+    Where no cache location is writable (read-only install, no writable home and no
+    NUMBA_CACHE_DIR) the kernels still work, compiled once per process instead."""
+
+    def decorate(fn):
+        options = dict(nogil=True, fastmath=set(FASTMATH), parallel=parallel)
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+            return numba.njit(**options)(fn)
+
+    return decorate
+
+
+IDENTITY = ACTIVATION_CODES["identity"]
+SIGMOID = ACTIVATION_CODES["sigmoid"]
+TANH = ACTIVATION_CODES["tanh"]
+RELU = ACTIVATION_CODES["relu"]
+LEAKY_RELU = ACTIVATION_CODES["leaky_relu"]
+GELU = ACTIVATION_CODES["gelu"]
+GELU_TANH = ACTIVATION_CODES["gelu_tanh"]
+STEP = ACTIVATION_CODES["step"]
+
+_SQRT1_2 = math.sqrt(0.5)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_GELU_TANH_C = 0.044715
+BCE_CLAMP = 1e-12
+
+# GEMM blocking (see the module docstring): a k block of 2 KiB per packed row keeps the six
+# rows a 3x3 tile reads (12 KiB) in L1; 96 rows of such a block (192 KiB) stay in L2.
+GEMM_TILE = 3
+GEMM_KC_BYTES = 2048
+GEMM_MC_ROWS = 96
+
+
+# ---------------------------------------------------------------------------------------
+# Scalar activations: computed in the type of their argument (float32 stays float32)
+# ---------------------------------------------------------------------------------------
+
+
+@_jit()
+def _sigmoid(x):
+    one = type(x)(1)
+    e = math.exp(-abs(x))  # from exp(-|x|), so that no exp overflows
+    return one / (one + e) if x >= 0 else e / (one + e)
+
+
+@_jit()
+def _gelu(x):
+    return type(x)(0.5) * x * (type(x)(1) + math.erf(x * type(x)(_SQRT1_2)))
+
+
+@_jit()
+def _gelu_tanh_inner(x):
+    return type(x)(_SQRT_2_OVER_PI) * (x + type(x)(_GELU_TANH_C) * x * x * x)
+
+
+@_jit()
+def _gelu_tanh(x):
+    return type(x)(0.5) * x * (type(x)(1) + math.tanh(_gelu_tanh_inner(x)))
+
+
+@_jit()
+def _gelu_grad(x):
+    cdf = type(x)(0.5) * (type(x)(1) + math.erf(x * type(x)(_SQRT1_2)))
+    pdf = math.exp(type(x)(-0.5) * x * x) * type(x)(_INV_SQRT_2PI)
+    return cdf + x * pdf
+
+
+@_jit()
+def _gelu_tanh_grad(x):
+    t = math.tanh(_gelu_tanh_inner(x))
+    half = type(x)(0.5)
+    return half * (type(x)(1) + t) + half * x * (type(x)(1) - t * t) * type(x)(_SQRT_2_OVER_PI) * (
+        type(x)(1) + type(x)(3.0 * _GELU_TANH_C) * x * x
+    )
+
+
+@_jit()
+def _activate(act, x, slope):
+    """act(x) for one value: the GEMM epilogue's activation."""
+    if act == SIGMOID:
+        return _sigmoid(x)
+    if act == TANH:
+        return math.tanh(x)
+    if act == RELU:
+        return x if x > 0 else type(x)(0)
+    if act == LEAKY_RELU:
+        return x if x > 0 else slope * x
+    if act == GELU:
+        return _gelu(x)
+    if act == GELU_TANH:
+        return _gelu_tanh(x)
+    if act == STEP:
+        return type(x)(1) if x > 0 else type(x)(0)
+    return x
+
+
+# ---------------------------------------------------------------------------------------
+# Elementwise kernels on flat arrays: one loop per activation so that the simple ones
+# vectorise
+# ---------------------------------------------------------------------------------------
+
+
+@_jit()
+def activation(act, x, slope, out):
+    n = x.shape[0]
+    zero = x.dtype.type(0)
+    if act == SIGMOID:
+        for i in range(n):
+            out[i] = _sigmoid(x[i])
+    elif act == TANH:
+        for i in range(n):
+            out[i] = math.tanh(x[i])
+    elif act == RELU:
+        for i in range(n):
+            out[i] = x[i] if x[i] > zero else zero
+    elif act == LEAKY_RELU:
+        for i in range(n):
+            out[i] = x[i] if x[i] > zero else slope * x[i]
+    elif act == GELU:
+        for i in range(n):
+            out[i] = _gelu(x[i])
+    elif act == GELU_TANH:
+        for i in range(n):
+            out[i] = _gelu_tanh(x[i])
+    elif act == STEP:
+        one = x.dtype.type(1)
+        for i in range(n):
+            out[i] = one if x[i] > zero else zero
+    else:
+        for i in range(n):
+            out[i] = x[i]
+
+
+@_jit()
+def activation_grad(act, src, grad_out, slope, out):
+    """out = grad_out * act'(...), where ``src`` is the forward output y for sigmoid and
+    tanh and the input x for the others (as GRAD_NEEDS_OUTPUT says)."""
+    n = src.shape[0]
+    zero = src.dtype.type(0)
+    one = src.dtype.type(1)
+    if act == SIGMOID:
+        for i in range(n):
+            out[i] = grad_out[i] * (src[i] * (one - src[i]))
+    elif act == TANH:
+        for i in range(n):
+            out[i] = grad_out[i] * (one - src[i] * src[i])
+    elif act == RELU:  # the gradient at 0 is taken as 0
+        for i in range(n):
+            out[i] = grad_out[i] if src[i] > zero else zero
+    elif act == LEAKY_RELU:
+        for i in range(n):
+            out[i] = grad_out[i] if src[i] > zero else grad_out[i] * slope
+    elif act == GELU:
+        for i in range(n):
+            out[i] = grad_out[i] * _gelu_grad(src[i])
+    elif act == GELU_TANH:
+        for i in range(n):
+            out[i] = grad_out[i] * _gelu_tanh_grad(src[i])
+    elif act == STEP:
+        for i in range(n):
+            out[i] = zero
+    else:
+        for i in range(n):
+            out[i] = grad_out[i]
+
+
+@_jit()
+def bias_grad(dy, out):
+    """Column sums, accumulated row by row so that the inner loop runs along memory."""
+    n, m = dy.shape
+    for j in range(m):
+        out[j] = dy[0, j]
+    for i in range(1, n):
+        for j in range(m):
+            out[j] += dy[i, j]
+
+
+# ---------------------------------------------------------------------------------------
+# Softmax and losses: one pass per row; losses accumulate in float64
+# ---------------------------------------------------------------------------------------
+
+
+@_jit()
+def _exp_shifted_row(x, out):
+    """out = exp(x - max(x)); returns (max(x), sum of out in float64)."""
+    c = x.shape[0]
+    row_max = x[0]
+    for j in range(1, c):
+        row_max = max(row_max, x[j])
+    total = 0.0
+    for j in range(c):
+        e = math.exp(x[j] - row_max)
+        out[j] = e
+        total += e
+    return row_max, total
+
+
+@_jit()
+def softmax(x, out):
+    for r in range(x.shape[0]):
+        _, total = _exp_shifted_row(x[r], out[r])
+        inv = out.dtype.type(1.0 / total)
+        for j in range(x.shape[1]):
+            out[r, j] *= inv
+
+
+@_jit()
+def softmax_cross_entropy_labels(logits, labels, dlogits):
+    n, c = logits.shape
+    inv_n = 1.0 / n
+    loss = 0.0
+    for r in range(n):
+        row_max, total = _exp_shifted_row(logits[r], dlogits[r])
+        # -log softmax[label] = log(sum exp(x - max)) + max - x[label]
+        loss += math.log(total) + (float(row_max) - float(logits[r, labels[r]]))
+        scale = dlogits.dtype.type(inv_n / total)
+        for j in range(c):
+            dlogits[r, j] *= scale
+        dlogits[r, labels[r]] -= dlogits.dtype.type(inv_n)
+    return loss * inv_n
+
+
+@_jit()
+def softmax_cross_entropy_targets(logits, targets, dlogits):
+    """-sum_c t_c log p_c per row; its gradient is p * sum_c t_c - t."""
+    n, c = logits.shape
+    inv_n = 1.0 / n
+    loss = 0.0
+    for r in range(n):
+        row_max, total = _exp_shifted_row(logits[r], dlogits[r])
+        log_norm = math.log(total) + float(row_max)
+        target_sum = 0.0
+        for j in range(c):
+            t = float(targets[r, j])
+            target_sum += t
+            loss += t * (log_norm - float(logits[r, j]))
+        scale = dlogits.dtype.type(inv_n * target_sum / total)
+        t_scale = dlogits.dtype.type(inv_n)
+        for j in range(c):
+            dlogits[r, j] = dlogits[r, j] * scale - targets[r, j] * t_scale
+    return loss * inv_n
+
+
+@_jit()
+def mse(pred, target, half_sum, dpred):
+    n = pred.shape[0]
+    total = 0.0
+    grad_scale = pred.dtype.type(1.0 if half_sum else 2.0 / n)
+    for i in range(n):
+        diff = pred[i] - target[i]
+        total += float(diff) * float(diff)
+        dpred[i] = diff * grad_scale
+    return 0.5 * total if half_sum else total / n
+
+
+@_jit()
+def binary_cross_entropy(prob, target, dprob):
+    """Clamped exactly as the reference: log(max(p, 1e-12)), log(max(1 - p, 1e-12)), and
+    the gradient's denominator max(p (1 - p), 1e-12); all in float64."""
+    n = prob.shape[0]
+    total = 0.0
+    for i in range(n):
+        p = float(prob[i])
+        t = float(target[i])
+        total += t * math.log(max(p, BCE_CLAMP)) + (1.0 - t) * math.log(max(1.0 - p, BCE_CLAMP))
+        dprob[i] = (p - t) / max(p * (1.0 - p), BCE_CLAMP) / n
+    return -total / n
+
+
+# ---------------------------------------------------------------------------------------
+# Optimizer updates: one pass over flat p, g and state; scalars arrive in p's dtype
+# ---------------------------------------------------------------------------------------
+
+
+@_jit()
+def sgd_update(p, g, lr):
+    for i in range(p.shape[0]):
+        p[i] -= lr * g[i]
+
+
+@_jit()
+def momentum_update(p, g, v, lr, momentum):
+    for i in range(p.shape[0]):
+        vi = momentum * v[i] + g[i]
+        v[i] = vi
+        p[i] -= lr * vi
+
+
+@_jit()
+def adagrad_update(p, g, h, lr, eps):
+    for i in range(p.shape[0]):
+        gi = g[i]
+        hi = h[i] + gi * gi
+        h[i] = hi
+        p[i] -= lr * gi / (math.sqrt(hi) + eps)
+
+
+@_jit()
+def rmsprop_update(p, g, h, lr, alpha, one_minus_alpha, eps):
+    for i in range(p.shape[0]):
+        gi = g[i]
+        hi = alpha * h[i] + one_minus_alpha * gi * gi
+        h[i] = hi
+        p[i] -= lr * gi / (math.sqrt(hi) + eps)
+
+
+@_jit()
+def adadelta_update(p, g, h, d, lr, rho, one_minus_rho, eps):
+    for i in range(p.shape[0]):
+        gi = g[i]
+        hi = rho * h[i] + one_minus_rho * gi * gi
+        h[i] = hi
+        delta = math.sqrt(d[i] + eps) / math.sqrt(hi + eps) * gi
+        d[i] = rho * d[i] + one_minus_rho * delta * delta
+        p[i] -= lr * delta
+
+
+@_jit()
+def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size,
+                inv_sqrt_bias_correction2, eps):
+    """torch.optim.Adam's form: p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)."""
+    for i in range(p.shape[0]):
+        gi = g[i]
+        mi = beta1 * m[i] + one_minus_beta1 * gi
+        vi = beta2 * v[i] + one_minus_beta2 * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] -= step_size * mi / (math.sqrt(vi) * inv_sqrt_bias_correction2 + eps)
+
+
+# ---------------------------------------------------------------------------------------
+# GEMM: out = act(a_rows @ b_cols.T + bias), both operands with k contiguous
+# ---------------------------------------------------------------------------------------
+
+
+@_jit()
+def transpose_into(src, dst):
+    """dst = src.T, in 16x16 blocks so that both sides are walked a cache line at a time."""
+    rows, cols = src.shape
+    for r0 in range(0, rows, 16):
+        r1 = min(r0 + 16, rows)
+        for c0 in range(0, cols, 16):
+            c1 = min(c0 + 16, cols)
+            for c in range(c0, c1):
+                for r in range(r0, r1):
+                    dst[c, r] = src[r, c]
+
+
+@_jit()
+def _gemm_tile(a_rows, i, m, b_cols, j, j_end, k0, k1, out, first, last, bias, has_bias, act, slope):
+    """The 3x3 output tile at (i, j) over the k block [k0, k1): nine dot products whose k
+    loop LLVM vectorises. Rows past ``m`` and columns past ``j_end`` repeat the last valid
+    one (no padding, no branch in the loop) and are not stored. ``first``: the tile is
+    written, else accumulated; ``last``: the bias and the activation are applied."""
+    a0 = a_rows[i]
+    a1 = a_rows[min(i + 1, m - 1)]
+    a2 = a_rows[min(i + 2, m - 1)]
+    b0 = b_cols[j]
+    b1 = b_cols[min(j + 1, j_end - 1)]
+    b2 = b_cols[min(j + 2, j_end - 1)]
+    c00 = c01 = c02 = c10 = c11 = c12 = c20 = c21 = c22 = out.dtype.type(0)
+    for p in range(k0, k1):
+        x0 = a0[p]
+        x1 = a1[p]
+        x2 = a2[p]
+        y0 = b0[p]
+        y1 = b1[p]
+        y2 = b2[p]
+        c00 += x0 * y0
+        c01 += x0 * y1
+        c02 += x0 * y2
+        c10 += x1 * y0
+        c11 += x1 * y1
+        c12 += x1 * y2
+        c20 += x2 * y0
+        c21 += x2 * y1
+        c22 += x2 * y2
+    tile = ((c00, c01, c02), (c10, c11, c12), (c20, c21, c22))
+    for r in range(min(GEMM_TILE, m - i)):
+        for c in range(min(GEMM_TILE, j_end - j)):
+            value = tile[r][c]
+            if not first:
+                value += out[i + r, j + c]
+            if last:
+                if has_bias:
+                    value += bias[j + c]
+                value = _activate(act, value, slope)
+            out[i + r, j + c] = value
+
+
+@_jit()
+def _gemm_columns(a_rows, b, trans_b, b_pack, out, j0, j1, bias, has_bias, act, slope):
+    """Columns [j0, j1) of the output: pack them (B transposed, unless it already is), then
+    run the tiles block by block over k and over rows."""
+    m, k = a_rows.shape
+    if trans_b:
+        b_cols = b
+    else:
+        b_cols = b_pack
+        transpose_into(b[:, j0:j1], b_pack[j0:j1])
+    kc = max(GEMM_KC_BYTES // out.itemsize, 1)
+    for k0 in range(0, k, kc):
+        k1 = min(k0 + kc, k)
+        for i0 in range(0, m, GEMM_MC_ROWS):
+            i1 = min(i0 + GEMM_MC_ROWS, m)
+            for j in range(j0, j1, GEMM_TILE):
+                for i in range(i0, i1, GEMM_TILE):
+                    _gemm_tile(a_rows, i, m, b_cols, j, j1, k0, k1, out, k0 == 0, k1 == k,
+                               bias, has_bias, act, slope)
+
+
+@_jit()
+def gemm(a_rows, b, trans_b, b_pack, out, bias, has_bias, act, slope, block_cols):
+    """One thread: the column blocks in turn."""
+    n = out.shape[1]
+    for j0 in range(0, n, block_cols):
+        _gemm_columns(a_rows, b, trans_b, b_pack, out, j0, min(j0 + block_cols, n), bias,
+                      has_bias, act, slope)
+
+
+@_jit(parallel=True)
+def gemm_parallel(a_rows, b, trans_b, b_pack, out, bias, has_bias, act, slope, block_cols):
+    """The column blocks spread over Numba's threads, each packing its own columns."""
+    n = out.shape[1]
+    n_blocks = (n + block_cols - 1) // block_cols
+    for block in prange(n_blocks):
+        j0 = block * block_cols
+        _gemm_columns(a_rows, b, trans_b, b_pack, out, j0, min(j0 + block_cols, n), bias,
+                      has_bias, act, slope)
