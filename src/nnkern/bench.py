@@ -1,0 +1,703 @@
+"""``nnkern bench``: every backend against the NumPy reference (and PyTorch), end to end.
+
+One training epoch on MNIST for the two networks of the source material, with SGD (lr 0.1)
+in float32:
+
+* "TwoLayerNet" 784-100-10 with sigmoid, mini-batches of 100;
+* 784-256-128-64-20-10 with ReLU, mini-batches of 64.
+
+Every contender (each nnkern backend, the "numpy" reference, and PyTorch on the CPU when it
+can be imported) starts from the same initial weights and sees the same batches in the same
+order. Contenders run **interleaved** — A B C A B C ... — over several repeats, so that a
+slow minute on a shared machine hurts all of them alike; the table reports medians.
+
+Reported per contender:
+
+* median samples/s, and its ratio to the NumPy reference;
+* achieved GFLOP/s of useful work, and its fraction of this machine's sgemm peak, measured
+  in the same run (best of a few ``np.matmul`` float32 n×n×n products, same thread count).
+  Useful work counts the three GEMMs of each layer: forward ``x @ W`` (2·N·in·out), the
+  weight gradient ``x.T @ dY`` (2·N·in·out) and the input gradient ``dY @ W.T``
+  (2·N·in·out), the last one for every layer but the first (nothing needs the gradient of
+  the input images). Per sample: ``FLOPs = 4·Σ in·out + 2·Σ_{layers after the first} in·out``
+  (close to the rule of thumb 6·Σ in·out). Activations, bias, loss and update are O(N·out)
+  and left out;
+* the test accuracy after the timed epoch, so a fast but wrong backend shows.
+
+:func:`profile_step` times each kernel call of a training step (forward linear per layer,
+loss, backward matmuls, bias gradients, updates) as a fraction of the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+import nnkern
+
+from ._threads import default_num_threads
+
+__all__ = [
+    "NETWORKS",
+    "Network",
+    "benchmark_backends",
+    "machine_info",
+    "versions",
+    "measure_sgemm_peak",
+    "initial_weights",
+    "epoch_batches",
+    "set_threads",
+    "NnkernTrainer",
+    "TorchTrainer",
+    "make_trainer",
+    "run",
+    "format_report",
+    "plot",
+    "profile_step",
+    "format_profile",
+    "run_cli",
+]
+
+LEARNING_RATE = 0.1
+DTYPE = np.float32
+REFERENCE = "numpy"
+TORCH = "torch"
+SCHEMA = "nnkern-bench/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """A fully connected network: layer widths, the hidden activation, the batch size."""
+
+    name: str
+    sizes: tuple[int, ...]
+    activation: str
+    batch_size: int
+
+    @property
+    def layer_shapes(self) -> list[tuple[int, int]]:
+        return list(zip(self.sizes[:-1], self.sizes[1:]))
+
+    @property
+    def flops_per_sample(self) -> int:
+        """Useful GEMM FLOPs of one training sample (see the module docstring)."""
+        products = [fan_in * fan_out for fan_in, fan_out in self.layer_shapes]
+        return 4 * sum(products) + 2 * sum(products[1:])
+
+
+NETWORKS = (
+    Network("784-100-10 sigmoid", (784, 100, 10), "sigmoid", 100),
+    Network("784-256-128-64-20-10 relu", (784, 256, 128, 64, 20, 10), "relu", 64),
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Who runs, on what machine
+# ---------------------------------------------------------------------------------------
+
+
+def _cuda_is_simulated() -> bool:
+    if "numba" not in sys.modules:
+        return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+    from numba import config
+
+    return bool(config.ENABLE_CUDASIM)
+
+
+def benchmark_backends(requested=None) -> tuple[list[str], dict[str, str]]:
+    """The nnkern backends worth timing here, reference first, and why the others are not.
+
+    "cuda" counts only on a real GPU: under Numba's CUDA simulator it is usable but its
+    timings mean nothing. ``requested`` (names) narrows the list; the reference is always
+    kept, since every ratio is taken to it.
+    """
+    from .backends import BACKENDS
+
+    if requested is not None:
+        unknown = sorted(set(requested) - set(BACKENDS))
+        if unknown:
+            raise ValueError(f"unknown backend(s) {unknown}; nnkern knows {', '.join(BACKENDS)}")
+    timed, skipped = [], {}
+    for name in BACKENDS:
+        if requested is not None and name != REFERENCE and name not in requested:
+            continue
+        reason = nnkern.unavailable_reason(name)
+        if reason is None and name == "cuda" and _cuda_is_simulated():
+            reason = "CUDA simulator (NUMBA_ENABLE_CUDASIM) is on: no real GPU to time"
+        if reason is None:
+            timed.append(name)
+        else:
+            skipped[name] = reason
+    return timed, skipped
+
+
+def _torch():
+    """PyTorch, or None when it cannot be imported."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def machine_info() -> dict:
+    """CPU model, cores, SIMD flags and the BLAS NumPy calls."""
+    cpu_model, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name":
+                    cpu_model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    simd = [f for f in ("sse2", "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
+                        "avx512_bf16", "amx_tile", "neon", "asimd", "sve") if f in flags]
+    from threadpoolctl import threadpool_info
+
+    blas = [
+        {k: pool.get(k) for k in ("internal_api", "version", "architecture", "threading_layer")}
+        for pool in threadpool_info()
+        if pool.get("user_api") == "blas"
+    ]
+    return {
+        "cpu": cpu_model,
+        "cores": default_num_threads(),
+        "logical_cpus": os.cpu_count(),
+        "simd": simd,
+        "platform": platform.platform(),
+        "blas": blas,
+    }
+
+
+def versions() -> dict:
+    """Versions of Python and of every package that takes part."""
+    found = {"python": platform.python_version(), "nnkern": nnkern.__version__}
+    for package in ("numpy", "numba", "numba-cuda", "cython", "threadpoolctl", "torch"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[package] = importlib.metadata.version(package)
+    return found
+
+
+def set_threads(threads: int) -> None:
+    """The same thread count for nnkern's pools (OpenMP, Numba, BLAS) and PyTorch's."""
+    nnkern.set_num_threads(threads)
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def measure_sgemm_peak(size: int = 2048, repeats: int = 3) -> dict:
+    """This machine's float32 GEMM peak as NumPy's BLAS reaches it with the current thread
+    count: the best of ``repeats`` ``np.matmul`` products of ``size``² matrices."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=DTYPE)
+    b = rng.standard_normal((size, size), dtype=DTYPE)
+    out = np.empty((size, size), dtype=DTYPE)
+    np.matmul(a, b, out=out)  # first touch of the pages and of the BLAS threads
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return {"gflops": 2.0 * size**3 / best / 1e9, "size": size, "repeats": repeats, "best_s": best}
+
+
+# ---------------------------------------------------------------------------------------
+# The contenders: an nnkern model on one backend, and the same network in PyTorch
+# ---------------------------------------------------------------------------------------
+
+
+def initial_weights(network: Network, seed: int = 0) -> list[np.ndarray]:
+    """[W0, b0, W1, b1, ...] as PyTorch initialises nn.Linear: U(-1/sqrt(in), 1/sqrt(in)),
+    W of shape (in, out); float32."""
+    rng = np.random.default_rng(seed)
+    weights = []
+    for fan_in, fan_out in network.layer_shapes:
+        bound = 1.0 / math.sqrt(fan_in)
+        weights.append(rng.uniform(-bound, bound, (fan_in, fan_out)).astype(DTYPE))
+        weights.append(rng.uniform(-bound, bound, fan_out).astype(DTYPE))
+    return weights
+
+
+class NnkernTrainer:
+    """An ``nnkern.nn`` model on one backend, trained by ``nnkern.optim.SGD``."""
+
+    def __init__(self, backend: str, network: Network, weights: list[np.ndarray]):
+        from . import nn, optim
+
+        self.backend = backend
+        self.weights = weights
+        layers = []
+        last = len(network.layer_shapes) - 1
+        for i, (fan_in, fan_out) in enumerate(network.layer_shapes):
+            layers.append(nn.Linear(fan_in, fan_out))
+            if i < last:
+                layers.append({"sigmoid": nn.Sigmoid, "relu": nn.ReLU}[network.activation]())
+        self.model = nn.Sequential(*layers, backend=backend, dtype=DTYPE)
+        self.loss = nn.CrossEntropyLoss()
+        self.optimizer = optim.SGD(self.model.parameters(), lr=LEARNING_RATE)
+
+    def reset(self) -> None:
+        for param, value in zip(self.model.parameters(), self.weights, strict=True):
+            param[...] = value
+
+    def prepare(self, batches):
+        """The batches as this trainer takes them (NumPy arrays: as they are)."""
+        return batches
+
+    def step(self, xb, yb) -> float:
+        return self.model.train_step(xb, yb, self.loss, self.optimizer)
+
+    def train(self, batches) -> float:
+        loss = math.nan
+        for xb, yb in batches:
+            loss = self.step(xb, yb)
+        return float(loss)
+
+    def accuracy(self, x, y) -> float:
+        return float(np.mean(np.argmax(self.model.predict(x), axis=1) == y))
+
+
+class TorchTrainer:
+    """The same network in PyTorch (CPU, float32), trained by ``torch.optim.SGD``."""
+
+    backend = TORCH
+
+    def __init__(self, network: Network, weights: list[np.ndarray]):
+        torch = _torch()
+        self.torch = torch
+        self.weights = weights
+        layers = []
+        last = len(network.layer_shapes) - 1
+        for i, (fan_in, fan_out) in enumerate(network.layer_shapes):
+            layers.append(torch.nn.Linear(fan_in, fan_out))
+            if i < last:
+                layers.append({"sigmoid": torch.nn.Sigmoid, "relu": torch.nn.ReLU}[network.activation]())
+        self.model = torch.nn.Sequential(*layers)
+        self.loss = torch.nn.CrossEntropyLoss()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LEARNING_RATE)
+
+    def reset(self) -> None:
+        with self.torch.no_grad():
+            for param, value in zip(self.model.parameters(), self.weights, strict=True):
+                # torch keeps W as (out, in); ours is (in, out)
+                param.copy_(self.torch.from_numpy(value.T if value.ndim == 2 else value))
+
+    def prepare(self, batches):
+        """The batches as tensors sharing the NumPy arrays' memory."""
+        return [(self.torch.from_numpy(xb), self.torch.from_numpy(yb)) for xb, yb in batches]
+
+    def train(self, batches) -> float:
+        loss = None
+        for xb, yb in batches:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss(self.model(xb), yb)
+            loss.backward()
+            self.optimizer.step()
+        return loss.item() if loss is not None else math.nan
+
+    def accuracy(self, x, y) -> float:
+        with self.torch.no_grad():
+            logits = self.model(self.torch.tensor(x))  # a copy: x may be read-only
+        return float(np.mean(logits.argmax(dim=1).numpy() == y))
+
+
+# ---------------------------------------------------------------------------------------
+# The interleaved end-to-end comparison
+# ---------------------------------------------------------------------------------------
+
+
+def epoch_batches(x, y, batch_size: int, samples: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``samples`` training samples in one seeded random order, cut into contiguous batches
+    (copies made here, outside any timing; a final short batch is dropped)."""
+    order = np.random.default_rng(seed).permutation(len(x))[: samples - samples % batch_size]
+    xs, ys = np.ascontiguousarray(x[order]), np.ascontiguousarray(y[order], dtype=np.int64)
+    return [(xs[i : i + batch_size], ys[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+
+
+def make_trainer(name: str, network: Network, weights: list[np.ndarray]):
+    """The trainer of contender ``name``: "torch", or an nnkern backend."""
+    return TorchTrainer(network, weights) if name == TORCH else NnkernTrainer(name, network, weights)
+
+
+def _contenders(network: Network, names: list[str], weights) -> tuple[dict, dict]:
+    """Built trainers by name, and the reason for each that could not be built."""
+    trainers, failed = {}, {}
+    for name in names:
+        try:
+            trainers[name] = make_trainer(name, network, weights)
+        except Exception as exc:  # one broken backend must not stop the comparison
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    return trainers, failed
+
+
+def run(
+    *,
+    backends=None,
+    with_torch: bool = True,
+    networks=NETWORKS,
+    samples: int | None = None,
+    repeats: int = 5,
+    threads: int | None = None,
+    peak_size: int = 2048,
+    test_samples: int | None = None,
+    warmup_batches: int = 3,
+    seed: int = 0,
+    log=None,
+) -> dict:
+    """Time one epoch (or its first ``samples`` samples) per contender, interleaved over
+    ``repeats``; return the whole result as a JSON-ready dict.
+
+    Each repeat starts from the initial weights, so every repeat does the same work and the
+    test accuracy is that after one (partial) epoch. ``log`` (a callable taking a line)
+    reports progress.
+    """
+    from .data import load_mnist
+
+    log = log or (lambda line: None)
+    threads = threads or nnkern.get_num_threads()
+    set_threads(threads)
+    timed, skipped = benchmark_backends(backends)
+    with_torch = with_torch and _torch() is not None
+    if not with_torch:
+        skipped[TORCH] = "not requested" if _torch() is not None else "PyTorch cannot be imported"
+
+    (x_train, y_train), (x_test, y_test) = load_mnist(dtype=DTYPE)
+    samples = len(x_train) if samples is None else min(samples, len(x_train))
+    test_samples = len(x_test) if test_samples is None else min(test_samples, len(x_test))
+    x_test, y_test = x_test[:test_samples], y_test[:test_samples]
+
+    log(f"measuring the sgemm peak ({peak_size}^3 float32, {threads} threads)")
+    peak = measure_sgemm_peak(peak_size)
+    result = {
+        "schema": SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        "versions": versions(),
+        "config": {
+            "threads": threads,
+            "repeats": repeats,
+            "samples_per_repeat": samples,
+            "test_samples": test_samples,
+            "learning_rate": LEARNING_RATE,
+            "dtype": np.dtype(DTYPE).name,
+            "optimizer": "SGD",
+            "seed": seed,
+            "order": "interleaved",
+            "flops_formula": "per sample: 4*sum(in*out) + 2*sum(in*out over layers after the first)",
+        },
+        "peak": peak,
+        "skipped": skipped,
+        "networks": [],
+    }
+
+    for network in networks:
+        weights = initial_weights(network, seed)
+        batches = epoch_batches(x_train, y_train, network.batch_size, samples, seed)
+        trainers, failed = _contenders(network, timed + [TORCH] * with_torch, weights)
+        inputs = {name: trainer.prepare(batches) for name, trainer in trainers.items()}
+        for name, trainer in list(trainers.items()):
+            try:  # compile / warm caches before timing; then back to the initial weights
+                trainer.reset()
+                trainer.train(inputs[name][:warmup_batches])
+            except Exception as exc:
+                failed[name] = f"{type(exc).__name__}: {exc}"
+                del trainers[name]
+        times = defaultdict(list)
+        losses = {}
+        for repeat in range(repeats):
+            for name, trainer in trainers.items():
+                trainer.reset()
+                start = time.perf_counter()
+                losses[name] = trainer.train(inputs[name])
+                times[name].append(time.perf_counter() - start)
+            log(f"{network.name}: repeat {repeat + 1}/{repeats} done")
+        trained = len(batches) * network.batch_size
+        rows = []
+        for name, trainer in trainers.items():
+            median = statistics.median(times[name])
+            rate = trained / median
+            gflops = rate * network.flops_per_sample / 1e9
+            rows.append({
+                "contender": name,
+                "kind": "peer" if name == TORCH else ("reference" if name == REFERENCE else "backend"),
+                "times_s": times[name],
+                "median_s": median,
+                "samples_per_s": rate,
+                "gflops": gflops,
+                "fraction_of_peak": gflops / peak["gflops"],
+                "final_train_loss": losses[name],
+                "test_accuracy": trainer.accuracy(x_test, y_test),
+            })
+        reference_rate = next((r["samples_per_s"] for r in rows if r["contender"] == REFERENCE), None)
+        for row in rows:
+            row["ratio_to_reference"] = row["samples_per_s"] / reference_rate if reference_rate else None
+        result["networks"].append({
+            "name": network.name,
+            "sizes": list(network.sizes),
+            "activation": network.activation,
+            "batch_size": network.batch_size,
+            "samples_trained": trained,
+            "steps": len(batches),
+            "flops_per_sample": network.flops_per_sample,
+            "results": rows,
+            "failed": failed,
+        })
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------
+
+
+def format_header(result: dict) -> str:
+    m, v, c, peak = result["machine"], result["versions"], result["config"], result["peak"]
+    lines = [
+        f"machine : {m['cpu']}, {m['cores']} cores, SIMD {' '.join(m['simd']) or 'none found'}",
+        "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        f"threads : {c['threads']} (nnkern, BLAS, PyTorch)   repeats: {c['repeats']}, interleaved   "
+        f"samples per repeat: {c['samples_per_repeat']}   test samples: {c['test_samples']}",
+        f"peak    : {peak['gflops']:.1f} GFLOP/s (np.matmul float32 {peak['size']}^3, best of {peak['repeats']})",
+    ]
+    for name, reason in result["skipped"].items():
+        lines.append(f"skipped : {name}: {reason}")
+    return "\n".join(lines)
+
+
+def format_table(network_result: dict) -> str:
+    n = network_result
+    title = (f"{n['name']}, batch {n['batch_size']}, {n['samples_trained']} samples/epoch, "
+             f"SGD lr {LEARNING_RATE}, float32")
+    header = f"{'contender':<10} {'samples/s':>11} {'vs numpy':>9} {'GFLOP/s':>8} {'of peak':>8} {'test acc':>9}"
+    lines = [title, header, "-" * len(header)]
+    for row in n["results"]:
+        ratio = "n/a" if row["ratio_to_reference"] is None else f"{row['ratio_to_reference']:.2f}x"
+        lines.append(
+            f"{row['contender']:<10} {row['samples_per_s']:>11,.0f} {ratio:>9} {row['gflops']:>8.2f} "
+            f"{row['fraction_of_peak']:>8.1%} {row['test_accuracy']:>9.4f}"
+        )
+    for name, reason in n["failed"].items():
+        lines.append(f"{name:<10} FAILED: {reason}")
+    return "\n".join(lines)
+
+
+def format_report(result: dict) -> str:
+    return "\n\n".join([format_header(result), *(format_table(n) for n in result["networks"])])
+
+
+def plot(result: dict, path) -> None:
+    """A bar chart of median samples/s per contender, one panel per network (needs
+    matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    networks = result["networks"]
+    fig, axes = plt.subplots(1, len(networks), figsize=(5 * len(networks), 4), squeeze=False)
+    for ax, n in zip(axes[0], networks):
+        names = [r["contender"] for r in n["results"]]
+        rates = [r["samples_per_s"] for r in n["results"]]
+        bars = ax.bar(names, rates, color=["grey" if r["kind"] != "backend" else "tab:blue" for r in n["results"]])
+        for bar, row in zip(bars, n["results"]):
+            ratio = row["ratio_to_reference"]
+            ax.annotate(f"{ratio:.2f}x" if ratio else "", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=8)
+        ax.set_title(f"{n['name']} (batch {n['batch_size']})", fontsize=9)
+        ax.set_ylabel("samples/s (median)")
+    fig.suptitle(f"nnkern bench: one MNIST epoch, {result['config']['threads']} threads, {result['machine']['cpu']}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-kernel profile of one training step
+# ---------------------------------------------------------------------------------------
+
+
+def _call_label(kernel: str, args) -> str:
+    """A readable name for one raw kernel call: what it computes, at what shape."""
+    def shape(a):
+        return "x".join(map(str, a.shape))
+
+    if kernel == "matmul":
+        a, b, trans_a, trans_b = args[:4]
+        what = "x.T @ dY (weight grad)" if trans_a else "dY @ W.T (input grad)" if trans_b else "a @ b"
+        return f"matmul {what} {shape(a)}{'ᵀ' if trans_a else ''} @ {shape(b)}{'ᵀ' if trans_b else ''}"
+    if kernel == "linear":
+        x, w, _b, act = args[:4]
+        return f"linear+{act} {shape(x)} @ {shape(w)}"
+    if kernel in ("activation", "activation_grad"):
+        act = args[0]
+        arrays = [a for a in args[1:] if isinstance(a, np.ndarray)]
+        return f"{kernel} {act} {shape(arrays[0])}"
+    first = next((a for a in args if hasattr(a, "shape")), None)
+    return f"{kernel} {shape(first)}" if first is not None else kernel
+
+
+@contextlib.contextmanager
+def _timed_kernels(backend: str):
+    """Wrap every raw kernel of ``backend`` with a timer for the duration of the block;
+    yields the dict {call label: [total seconds, calls]} it fills."""
+    from ._backend import backend_module
+    from .backends import KERNELS
+
+    module = backend_module(backend)
+    originals = {name: getattr(module, name) for name in KERNELS}
+    # Keyed by kernel and argument shapes (cheap to build in the timed loop); the readable
+    # labels are made once at the end.
+    totals = defaultdict(lambda: [0.0, 0])
+    example_args = {}
+
+    def timed(name, kernel):
+        @functools.wraps(kernel)
+        def wrapper(*args):
+            start = time.perf_counter()
+            value = kernel(*args)
+            elapsed = time.perf_counter() - start
+            key = (name, *(a.shape if hasattr(a, "shape") else a for a in args))
+            entry = totals[key]
+            entry[0] += elapsed
+            entry[1] += 1
+            example_args.setdefault(key, args)
+            return value
+
+        return wrapper
+
+    labelled = {}
+    try:
+        for name, kernel in originals.items():
+            setattr(module, name, timed(name, kernel))
+        yield labelled
+    finally:
+        for name, kernel in originals.items():
+            setattr(module, name, kernel)
+        for key, (total, calls) in totals.items():
+            entry = labelled.setdefault(_call_label(key[0], example_args[key]), [0.0, 0])
+            entry[0] += total
+            entry[1] += calls
+
+
+def profile_step(step, backend: str, steps: int = 50, warmup: int = 5) -> dict:
+    """Where one training step's time goes, kernel by kernel.
+
+    ``step`` is a callable doing one training step (forward, loss, backward, update) with
+    nnkern ops on ``backend``. Runs it ``warmup`` times untimed, then ``steps`` times with
+    every raw kernel call timed. Returns ``{"step_s": mean step time, "kernels": [{"call",
+    "calls_per_step", "s_per_step", "fraction"}, ...] (largest first), "other_s",
+    "other_fraction"}``; "other" is what is not inside a kernel: Python, the ops layer's
+    checks, allocations.
+    """
+    for _ in range(warmup):
+        step()
+    with _timed_kernels(backend) as totals:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        step_s = (time.perf_counter() - start) / steps
+    kernels = sorted(
+        ({"call": label, "calls_per_step": calls / steps, "s_per_step": total / steps,
+          "fraction": total / steps / step_s} for label, (total, calls) in totals.items()),
+        key=lambda k: -k["s_per_step"],
+    )
+    other = step_s - sum(k["s_per_step"] for k in kernels)
+    return {"backend": backend, "steps": steps, "step_s": step_s, "kernels": kernels,
+            "other_s": other, "other_fraction": other / step_s}
+
+
+def profile_networks(*, backends=None, networks=NETWORKS, steps: int = 50, threads: int | None = None,
+                     seed: int = 0) -> list[dict]:
+    """:func:`profile_step` of a training step of each network on each backend."""
+    from .data import load_mnist
+
+    set_threads(threads or nnkern.get_num_threads())
+    timed, _ = benchmark_backends(backends)
+    (x_train, y_train), _ = load_mnist(dtype=DTYPE)
+    profiles = []
+    for network in networks:
+        xb, yb = epoch_batches(x_train, y_train, network.batch_size, network.batch_size, seed)[0]
+        for backend in timed:
+            trainer = NnkernTrainer(backend, network, initial_weights(network, seed))
+            trainer.reset()
+            profile = profile_step(functools.partial(trainer.step, xb, yb), backend, steps)
+            profiles.append({"network": network.name, "batch_size": network.batch_size, **profile})
+    return profiles
+
+
+def format_profile(profile: dict) -> str:
+    lines = [f"{profile['network']} on {profile['backend']}: {profile['step_s'] * 1e3:.3f} ms per step "
+             f"(batch {profile['batch_size']}, mean of {profile['steps']} steps)"]
+    lines.append(f"  {'kernel call':<58} {'calls':>5} {'ms/step':>8} {'of step':>8}")
+    for k in profile["kernels"]:
+        lines.append(f"  {k['call']:<58} {k['calls_per_step']:>5.0f} {k['s_per_step'] * 1e3:>8.3f} "
+                     f"{k['fraction']:>8.1%}")
+    lines.append(f"  {'other (Python, ops-layer checks, allocation)':<58} {'':>5} "
+                 f"{profile['other_s'] * 1e3:>8.3f} {profile['other_fraction']:>8.1%}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------
+
+QUICK = {"samples": 6000, "repeats": 3, "peak_size": 1024}
+
+
+def _names(value) -> list[str] | None:
+    """--backends as a list of names: accepts "a,b", ["a,b", "c"] or None."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    return [name.strip() for item in items for name in item.split(",") if name.strip()]
+
+
+def run_cli(args) -> int:
+    """``nnkern bench``: ``args`` is the argparse Namespace with ``quick``, ``json``,
+    ``backends``, ``repeats``, ``threads``, ``plot`` (and optionally ``profile``)."""
+    names = _names(getattr(args, "backends", None))
+    with_torch = names is None or TORCH in names
+    backends = None if names is None else [n for n in names if n != TORCH]
+    settings = dict(QUICK) if getattr(args, "quick", False) else {}
+    if getattr(args, "repeats", None) is not None:
+        settings["repeats"] = args.repeats
+    threads = getattr(args, "threads", None)
+
+    def log(line):
+        print(line, file=sys.stderr, flush=True)
+
+    result = run(backends=backends, with_torch=with_torch, threads=threads, log=log, **settings)
+    print(format_report(result))
+    if getattr(args, "profile", False):
+        result["profile"] = profile_networks(backends=backends, threads=threads,
+                                             steps=20 if getattr(args, "quick", False) else 100)
+        print()
+        print("\n\n".join(format_profile(p) for p in result["profile"]))
+    if getattr(args, "json", None):
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"\nwrote {args.json}")
+    if getattr(args, "plot", None):
+        try:
+            plot(result, args.plot)
+        except ImportError:
+            print("--plot needs matplotlib (pip install nnkern[plot])", file=sys.stderr)
+            return 1
+        print(f"wrote {args.plot}")
+    return 0
