@@ -55,7 +55,11 @@ ACTIVATION_NAMES = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "gelu",
 
 
 def _is_device_array(x) -> bool:
-    return hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray)
+    # __cuda_ndarray__ marks Numba's device arrays, including the CUDA simulator's, which
+    # have no __cuda_array_interface__.
+    return not isinstance(x, np.ndarray) and (
+        hasattr(x, "__cuda_array_interface__") or bool(getattr(x, "__cuda_ndarray__", False))
+    )
 
 
 def _shape_str(shape) -> str:
