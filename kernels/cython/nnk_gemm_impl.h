@@ -114,24 +114,30 @@ static void NNK_FN(nnk_pack_a)(ptrdiff_t mc, ptrdiff_t kc, const T *a, ptrdiff_t
  * [first_panel, end_panel) only, at their place in dst. */
 static void NNK_FN(nnk_pack_b_panels)(ptrdiff_t k, ptrdiff_t n, const T *b, ptrdiff_t rs, ptrdiff_t cs,
                                       T *restrict dst, ptrdiff_t first_panel, ptrdiff_t end_panel) {
+    if (cs == 1) { /* B not transposed: read it row after row, writing one row of each panel */
+        ptrdiff_t full_end = nnk_min(end_panel, n / NR), edge = n - full_end * NR;
+        for (ptrdiff_t p = 0; p < k; p++) {
+            const T *brow = b + p * rs;
+            for (ptrdiff_t panel = first_panel; panel < full_end; panel++)
+#pragma GCC unroll 4
+                for (ptrdiff_t v = 0; v < NV; v++)
+                    *(VEC *)(dst + panel * k * NR + p * NR + v * VLEN) =
+                        NNK_FN(nnk_loadu)(brow + panel * NR + v * VLEN);
+            if (full_end < end_panel) /* the last, partial panel */
+                for (ptrdiff_t j = 0; j < NR; j++)
+                    dst[full_end * k * NR + p * NR + j] = j < edge ? brow[full_end * NR + j] : (T)0;
+        }
+        return;
+    }
     for (ptrdiff_t panel = first_panel; panel < end_panel; panel++) {
+        /* transposed B: read each column of the panel along its contiguous row */
         ptrdiff_t j0 = panel * NR, nr = nnk_min(NR, n - j0);
         const T *bp = b + j0 * cs;
         T *out = dst + panel * k * NR;
-        if (cs == 1 && nr == NR) { /* B not transposed: each row of the panel is contiguous */
-            for (ptrdiff_t p = 0; p < k; p++)
-#pragma GCC unroll 4
-                for (ptrdiff_t v = 0; v < NV; v++)
-                    *(VEC *)(out + p * NR + v * VLEN) = NNK_FN(nnk_loadu)(bp + p * rs + v * VLEN);
-        } else if (cs == 1) {
-            for (ptrdiff_t p = 0; p < k; p++)
-                for (ptrdiff_t j = 0; j < NR; j++) out[p * NR + j] = j < nr ? bp[p * rs + j] : (T)0;
-        } else { /* transposed B: read each column of the panel along its contiguous row */
-            for (ptrdiff_t j = 0; j < nr; j++)
-                for (ptrdiff_t p = 0; p < k; p++) out[p * NR + j] = bp[j * cs + p * rs];
-            for (ptrdiff_t j = nr; j < NR; j++)
-                for (ptrdiff_t p = 0; p < k; p++) out[p * NR + j] = (T)0;
-        }
+        for (ptrdiff_t j = 0; j < nr; j++)
+            for (ptrdiff_t p = 0; p < k; p++) out[p * NR + j] = bp[j * cs + p * rs];
+        for (ptrdiff_t j = nr; j < NR; j++)
+            for (ptrdiff_t p = 0; p < k; p++) out[p * NR + j] = (T)0;
     }
 }
 
@@ -167,12 +173,17 @@ static BLOCKING NNK_FN(nnk_choose_blocking)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t 
     return blk;
 }
 
-/* One thread's product: C[0:m, 0:n] = op(A)[0:m, :] @ B, B already packed (NR-column panels
- * over all of K, covering the n columns), epilogue offsets already applied. */
-static void NNK_FN(nnk_gemm_slice)(int trans_a, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *a,
-                                   ptrdiff_t lda, const T *b_packed, T *c, ptrdiff_t ldc,
-                                   const EPILOGUE *ep, BLOCKING blk, T *a_buf) {
+/* One thread's product: C[0:m, 0:n] = op(A)[0:m, :] @ op(B), epilogue offsets already
+ * applied. B is either packed (b_packed: NR-column panels over all of K covering the n
+ * columns), or, when b_packed is NULL, packed one kc x NR sliver at a time into sliver_buf
+ * right before the micro-kernels use it: with one M block each sliver serves once, so it
+ * is cheaper to pack it while it is about to be in L1 than to pack all of B first. */
+static void NNK_FN(nnk_gemm_slice)(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                                   const T *a, ptrdiff_t lda, const T *b, ptrdiff_t ldb,
+                                   const T *b_packed, T *c, ptrdiff_t ldc, const EPILOGUE *ep,
+                                   BLOCKING blk, T *a_buf, T *sliver_buf) {
     ptrdiff_t rs = trans_a ? 1 : lda, cs = trans_a ? lda : 1;
+    ptrdiff_t b_rs = trans_b ? 1 : ldb, b_cs = trans_b ? ldb : 1;
     int has_tile_epilogue = ep && (ep->grad_src || ep->act != NNK_IDENTITY);
     for (ptrdiff_t pc = 0; pc < k; pc += blk.kc) {
         ptrdiff_t kc = nnk_min(blk.kc, k - pc);
@@ -183,7 +194,13 @@ static void NNK_FN(nnk_gemm_slice)(int trans_a, ptrdiff_t m, ptrdiff_t n, ptrdif
             NNK_FN(nnk_pack_a)(mc, kc, a + ic * rs + pc * cs, rs, cs, a_buf);
             for (ptrdiff_t jr = 0; jr < n; jr += NR) {
                 ptrdiff_t nr = nnk_min(NR, n - jr);
-                const T *bp = b_packed + jr * k + pc * NR; /* panel jr / NR, row pc */
+                const T *bp;
+                if (b_packed) {
+                    bp = b_packed + jr * k + pc * NR; /* panel jr / NR, row pc */
+                } else {
+                    NNK_FN(nnk_pack_b_panels)(kc, nr, b + pc * b_rs + jr * b_cs, b_rs, b_cs, sliver_buf, 0, 1);
+                    bp = sliver_buf;
+                }
                 for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
                     ptrdiff_t mr = nnk_min(MR, mc - ir);
                     T *ct = c + (ic + ir) * ldc + jr;
@@ -258,18 +275,21 @@ static int NNK_FN(nnk_gemm)(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, 
         }
         if (i0 < i1 && j0 < j1) {
             BLOCKING blk = NNK_FN(nnk_choose_blocking)(i1 - i0, j1 - j0, k);
+            int one_m_block = i1 - i0 <= blk.mc;
             T *a_buf = nnk_alloc(sizeof(T) * blk.mc * blk.kc);
-            T *b_buf = nnk_alloc(sizeof(T) * k * blk.nc);
+            T *b_buf = nnk_alloc(sizeof(T) * (one_m_block ? blk.kc * NR : k * blk.nc));
             if (!a_buf || !b_buf) {
                 failed = 1;
             } else {
                 for (ptrdiff_t jc = j0; jc < j1; jc += blk.nc) {
                     ptrdiff_t nc = nnk_min(blk.nc, j1 - jc);
-                    NNK_FN(nnk_pack_b_panels)(k, nc, b + jc * b_cs, b_rs, b_cs, b_buf, 0, nnk_ceil_div(nc, NR));
+                    if (!one_m_block)
+                        NNK_FN(nnk_pack_b_panels)(k, nc, b + jc * b_cs, b_rs, b_cs, b_buf, 0, nnk_ceil_div(nc, NR));
                     EPILOGUE sub;
                     if (ep) sub = NNK_FN(nnk_epilogue_at)(ep, i0, jc);
-                    NNK_FN(nnk_gemm_slice)(trans_a, i1 - i0, nc, k, a + i0 * a_rs, lda, b_buf,
-                                           c + i0 * ldc + jc, ldc, ep ? &sub : NULL, blk, a_buf);
+                    NNK_FN(nnk_gemm_slice)(trans_a, trans_b, i1 - i0, nc, k, a + i0 * a_rs, lda,
+                                           b + jc * b_cs, ldb, one_m_block ? NULL : b_buf,
+                                           c + i0 * ldc + jc, ldc, ep ? &sub : NULL, blk, a_buf, b_buf);
                 }
             }
             free(a_buf);
@@ -307,9 +327,9 @@ static int NNK_FN(nnk_gemm_packed_b)(int trans_a, ptrdiff_t m, ptrdiff_t n, ptrd
             } else {
                 EPILOGUE sub;
                 if (ep) sub = NNK_FN(nnk_epilogue_at)(ep, i0, j0);
-                NNK_FN(nnk_gemm_slice)(trans_a, i1 - i0, j1 - j0, k, a + i0 * a_rs, lda,
+                NNK_FN(nnk_gemm_slice)(trans_a, 0, i1 - i0, j1 - j0, k, a + i0 * a_rs, lda, NULL, 0,
                                        b_packed + j0 * k, c + i0 * ldc + j0, ldc, ep ? &sub : NULL,
-                                       blk, a_buf);
+                                       blk, a_buf, NULL);
             }
             free(a_buf);
         }
