@@ -1,0 +1,304 @@
+"""Optimizers: the update rules of torch.optim, run by the in-place update kernels of
+:mod:`nnkern.ops` (one pass over each parameter per step).
+
+Two ways to use one:
+
+* Keras style: construct it with hyperparameters only and hand it to ``model.fit``,
+  which binds it to the model's parameters and gradients::
+
+      model.fit(x, y, optimizer=optim.Adam(1e-3), epochs=5, batch_size=64)
+
+* torch style: bind it at construction to a model (or to a list of (parameter,
+  gradient) array pairs), then call ``step()`` after each backward pass::
+
+      opt = optim.SGD(model, lr=0.1, momentum=0.9)
+      model.compute_gradients(xb, yb, "cross_entropy"); opt.step()
+
+``opt.bind(params, grads, backend=None)`` does the binding explicitly. The first
+positional argument is the learning rate or what to bind to: ``SGD(0.1)`` and
+``SGD(model, lr=0.1)`` both work.
+
+Weight decay is PyTorch's L2 form: the gradient becomes ``g + weight_decay * p`` before
+the update. It is added in place into the gradient array (so after ``step()`` the
+gradients hold the decayed values) by the backend's ``sgd_update`` kernel run with the
+negative rate ``-weight_decay`` (``g -= (-wd) * p``): a second pass over the parameter,
+with no NumPy arithmetic. ``ops.sgd_update`` refuses negative rates, so this one step
+calls the validated backend kernel directly on the flat arrays checked at bind time.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from . import _arrays, ops
+from ._backend import backend_module, get_backend
+
+__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "get", "OPTIMIZERS"]
+
+_UNSET = object()
+
+
+def _hyperparameter(owner: str, name: str, value, *, below_one: bool = False) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (below_one and value >= 1):
+        bounds = "in [0, 1)" if below_one else "finite and >= 0"
+        raise ValueError(f"{owner}: {name} must be {bounds}, got {value}")
+    return value
+
+
+class Optimizer:
+    """Base class: holds the bound parameters, their gradients and per-parameter state.
+
+    Subclasses set ``STATE`` (the names of the per-parameter state arrays, created as
+    zeros at bind time) and implement ``_update(p, g, state)`` with one ops call.
+    """
+
+    STATE: tuple[str, ...] = ()
+
+    def __init__(self, lr_or_params, lr, default_lr, **hyperparameters):
+        name = type(self).__name__
+        target = None
+        if isinstance(lr_or_params, numbers.Real) and not isinstance(lr_or_params, bool):
+            if lr is not _UNSET:
+                raise TypeError(f"{name}: lr given twice (positionally and as lr=)")
+            lr = lr_or_params
+        elif lr_or_params is not _UNSET:
+            target = lr_or_params
+        self.hyperparameters = {"lr": _hyperparameter(name, "lr", default_lr if lr is _UNSET else lr)}
+        for key, value in hyperparameters.items():
+            self.hyperparameters[key] = _hyperparameter(name, key, value, below_one=key.startswith("beta"))
+        self.params: list = []
+        self.grads: list = []
+        self.state: list[dict] = []
+        self.t = 0
+        self.backend: str | None = None
+        self._pending_state: dict | None = None
+        if target is not None:
+            self._bind_target(target)
+
+    def __getattr__(self, key):
+        hyperparameters = self.__dict__.get("hyperparameters", {})
+        if key in hyperparameters:
+            return hyperparameters[key]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+
+    def __setattr__(self, key, value):
+        hyperparameters = self.__dict__.get("hyperparameters", {})
+        if key in hyperparameters:  # opt.lr = 0.01 changes the rate used by the next step
+            if key == "momentum" and bool(value) != bool(hyperparameters[key]):
+                raise ValueError(f"{type(self).__name__}: momentum cannot be switched on or off after construction")
+            hyperparameters[key] = _hyperparameter(type(self).__name__, key, value, below_one=key.startswith("beta"))
+        else:
+            super().__setattr__(key, value)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters.items())
+        return f"{type(self).__name__}({args})"
+
+    # -- binding --------------------------------------------------------------------
+
+    def _bind_target(self, target) -> None:
+        if hasattr(target, "parameters") and hasattr(target, "gradients"):
+            self.bind(target.parameters(), target.gradients(), backend=getattr(target, "backend", None))
+            return
+        pairs = list(target)
+        if not all(isinstance(pair, (tuple, list)) and len(pair) == 2 for pair in pairs):
+            raise TypeError(
+                f"{type(self).__name__}: bind to a model or to (parameter, gradient) pairs; "
+                "parameters alone carry no gradients in nnkern"
+            )
+        self.bind([p for p, _ in pairs], [g for _, g in pairs])
+
+    def bind(self, params, grads, *, backend: str | None = None) -> None:
+        """Update ``params`` from ``grads`` (lists of arrays in the same order) with the
+        kernels of ``backend`` (None: the current backend). State starts at zero."""
+        name = type(self).__name__
+        params, grads = list(params), list(grads)
+        if len(params) != len(grads):
+            raise ValueError(f"{name}: {len(params)} parameters but {len(grads)} gradients")
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if tuple(p.shape) != tuple(g.shape):
+                raise ValueError(f"{name}: parameter {i} has shape {tuple(p.shape)} but its gradient {tuple(g.shape)}")
+            if np.dtype(p.dtype) != np.dtype(g.dtype):
+                raise TypeError(f"{name}: parameter {i} has dtype {p.dtype} but its gradient {g.dtype}")
+            for what, a in (("parameter", p), ("gradient", g)):
+                if isinstance(a, np.ndarray) and not a.flags.c_contiguous:
+                    raise ValueError(f"{name}: {what} {i} must be C-contiguous (it is updated in place)")
+        self.backend = get_backend() if backend is None else backend
+        self._kernels = backend_module(self.backend)
+        self.params, self.grads = params, grads
+        self.state = [{key: _arrays.zeros(p.shape, p.dtype, self.backend) for key in self.STATE} for p in params]
+        self.t = 0
+        if self._pending_state is not None:
+            pending, self._pending_state = self._pending_state, None
+            self.load_state_dict(pending)
+
+    def is_bound_to(self, params) -> bool:
+        """Whether this optimizer updates exactly these parameter arrays."""
+        params = list(params)
+        return len(params) == len(self.params) and all(a is b for a, b in zip(params, self.params))
+
+    # -- stepping -------------------------------------------------------------------
+
+    def zero_grad(self) -> None:
+        """Set the bound gradients to zero (nnkern's backward overwrites gradients, so
+        this is only needed by code that relies on it, as torch-style loops do)."""
+        for g in self.grads:
+            g[...] = 0
+
+    def step(self) -> None:
+        """One update of every bound parameter from its gradient."""
+        if not self.params:
+            raise RuntimeError(
+                f"{type(self).__name__}.step: not bound to any parameters; pass it to model.fit, "
+                "construct it with the model, or call bind(params, grads)"
+            )
+        self.t += 1
+        weight_decay = self.hyperparameters.get("weight_decay", 0.0)
+        for p, g, state in zip(self.params, self.grads, self.state):
+            if weight_decay:
+                self._kernels.sgd_update(g.reshape(-1), p.reshape(-1), -weight_decay)
+            self._update(p, g, state)
+
+    def _update(self, p, g, state: dict) -> None:
+        raise NotImplementedError
+
+    # -- state ----------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Hyperparameters, the step count and host copies of the per-parameter state."""
+        return {
+            "type": type(self).__name__,
+            "hyperparameters": dict(self.hyperparameters),
+            "t": self.t,
+            "state": [{key: _arrays.host_copy(a) for key, a in s.items()} for s in self.state],
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore what :meth:`state_dict` returned. Before the optimizer is bound the
+        per-parameter state is kept and applied when ``fit`` (or ``bind``) binds it."""
+        name = type(self).__name__
+        if state_dict.get("type") != name:
+            raise ValueError(f"{name}.load_state_dict: the state is of a {state_dict.get('type')!r} optimizer")
+        hyperparameters = dict(state_dict["hyperparameters"])
+        if set(hyperparameters) != set(self.hyperparameters):
+            raise ValueError(
+                f"{name}.load_state_dict: hyperparameters {sorted(hyperparameters)}, expected {sorted(self.hyperparameters)}"
+            )
+        for key, value in hyperparameters.items():
+            self.hyperparameters[key] = _hyperparameter(name, key, value, below_one=key.startswith("beta"))
+        if not self.params:
+            self._pending_state = state_dict
+            return
+        states = state_dict["state"]
+        if len(states) != len(self.state):
+            raise ValueError(f"{name}.load_state_dict: state for {len(states)} parameters, bound to {len(self.state)}")
+        for i, (saved, own) in enumerate(zip(states, self.state)):
+            if set(saved) != set(own):
+                raise ValueError(f"{name}.load_state_dict: parameter {i} has state {sorted(saved)}, expected {sorted(own)}")
+            for key, array in own.items():
+                value = np.asarray(saved[key])
+                if value.shape != tuple(array.shape):
+                    raise ValueError(
+                        f"{name}.load_state_dict: {key} of parameter {i} has shape {value.shape}, expected {tuple(array.shape)}"
+                    )
+                array[...] = np.ascontiguousarray(value, dtype=array.dtype)
+        self.t = int(state_dict["t"])
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, as torch.optim.SGD: ``p -= lr * g``; with momentum
+    ``v = momentum * v + g; p -= lr * v`` (v starts at zero)."""
+
+    def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, momentum=0.0, weight_decay=0.0):
+        self.STATE = ("v",) if momentum else ()  # before a torch-style bind creates the state
+        super().__init__(lr_or_params, lr, 0.01, momentum=momentum, weight_decay=weight_decay)
+
+    def _update(self, p, g, state):
+        h = self.hyperparameters
+        if h["momentum"]:
+            ops.momentum_update(p, g, state["v"], h["lr"], h["momentum"], backend=self.backend)
+        else:
+            ops.sgd_update(p, g, h["lr"], backend=self.backend)
+
+
+class Adagrad(Optimizer):
+    """As torch.optim.Adagrad: ``h += g * g; p -= lr * g / (sqrt(h) + eps)``."""
+
+    STATE = ("h",)
+
+    def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, eps=1e-10, weight_decay=0.0):
+        super().__init__(lr_or_params, lr, 0.01, eps=eps, weight_decay=weight_decay)
+
+    def _update(self, p, g, state):
+        h = self.hyperparameters
+        ops.adagrad_update(p, g, state["h"], h["lr"], h["eps"], backend=self.backend)
+
+
+class RMSprop(Optimizer):
+    """As torch.optim.RMSprop: ``h = alpha * h + (1 - alpha) * g * g;
+    p -= lr * g / (sqrt(h) + eps)``."""
+
+    STATE = ("h",)
+
+    def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, alpha=0.99, eps=1e-8, weight_decay=0.0):
+        super().__init__(lr_or_params, lr, 0.01, alpha=alpha, eps=eps, weight_decay=weight_decay)
+
+    def _update(self, p, g, state):
+        h = self.hyperparameters
+        ops.rmsprop_update(p, g, state["h"], h["lr"], h["alpha"], h["eps"], backend=self.backend)
+
+
+class Adadelta(Optimizer):
+    """As torch.optim.Adadelta: ``h = rho * h + (1 - rho) * g * g;
+    delta = sqrt(d + eps) / sqrt(h + eps) * g; d = rho * d + (1 - rho) * delta**2;
+    p -= lr * delta``."""
+
+    STATE = ("h", "d")
+
+    def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, rho=0.9, eps=1e-6, weight_decay=0.0):
+        super().__init__(lr_or_params, lr, 1.0, rho=rho, eps=eps, weight_decay=weight_decay)
+
+    def _update(self, p, g, state):
+        h = self.hyperparameters
+        ops.adadelta_update(p, g, state["h"], state["d"], h["lr"], h["rho"], h["eps"], backend=self.backend)
+
+
+class Adam(Optimizer):
+    """As torch.optim.Adam: ``m = b1 * m + (1 - b1) * g; v = b2 * v + (1 - b2) * g * g;
+    p -= lr * (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)``, t the step number."""
+
+    STATE = ("m", "v")
+
+    def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        betas = tuple(betas)
+        if len(betas) != 2:
+            raise ValueError(f"Adam: betas must be a pair (beta1, beta2), got {betas!r}")
+        super().__init__(lr_or_params, lr, 1e-3, beta1=betas[0], beta2=betas[1], eps=eps,
+                         weight_decay=weight_decay)
+
+    @property
+    def betas(self) -> tuple[float, float]:
+        return self.hyperparameters["beta1"], self.hyperparameters["beta2"]
+
+    def _update(self, p, g, state):
+        h = self.hyperparameters
+        ops.adam_update(p, g, state["m"], state["v"], self.t, h["lr"], h["beta1"], h["beta2"], h["eps"],
+                        backend=self.backend)
+
+
+OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adadelta": Adadelta, "adam": Adam}
+
+
+def get(name: str, **hyperparameters) -> Optimizer:
+    """An optimizer by name ("sgd", "adagrad", "rmsprop", "adadelta", "adam"), with the
+    given hyperparameters and the defaults for the rest."""
+    key = name.lower() if isinstance(name, str) else name
+    if key not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[key](**hyperparameters)
