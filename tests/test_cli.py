@@ -1,0 +1,220 @@
+"""The `nnkern` command line, run in-process through ``main([...])`` (and once as
+``python -m nnkern``), on real MNIST kept small with --limit."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nnkern
+from nnkern import cli
+
+MNIST = str(Path(__file__).resolve().parents[1] / "data" / "mnist")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run(capsys, *argv):
+    status = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One quick `nnkern train` run (2000 images, 1 epoch) that saves a model and curves."""
+    folder = tmp_path_factory.mktemp("train")
+    model_path, plot_path = folder / "model.npz", folder / "curves.png"
+    # capsys is function-scoped: capture this module-wide run by hand
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main(["train", "--data", MNIST, "--limit", "2000", "--epochs", "1", "--seed", "3",
+                           "--save", str(model_path), "--plot", str(plot_path)])
+    return types.SimpleNamespace(status=status, out=out.getvalue(), err=err.getvalue(),
+                                 model=model_path, plot=plot_path)
+
+
+def test_train_reports_each_epoch_and_a_summary(trained):
+    assert trained.status == 0, trained.err
+    assert "784-256-128-64-20-10 relu on 2000 MNIST images (test: 10000)" in trained.out
+    assert f"backend {nnkern._backend.fastest_cpu_backend()}, float32" in trained.out
+    epoch_line = re.search(r"epoch 1/1  train loss ([\d.]+) acc ([\d.]+)%  test loss ([\d.]+) acc ([\d.]+)%"
+                           r"  ([\d,]+) samples/s", trained.out)
+    assert epoch_line, trained.out
+    summary = re.search(r"test accuracy ([\d.]+)% \(loss ([\d.]+)\); training time ([\d.]+) s", trained.out)
+    assert summary, trained.out
+    # the summary is the last epoch's test result; 2000 images already give a useful model
+    assert summary.group(1) == epoch_line.group(4)
+    assert 60.0 < float(summary.group(1)) <= 100.0
+
+
+def test_train_writes_the_model_and_the_curves(trained):
+    assert trained.model.stat().st_size > 100_000  # 784*256 float32 weights and more
+    assert trained.plot.read_bytes().startswith(PNG_SIGNATURE)
+    assert f"saved the model to {trained.model}" in trained.out
+
+
+def test_evaluate_matches_the_training_summary(trained, capsys):
+    status, out, _ = run(capsys, "evaluate", str(trained.model), "--data", MNIST)
+    assert status == 0
+    accuracy = re.search(r"test accuracy ([\d.]+)%", out).group(1)
+    assert f"test accuracy {accuracy}%" in trained.out
+
+
+def test_evaluate_on_another_backend_agrees(trained, capsys):
+    status, out, _ = run(capsys, "evaluate", str(trained.model), "--data", MNIST, "--backend", "numpy")
+    assert status == 0 and "backend numpy" in out
+    accuracy = float(re.search(r"test accuracy ([\d.]+)%", out).group(1))
+    trained_accuracy = float(re.search(r"test accuracy ([\d.]+)%", trained.out).group(1))
+    assert abs(accuracy - trained_accuracy) <= 0.02  # at most 2 of 10000 images on a float32 tie
+
+
+def test_predict_prints_predicted_against_true_labels(trained, capsys):
+    status, out, _ = run(capsys, "predict", str(trained.model), "--data", MNIST, "--count", "7", "--start", "3")
+    assert status == 0
+    model = nnkern.nn.load(trained.model, backend="numpy")
+    (_, _), (x_test, y_test) = nnkern.data.load_mnist(MNIST)
+    predicted = model.predict_classes(x_test[3:10])
+    assert f"Predicted: {' '.join(map(str, predicted))}" in out
+    assert f"True:      {' '.join(map(str, y_test[3:10]))}" in out
+    assert len(re.findall(r"^test image +\d+: predicted \d, true \d", out, re.M)) == 7
+    assert f"{int(np.sum(predicted == y_test[3:10]))}/7 correct" in out
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path, capsys):
+    status, _, err = run(capsys, "evaluate", str(tmp_path / "none.npz"), "--data", MNIST)
+    assert status == 1
+    assert "no model file at" in err and "Traceback" not in err
+
+
+def test_corrupt_model_file_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a model")
+    status, _, err = run(capsys, "predict", str(bad), "--data", MNIST)
+    assert status == 1 and "not a readable nnkern model file" in err
+
+
+def test_missing_data_directory_is_a_clear_error(tmp_path, capsys):
+    status, _, err = run(capsys, "train", "--data", str(tmp_path / "nowhere"), "--epochs", "1")
+    assert status == 1
+    assert "nowhere" in err and "does not exist" in err
+
+
+def test_unusable_backend_says_why(capsys):
+    unusable = [b for b in ("cuda", "numba", "cython") if nnkern.unavailable_reason(b)]
+    if not unusable:
+        pytest.skip("every backend is usable here")
+    status, _, err = run(capsys, "train", "--backend", unusable[0], "--data", MNIST, "--epochs", "1")
+    assert status == 1 and f"backend {unusable[0]!r} is not usable here" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--hidden", "256,x"],
+    ["train", "--hidden", "256,0"],
+    ["train", "--epochs", "0"],
+    ["train", "--lr", "-1"],
+    ["train", "--optimizer", "lbfgs"],
+    ["predict", "m.npz", "--count", "0"],
+])
+def test_bad_arguments_exit_with_usage(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert "usage: nnkern" in capsys.readouterr().err
+
+
+def test_layer_sizes_parse():
+    assert cli._layer_sizes("256,128,64,20") == (256, 128, 64, 20)
+    assert cli._layer_sizes("none") == ()
+
+
+@pytest.mark.parametrize("name", cli.OPTIMIZERS)
+def test_every_optimizer_name_builds_with_its_default_rate(name):
+    optimizer = cli.make_optimizer(name)
+    assert optimizer.lr == cli.DEFAULT_LR[name]
+    assert (getattr(optimizer, "momentum", 0.0) > 0) == (name == "momentum")
+
+
+def test_linear_decay_reaches_zero_at_the_last_step():
+    optimizer = cli.make_optimizer("sgd", 0.2)
+    decay = cli.LinearDecay(optimizer)
+    decay.on_train_begin({"epochs": 2, "steps": 5, "samples": 50})
+    rates = []
+    for epoch in (1, 2):
+        for step in range(1, 6):
+            decay.on_batch_end(epoch, step, 5, {"loss": 1.0})
+            rates.append(optimizer.lr)
+    np.testing.assert_allclose(rates, 0.2 * (1 - np.arange(1, 11) / 10), atol=1e-15)
+
+
+def test_small_custom_network_trains_with_adam(tmp_path, capsys):
+    status, out, err = run(capsys, "train", "--data", MNIST, "--limit", "1000", "--epochs", "2",
+                           "--hidden", "32", "--activation", "tanh", "--optimizer", "adam",
+                           "--batch-size", "50", "--dtype", "float64", "--backend", "numpy",
+                           "--lr-schedule", "constant", "--threads", "1")
+    assert status == 0, err
+    assert "784-32-10 tanh on 1000 MNIST images" in out and "float64" in out
+    assert "optimizer adam lr 0.001 constant, batch 50, 2 epoch(s)" in out
+    assert len(re.findall(r"^epoch \d/2 ", out, re.M)) == 2
+
+
+def test_info_in_process(capsys):
+    status, out, _ = run(capsys, "info")
+    assert status == 0
+    assert f"nnkern {nnkern.__version__}" in out and f"numpy {np.__version__}" in out
+    for name in nnkern._backend.BACKENDS:
+        reason = nnkern.unavailable_reason(name)
+        assert re.search(rf"^  {name} +{'available' if reason is None else 'unavailable: '}", out, re.M)
+    assert f"nnkern.get_num_threads() = {nnkern.get_num_threads()}" in out
+    assert "CPU: " in out and "numpy BLAS: " in out
+
+
+def test_info_as_a_module_in_a_subprocess():
+    result = subprocess.run([sys.executable, "-m", "nnkern", "info"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "backends:" in result.stdout and "numpy  available" in result.stdout
+
+
+def test_bench_passes_its_arguments_to_the_bench_module(monkeypatch, capsys):
+    received = []
+    fake = types.ModuleType("nnkern.bench")
+    fake.run_cli = lambda args: received.append(args) or 0
+    monkeypatch.setitem(sys.modules, "nnkern.bench", fake)
+    status, _, _ = run(capsys, "bench", "--quick", "--json", "out.json", "--backends", "numpy,cython",
+                       "--repeats", "3", "--threads", "2", "--plot", "bench.png")
+    assert status == 0
+    (args,) = received
+    assert (args.quick, args.json, args.backends, args.repeats, args.threads, args.plot) == (
+        True, "out.json", "numpy,cython", 3, 2, "bench.png")
+
+
+def test_bench_without_its_module_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "nnkern.bench", None)  # makes the import fail
+    status, _, err = run(capsys, "bench", "--quick")
+    assert status == 1
+    assert "no module nnkern.bench" in err and "Traceback" not in err
+
+
+def test_plot_commands_write_pngs(tmp_path, capsys):
+    status, out, _ = run(capsys, "plot-optimizers", str(tmp_path / "opt.png"), "--steps", "10")
+    assert status == 0 and (tmp_path / "opt.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert re.search(r"^Adam +ends at", out, re.M)
+    status, out, _ = run(capsys, "plot-gradient-descent", str(tmp_path / "gd.png"))
+    assert status == 0 and (tmp_path / "gd.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert "(too large)" in out
+
+
+def test_plot_without_matplotlib_says_how_to_install(monkeypatch, tmp_path, capsys):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    status, _, err = run(capsys, "plot-optimizers", str(tmp_path / "opt.png"))
+    assert status == 1 and "pip install nnkern[plot]" in err
