@@ -68,7 +68,7 @@ BCE_CLAMP = 1e-12
 # GEMM blocking (see the module docstring): a k block of 2 KiB per packed row keeps the six
 # rows a 3x3 tile reads (12 KiB) in L1; 96 rows of such a block (192 KiB) stay in L2.
 GEMM_TILE = 3
-GEMM_KC_BYTES = 2048
+GEMM_KC_BYTES = 4096
 GEMM_MC_ROWS = 96
 
 
@@ -376,15 +376,16 @@ def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step
 
 @_jit()
 def transpose_into(src, dst):
-    """dst = src.T, in 16x16 blocks so that both sides are walked a cache line at a time."""
+    """dst = src.T, in 16x16 blocks so that both sides are walked a cache line at a time.
+    Each block is a pair of views indexed from 0, so that no index needs a wraparound."""
     rows, cols = src.shape
     for r0 in range(0, rows, 16):
-        r1 = min(r0 + 16, rows)
         for c0 in range(0, cols, 16):
-            c1 = min(c0 + 16, cols)
-            for c in range(c0, c1):
-                for r in range(r0, r1):
-                    dst[c, r] = src[r, c]
+            block = src[r0:r0 + 16, c0:c0 + 16]
+            block_t = dst[c0:c0 + 16, r0:r0 + 16]
+            for c in range(block.shape[1]):
+                for r in range(block.shape[0]):
+                    block_t[c, r] = block[r, c]
 
 
 @_jit()
@@ -393,14 +394,16 @@ def _gemm_tile(a_rows, i, m, b_cols, j, j_end, k0, k1, out, first, last, bias, h
     loop LLVM vectorises. Rows past ``m`` and columns past ``j_end`` repeat the last valid
     one (no padding, no branch in the loop) and are not stored. ``first``: the tile is
     written, else accumulated; ``last``: the bias and the activation are applied."""
-    a0 = a_rows[i]
-    a1 = a_rows[min(i + 1, m - 1)]
-    a2 = a_rows[min(i + 2, m - 1)]
-    b0 = b_cols[j]
-    b1 = b_cols[min(j + 1, j_end - 1)]
-    b2 = b_cols[min(j + 2, j_end - 1)]
+    # Slices of the k block, so that the loop index is known non-negative and Numba's
+    # wraparound of negative indices folds away (else the loads become gathers).
+    a0 = a_rows[i, k0:k1]
+    a1 = a_rows[min(i + 1, m - 1), k0:k1]
+    a2 = a_rows[min(i + 2, m - 1), k0:k1]
+    b0 = b_cols[j, k0:k1]
+    b1 = b_cols[min(j + 1, j_end - 1), k0:k1]
+    b2 = b_cols[min(j + 2, j_end - 1), k0:k1]
     c00 = c01 = c02 = c10 = c11 = c12 = c20 = c21 = c22 = out.dtype.type(0)
-    for p in range(k0, k1):
+    for p in range(k1 - k0):
         x0 = a0[p]
         x1 = a1[p]
         x2 = a2[p]
