@@ -20,9 +20,11 @@ Reported per contender:
   weight gradient ``x.T @ dY`` (2·N·in·out) and the input gradient ``dY @ W.T``
   (2·N·in·out), the last one for every layer but the first (nothing needs the gradient of
   the input images). Per sample: ``FLOPs = 4·Σ in·out + 2·Σ_{layers after the first} in·out``
-  (close to the rule of thumb 6·Σ in·out). Activations, bias, loss and update are O(N·out)
-  and left out;
-* the test accuracy after the timed epoch, so a fast but wrong backend shows.
+  (the rule of thumb 6·Σ in·out without the first layer's input gradient). Activations,
+  bias, loss and update are O(N·out) and left out;
+* the test accuracy after the timed epoch, and whether the loss after the untimed warm-up
+  steps (same weights, same batches) equals the reference's, so a fast but wrong backend
+  shows.
 
 :func:`profile_step` times each kernel call of a training step (forward linear per layer,
 loss, backward matmuls, bias gradients, updates) as a fraction of the step.
@@ -63,9 +65,12 @@ __all__ = [
     "TorchTrainer",
     "make_trainer",
     "run",
+    "format_header",
+    "format_table",
     "format_report",
     "plot",
     "profile_step",
+    "profile_networks",
     "format_profile",
     "run_cli",
 ]
@@ -75,6 +80,7 @@ DTYPE = np.float32
 REFERENCE = "numpy"
 TORCH = "torch"
 SCHEMA = "nnkern-bench/1"
+LOSS_RTOL = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,7 +255,7 @@ class NnkernTrainer:
                 layers.append({"sigmoid": nn.Sigmoid, "relu": nn.ReLU}[network.activation]())
         self.model = nn.Sequential(*layers, backend=backend, dtype=DTYPE)
         self.loss = nn.CrossEntropyLoss()
-        self.optimizer = optim.SGD(self.model.parameters(), lr=LEARNING_RATE)
+        self.optimizer = optim.SGD(self.model, lr=LEARNING_RATE)
 
     def reset(self) -> None:
         for param, value in zip(self.model.parameters(), self.weights, strict=True):
@@ -260,7 +266,8 @@ class NnkernTrainer:
         return batches
 
     def step(self, xb, yb) -> float:
-        return self.model.train_step(xb, yb, self.loss, self.optimizer)
+        loss, _ = self.model.train_step(xb, yb, self.optimizer, self.loss)
+        return loss
 
     def train(self, batches) -> float:
         loss = math.nan
@@ -269,7 +276,7 @@ class NnkernTrainer:
         return float(loss)
 
     def accuracy(self, x, y) -> float:
-        return float(np.mean(np.argmax(self.model.predict(x), axis=1) == y))
+        return float(np.mean(self.model.predict_classes(x) == y))
 
 
 class TorchTrainer:
@@ -362,9 +369,10 @@ def run(
     """Time one epoch (or its first ``samples`` samples) per contender, interleaved over
     ``repeats``; return the whole result as a JSON-ready dict.
 
-    Each repeat starts from the initial weights, so every repeat does the same work and the
-    test accuracy is that after one (partial) epoch. ``log`` (a callable taking a line)
-    reports progress.
+    Each contender first trains ``warmup_batches`` untimed steps (compilation, caches) whose
+    loss is compared with the reference's. Each repeat starts from the initial weights, so
+    every repeat does the same work and the test accuracy is that after one (partial)
+    epoch. ``log`` (a callable taking a line) reports progress.
     """
     from .data import load_mnist
 
@@ -398,7 +406,7 @@ def run(
             "optimizer": "SGD",
             "seed": seed,
             "order": "interleaved",
-            "flops_formula": "per sample: 4*sum(in*out) + 2*sum(in*out over layers after the first)",
+            "flops_per_sample_formula": "4*sum(in*out) + 2*sum(in*out over the layers after the first)",
         },
         "peak": peak,
         "skipped": skipped,
@@ -410,10 +418,11 @@ def run(
         batches = epoch_batches(x_train, y_train, network.batch_size, samples, seed)
         trainers, failed = _contenders(network, timed + [TORCH] * with_torch, weights)
         inputs = {name: trainer.prepare(batches) for name, trainer in trainers.items()}
+        warmup_losses = {}
         for name, trainer in list(trainers.items()):
             try:  # compile / warm caches before timing; then back to the initial weights
                 trainer.reset()
-                trainer.train(inputs[name][:warmup_batches])
+                warmup_losses[name] = trainer.train(inputs[name][:warmup_batches])
             except Exception as exc:
                 failed[name] = f"{type(exc).__name__}: {exc}"
                 del trainers[name]
@@ -444,8 +453,16 @@ def run(
                 "test_accuracy": trainer.accuracy(x_test, y_test),
             })
         reference_rate = next((r["samples_per_s"] for r in rows if r["contender"] == REFERENCE), None)
+        reference_loss = warmup_losses.get(REFERENCE)
         for row in rows:
             row["ratio_to_reference"] = row["samples_per_s"] / reference_rate if reference_rate else None
+            # the loss after the warm-up steps, from the same weights and batches, must be
+            # the reference's (float32, different summation orders: 1e-3 relative)
+            row["warmup_loss"] = warmup_losses[row["contender"]]
+            row["loss_matches_reference"] = (
+                None if reference_loss is None
+                else bool(abs(row["warmup_loss"] - reference_loss) <= LOSS_RTOL * abs(reference_loss))
+            )
         result["networks"].append({
             "name": network.name,
             "sizes": list(network.sizes),
@@ -483,17 +500,25 @@ def format_table(network_result: dict) -> str:
     n = network_result
     title = (f"{n['name']}, batch {n['batch_size']}, {n['samples_trained']} samples/epoch, "
              f"SGD lr {LEARNING_RATE}, float32")
-    header = f"{'contender':<10} {'samples/s':>11} {'vs numpy':>9} {'GFLOP/s':>8} {'of peak':>8} {'test acc':>9}"
+    header = (f"{'contender':<10} {'samples/s':>11} {'vs numpy':>9} {'GFLOP/s':>8} {'of peak':>8} "
+              f"{'test acc':>9}  loss check")
     lines = [title, header, "-" * len(header)]
     for row in n["results"]:
         ratio = "n/a" if row["ratio_to_reference"] is None else f"{row['ratio_to_reference']:.2f}x"
         lines.append(
             f"{row['contender']:<10} {row['samples_per_s']:>11,.0f} {ratio:>9} {row['gflops']:>8.2f} "
-            f"{row['fraction_of_peak']:>8.1%} {row['test_accuracy']:>9.4f}"
+            f"{row['fraction_of_peak']:>8.1%} {row['test_accuracy']:>9.4f}  {_loss_check(row)}"
         )
     for name, reason in n["failed"].items():
         lines.append(f"{name:<10} FAILED: {reason}")
     return "\n".join(lines)
+
+
+def _loss_check(row: dict) -> str:
+    """Whether the loss after the warm-up steps was the reference's."""
+    if row["loss_matches_reference"] is None:
+        return "no reference"
+    return "ok" if row["loss_matches_reference"] else f"DIFFERS from numpy ({row['warmup_loss']:.6g})"
 
 
 def format_report(result: dict) -> str:
@@ -532,11 +557,18 @@ def plot(result: dict, path) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+_UPDATE_KERNELS = frozenset(k for k in ("sgd_update", "momentum_update", "adagrad_update", "rmsprop_update",
+                                         "adadelta_update", "adam_update"))
+
+
 def _call_label(kernel: str, args) -> str:
-    """A readable name for one raw kernel call: what it computes, at what shape."""
+    """A readable name for one raw kernel call: what it computes, at what shape. Optimizer
+    updates get one label for all parameters."""
     def shape(a):
         return "x".join(map(str, a.shape))
 
+    if kernel in _UPDATE_KERNELS:
+        return f"{kernel} (every parameter)"
     if kernel == "matmul":
         a, b, trans_a, trans_b = args[:4]
         what = "x.T @ dY (weight grad)" if trans_a else "dY @ W.T (input grad)" if trans_b else "a @ b"
@@ -546,7 +578,7 @@ def _call_label(kernel: str, args) -> str:
         return f"linear+{act} {shape(x)} @ {shape(w)}"
     if kernel in ("activation", "activation_grad"):
         act = args[0]
-        arrays = [a for a in args[1:] if isinstance(a, np.ndarray)]
+        arrays = [a for a in args[1:] if hasattr(a, "shape")]
         return f"{kernel} {act} {shape(arrays[0])}"
     first = next((a for a in args if hasattr(a, "shape")), None)
     return f"{kernel} {shape(first)}" if first is not None else kernel
@@ -555,7 +587,9 @@ def _call_label(kernel: str, args) -> str:
 @contextlib.contextmanager
 def _timed_kernels(backend: str):
     """Wrap every raw kernel of ``backend`` with a timer for the duration of the block;
-    yields the dict {call label: [total seconds, calls]} it fills."""
+    yields a dict it fills when the block ends: {call label: [total seconds, calls]}, in
+    the order of the first call. A kernel called by another kernel (the reference's
+    ``linear`` calls its ``activation``) counts as part of its caller."""
     from ._backend import backend_module
     from .backends import KERNELS
 
@@ -565,13 +599,20 @@ def _timed_kernels(backend: str):
     # labels are made once at the end.
     totals = defaultdict(lambda: [0.0, 0])
     example_args = {}
+    depth = [0]
 
     def timed(name, kernel):
         @functools.wraps(kernel)
         def wrapper(*args):
-            start = time.perf_counter()
-            value = kernel(*args)
-            elapsed = time.perf_counter() - start
+            if depth[0]:
+                return kernel(*args)
+            depth[0] += 1
+            try:
+                start = time.perf_counter()
+                value = kernel(*args)
+                elapsed = time.perf_counter() - start
+            finally:
+                depth[0] -= 1
             key = (name, *(a.shape if hasattr(a, "shape") else a for a in args))
             entry = totals[key]
             entry[0] += elapsed
@@ -601,9 +642,9 @@ def profile_step(step, backend: str, steps: int = 50, warmup: int = 5) -> dict:
     ``step`` is a callable doing one training step (forward, loss, backward, update) with
     nnkern ops on ``backend``. Runs it ``warmup`` times untimed, then ``steps`` times with
     every raw kernel call timed. Returns ``{"step_s": mean step time, "kernels": [{"call",
-    "calls_per_step", "s_per_step", "fraction"}, ...] (largest first), "other_s",
-    "other_fraction"}``; "other" is what is not inside a kernel: Python, the ops layer's
-    checks, allocations.
+    "calls_per_step", "s_per_step", "fraction"}, ...] (in the order of the step),
+    "other_s", "other_fraction"}``; "other" is the time outside kernels: Python, the ops
+    layer's checks, allocation (and the timers themselves, about a microsecond per call).
     """
     for _ in range(warmup):
         step()
@@ -612,11 +653,8 @@ def profile_step(step, backend: str, steps: int = 50, warmup: int = 5) -> dict:
         for _ in range(steps):
             step()
         step_s = (time.perf_counter() - start) / steps
-    kernels = sorted(
-        ({"call": label, "calls_per_step": calls / steps, "s_per_step": total / steps,
-          "fraction": total / steps / step_s} for label, (total, calls) in totals.items()),
-        key=lambda k: -k["s_per_step"],
-    )
+    kernels = [{"call": label, "calls_per_step": calls / steps, "s_per_step": total / steps,
+                "fraction": total / steps / step_s} for label, (total, calls) in totals.items()]
     other = step_s - sum(k["s_per_step"] for k in kernels)
     return {"backend": backend, "steps": steps, "step_s": step_s, "kernels": kernels,
             "other_s": other, "other_fraction": other / step_s}
@@ -658,6 +696,7 @@ def format_profile(profile: dict) -> str:
 # ---------------------------------------------------------------------------------------
 
 QUICK = {"samples": 6000, "repeats": 3, "peak_size": 1024}
+PROFILE_STEPS = {"quick": 20, "full": 100}
 
 
 def _names(value) -> list[str] | None:
@@ -686,7 +725,7 @@ def run_cli(args) -> int:
     print(format_report(result))
     if getattr(args, "profile", False):
         result["profile"] = profile_networks(backends=backends, threads=threads,
-                                             steps=20 if getattr(args, "quick", False) else 100)
+                                             steps=PROFILE_STEPS["quick" if getattr(args, "quick", False) else "full"])
         print()
         print("\n\n".join(format_profile(p) for p in result["profile"]))
     if getattr(args, "json", None):

@@ -1,0 +1,113 @@
+"""nnkern.bench (the engine of ``nnkern bench``) on a tiny configuration: the structure of its
+JSON, its table and its chart, the per-kernel profile, and the FLOP count it reports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nnkern
+from nnkern import bench
+from nnkern.backends import BACKENDS
+
+TINY = {"samples": 300, "repeats": 1, "peak_size": 128, "test_samples": 500, "warmup_batches": 1}
+REPO = Path(__file__).resolve().parents[1]
+# The bench treats every backend alike; numba is left out here because compiling its
+# kernels on first use takes seconds each (they are proven by the kernel tests).
+BENCHED = [b for b in ("numpy", "cython") if b in nnkern.available_backends()]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """``nnkern bench --quick --json --plot --profile`` with the quick settings made tiny."""
+    out = tmp_path_factory.mktemp("bench")
+    args = argparse.Namespace(quick=True, json=str(out / "bench.json"), plot=str(out / "bench.png"),
+                              backends=",".join([*BENCHED, "torch"]), repeats=None, threads=None, profile=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench, "QUICK", TINY)
+        mp.setattr(bench, "PROFILE_STEPS", {"quick": 2, "full": 2})
+        status = bench.run_cli(args)
+    return status, out
+
+
+def test_cli_writes_json_with_every_contender(cli_run, capsys):
+    status, out = cli_run
+    assert status == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert result["schema"] == bench.SCHEMA
+    assert result["machine"]["cores"] >= 1 and isinstance(result["machine"]["simd"], list)
+    assert result["versions"]["numpy"] == np.__version__
+    assert result["config"]["threads"] == nnkern.get_num_threads()
+    assert result["config"]["repeats"] == 1 and result["config"]["samples_per_repeat"] == 300
+    assert result["peak"]["gflops"] > 0
+
+    assert [n["name"] for n in result["networks"]] == [n.name for n in bench.NETWORKS]
+    for network in result["networks"]:
+        assert network["failed"] == {}
+        names = [r["contender"] for r in network["results"]]
+        assert names == BENCHED + (["torch"] if "torch" not in result["skipped"] else [])
+        for row in network["results"]:
+            assert len(row["times_s"]) == 1 and row["median_s"] > 0
+            assert row["samples_per_s"] == pytest.approx(network["samples_trained"] / row["median_s"])
+            assert row["gflops"] == pytest.approx(row["samples_per_s"] * network["flops_per_sample"] / 1e9)
+            assert row["fraction_of_peak"] == pytest.approx(row["gflops"] / result["peak"]["gflops"])
+            assert isinstance(row["test_accuracy"], float) and 0.0 <= row["test_accuracy"] <= 1.0
+            assert math.isfinite(row["final_train_loss"])
+            assert row["loss_matches_reference"] is True, f"{row['contender']}: {row['warmup_loss']}"
+        reference = next(r for r in network["results"] if r["contender"] == "numpy")
+        assert reference["ratio_to_reference"] == 1.0
+
+
+def test_cli_prints_the_table_and_draws_the_chart(cli_run):
+    _, out = cli_run
+    result = json.loads((out / "bench.json").read_text())
+    report = bench.format_report(result)
+    assert "samples/s" in report and "vs numpy" in report and "test acc" in report
+    for network in result["networks"]:
+        assert network["name"] in report
+        for row in network["results"]:
+            assert f"\n{row['contender']:<10} " in report
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_profile_accounts_for_the_whole_step(cli_run):
+    _, out = cli_run
+    profiles = json.loads((out / "bench.json").read_text())["profile"]
+    assert {(p["network"], p["backend"]) for p in profiles} == {(n.name, b) for n in bench.NETWORKS for b in BENCHED}
+    for p in profiles:
+        calls = " ".join(k["call"] for k in p["kernels"])
+        for kernel in ("linear", "softmax_cross_entropy", "matmul", "sgd_update"):
+            assert kernel in calls, f"{kernel} missing from the profile of {p['network']} on {p['backend']}"
+        assert sum(k["fraction"] for k in p["kernels"]) + p["other_fraction"] == pytest.approx(1.0)
+        assert all(k["s_per_step"] > 0 for k in p["kernels"])
+
+
+def test_report_script_turns_the_json_into_markdown(cli_run):
+    _, out = cli_run
+    text = subprocess.run([sys.executable, str(REPO / "benchmarks" / "report.py"), str(out / "bench.json")],
+                          check=True, capture_output=True, text=True).stdout
+    assert "| contender | samples/s (median) |" in text
+    assert "| kernel call | calls | ms/step | of step |" in text
+
+
+def test_useful_flops_per_sample():
+    # 784-100-10: forward and weight gradient of both layers, input gradient of the second
+    two_layer = bench.NETWORKS[0]
+    assert two_layer.flops_per_sample == 2 * (784 * 100 + 100 * 10) * 2 + 2 * (100 * 10)
+
+
+def test_backend_selection_keeps_the_reference_and_explains_the_rest():
+    timed, skipped = bench.benchmark_backends()
+    assert timed[0] == "numpy"
+    assert set(timed) | set(skipped) == set(BACKENDS)
+    assert all(isinstance(reason, str) and reason for reason in skipped.values())
+    assert bench.benchmark_backends(["numba"])[0] == ["numpy"] + (["numba"] if "numba" in timed else [])
+    with pytest.raises(ValueError, match="unknown backend"):
+        bench.benchmark_backends(["tensorflow"])
