@@ -47,8 +47,12 @@
 
 /* Cache budgets the blocking is sized from: the packed A block stays in L2, a packed B
  * column block in L3 (the per-core L2 here is 512 KiB, the shared L3 32 MiB). */
+#ifndef NNK_L2_BUDGET
 #define NNK_L2_BUDGET (256 * 1024)
+#endif
+#ifndef NNK_L3_BUDGET
 #define NNK_L3_BUDGET (4 * 1024 * 1024)
+#endif
 /* Below this m*n*k one thread does the product: starting the team costs more. */
 #define NNK_GEMM_PARALLEL_MIN_MNK (1 << 17)
 
@@ -84,10 +88,17 @@ static inline void nnk_partition(ptrdiff_t units, int parts, int part, ptrdiff_t
 #define NNK_PASTE2(a, b) a##_##b
 #define NNK_PASTE(a, b) NNK_PASTE2(a, b)
 
+#ifndef NNK_KC_TARGET_S
+#define NNK_KC_TARGET_S 384
+#endif
+#ifndef NNK_KC_TARGET_D
+#define NNK_KC_TARGET_D 256
+#endif
+
 #define NNK_T float
 #define NNK_S s
 #define NNK_NR NNK_NR_S
-#define NNK_KC_TARGET 384
+#define NNK_KC_TARGET NNK_KC_TARGET_S
 #include "nnk_gemm_impl.h"
 #undef NNK_T
 #undef NNK_S
@@ -97,7 +108,7 @@ static inline void nnk_partition(ptrdiff_t units, int parts, int part, ptrdiff_t
 #define NNK_T double
 #define NNK_S d
 #define NNK_NR NNK_NR_D
-#define NNK_KC_TARGET 256
+#define NNK_KC_TARGET NNK_KC_TARGET_D
 #include "nnk_gemm_impl.h"
 #undef NNK_T
 #undef NNK_S

@@ -173,15 +173,28 @@ static BLOCKING NNK_FN(nnk_choose_blocking)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t 
     return blk;
 }
 
-/* One thread's product: C[0:m, 0:n] = op(A)[0:m, :] @ op(B), epilogue offsets already
- * applied. B is either packed (b_packed: NR-column panels over all of K covering the n
- * columns), or, when b_packed is NULL, packed one kc x NR sliver at a time into sliver_buf
- * right before the micro-kernels use it: with one M block each sliver serves once, so it
- * is cheaper to pack it while it is about to be in L1 than to pack all of B first. */
+/* Pack rows [r0, r1) of op(A) (m x k) for all of K, as one M block: the K blocks of kc_blk
+ * columns one after the other, block pc at dst + pc * round_up(m, MR), each in MR-row
+ * panels. r0 is a multiple of MR, so threads can pack disjoint row ranges of one buffer. */
+static void NNK_FN(nnk_pack_a_all_k)(int trans_a, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t m, ptrdiff_t k,
+                                     const T *a, ptrdiff_t lda, ptrdiff_t kc_blk, T *dst) {
+    ptrdiff_t rs = trans_a ? 1 : lda, cs = trans_a ? lda : 1, m_pad = nnk_round_up(m, MR);
+    for (ptrdiff_t pc = 0; r0 < r1 && pc < k; pc += kc_blk) {
+        ptrdiff_t kc = nnk_min(kc_blk, k - pc);
+        NNK_FN(nnk_pack_a)(r1 - r0, kc, a + r0 * rs + pc * cs, rs, cs, dst + pc * m_pad + r0 * kc);
+    }
+}
+
+/* One thread's product: C[0:m, 0:n] = op(A)[0:m, :] @ op(B), epilogue offsets applied.
+ * A is either packed already (a_packed, by nnk_pack_a_all_k: then m is one M block), or
+ * packed block by block into a_buf. B is either packed already (b_packed: NR-column panels
+ * over all of K covering the n columns), or packed one kc x NR sliver at a time into
+ * sliver_buf right before the micro-kernels use it: with one M block each sliver serves
+ * once, so packing it while it is about to be in L1 beats packing all of B first. */
 static void NNK_FN(nnk_gemm_slice)(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-                                   const T *a, ptrdiff_t lda, const T *b, ptrdiff_t ldb,
-                                   const T *b_packed, T *c, ptrdiff_t ldc, const EPILOGUE *ep,
-                                   BLOCKING blk, T *a_buf, T *sliver_buf) {
+                                   const T *a, ptrdiff_t lda, const T *a_packed, const T *b,
+                                   ptrdiff_t ldb, const T *b_packed, T *c, ptrdiff_t ldc,
+                                   const EPILOGUE *ep, BLOCKING blk, T *a_buf, T *sliver_buf) {
     ptrdiff_t rs = trans_a ? 1 : lda, cs = trans_a ? lda : 1;
     ptrdiff_t b_rs = trans_b ? 1 : ldb, b_cs = trans_b ? ldb : 1;
     int has_tile_epilogue = ep && (ep->grad_src || ep->act != NNK_IDENTITY);
@@ -191,20 +204,22 @@ static void NNK_FN(nnk_gemm_slice)(int trans_a, int trans_b, ptrdiff_t m, ptrdif
         const T *bias = last && ep && !ep->grad_src ? ep->bias : NULL;
         for (ptrdiff_t ic = 0; ic < m; ic += blk.mc) {
             ptrdiff_t mc = nnk_min(blk.mc, m - ic);
-            NNK_FN(nnk_pack_a)(mc, kc, a + ic * rs + pc * cs, rs, cs, a_buf);
+            const T *ap = a_buf;
+            if (a_packed)
+                ap = a_packed + pc * nnk_round_up(m, MR);
+            else
+                NNK_FN(nnk_pack_a)(mc, kc, a + ic * rs + pc * cs, rs, cs, a_buf);
             for (ptrdiff_t jr = 0; jr < n; jr += NR) {
                 ptrdiff_t nr = nnk_min(NR, n - jr);
-                const T *bp;
-                if (b_packed) {
+                const T *bp = sliver_buf;
+                if (b_packed)
                     bp = b_packed + jr * k + pc * NR; /* panel jr / NR, row pc */
-                } else {
+                else
                     NNK_FN(nnk_pack_b_panels)(kc, nr, b + pc * b_rs + jr * b_cs, b_rs, b_cs, sliver_buf, 0, 1);
-                    bp = sliver_buf;
-                }
                 for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
                     ptrdiff_t mr = nnk_min(MR, mc - ir);
                     T *ct = c + (ic + ir) * ldc + jr;
-                    NNK_FN(nnk_micro_kernel)(kc, a_buf + ir * kc, bp, ct, ldc, mr, nr, !first,
+                    NNK_FN(nnk_micro_kernel)(kc, ap + ir * kc, bp, ct, ldc, mr, nr, !first,
                                              bias ? bias + jr : NULL);
                     if (last && has_tile_epilogue)
                         NNK_FN(nnk_tile_epilogue)(ep, ct, ldc, ic + ir, jr, mr, nr);
@@ -252,89 +267,87 @@ static void NNK_FN(nnk_pack_b)(int trans_b, ptrdiff_t k, ptrdiff_t n, const T *b
     }
 }
 
-/* C (m x n, row stride ldc) = op(A) @ op(B) with the epilogue ep (NULL: none). op(A) is
- * m x k: A is m x k (row stride lda), or k x m when trans_a; likewise op(B) is k x n. */
-static int NNK_FN(nnk_gemm)(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-                            const T *a, ptrdiff_t lda, const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc,
-                            const EPILOGUE *ep, int num_threads) {
+/* C = op(A) @ op(B) with the epilogue, over nt threads; B is packed already when b_packed
+ * is not NULL. */
+static int NNK_FN(nnk_gemm_run)(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                                const T *a, ptrdiff_t lda, const T *b, ptrdiff_t ldb,
+                                const T *b_packed, T *c, ptrdiff_t ldc, const EPILOGUE *ep,
+                                int num_threads) {
     int split_columns;
     int nt = NNK_FN(nnk_gemm_threads)(m, n, k, num_threads, &split_columns);
-    ptrdiff_t a_rs = trans_a ? 1 : lda, b_rs = trans_b ? 1 : ldb, b_cs = trans_b ? ldb : 1;
+    ptrdiff_t a_rs = trans_a ? 1 : lda, b_cs = trans_b ? ldb : 1;
+    ptrdiff_t row_panels = nnk_ceil_div(m, MR), col_panels = nnk_ceil_div(n, NR);
+    /* Column slices all need every row of A: when those are one M block, the threads pack
+     * A once, together, rather than each its own copy. */
+    BLOCKING whole = NNK_FN(nnk_choose_blocking)(m, nnk_ceil_div(n, nt), k);
+    int share_a = nt > 1 && split_columns && m <= whole.mc;
+    T *a_shared = share_a ? nnk_alloc(sizeof(T) * row_panels * MR * k) : NULL;
+    if (share_a && !a_shared) return -1;
     int failed = 0;
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(|| : failed)
     {
+        int t = nnk_thread_id();
         ptrdiff_t lo, hi, i0 = 0, i1 = m, j0 = 0, j1 = n;
+        if (share_a) {
+            nnk_partition(row_panels, nt, t, &lo, &hi);
+            NNK_FN(nnk_pack_a_all_k)(trans_a, lo * MR, nnk_min(m, hi * MR), m, k, a, lda, whole.kc, a_shared);
+#pragma omp barrier
+        }
         if (split_columns) {
-            nnk_partition(nnk_ceil_div(n, NR), nt, nnk_thread_id(), &lo, &hi);
+            nnk_partition(col_panels, nt, t, &lo, &hi);
             j0 = lo * NR;
             j1 = nnk_min(n, hi * NR);
         } else {
-            nnk_partition(nnk_ceil_div(m, MR), nt, nnk_thread_id(), &lo, &hi);
+            nnk_partition(row_panels, nt, t, &lo, &hi);
             i0 = lo * MR;
             i1 = nnk_min(m, hi * MR);
         }
         if (i0 < i1 && j0 < j1) {
             BLOCKING blk = NNK_FN(nnk_choose_blocking)(i1 - i0, j1 - j0, k);
             int one_m_block = i1 - i0 <= blk.mc;
-            T *a_buf = nnk_alloc(sizeof(T) * blk.mc * blk.kc);
-            T *b_buf = nnk_alloc(sizeof(T) * (one_m_block ? blk.kc * NR : k * blk.nc));
-            if (!a_buf || !b_buf) {
+            /* B: read from b_packed, else one sliver at a time (one M block), else packed
+             * nc columns at a time into b_buf and reused across the M blocks */
+            size_t b_count = b_packed ? 0 : one_m_block ? (size_t)(blk.kc * NR) : (size_t)(k * blk.nc);
+            T *a_buf = share_a ? NULL : nnk_alloc(sizeof(T) * blk.mc * blk.kc);
+            T *b_buf = b_count ? nnk_alloc(sizeof(T) * b_count) : NULL;
+            if ((!share_a && !a_buf) || (b_count && !b_buf)) {
                 failed = 1;
             } else {
-                for (ptrdiff_t jc = j0; jc < j1; jc += blk.nc) {
-                    ptrdiff_t nc = nnk_min(blk.nc, j1 - jc);
-                    if (!one_m_block)
-                        NNK_FN(nnk_pack_b_panels)(k, nc, b + jc * b_cs, b_rs, b_cs, b_buf, 0, nnk_ceil_div(nc, NR));
+                ptrdiff_t nc_blk = b_packed || one_m_block ? j1 - j0 : blk.nc;
+                for (ptrdiff_t jc = j0; jc < j1; jc += nc_blk) {
+                    ptrdiff_t nc = nnk_min(nc_blk, j1 - jc);
+                    const T *b_panels = b_packed ? b_packed + jc * k : one_m_block ? NULL : b_buf;
+                    if (b_panels == b_buf)
+                        NNK_FN(nnk_pack_b_panels)(k, nc, b + jc * b_cs, trans_b ? 1 : ldb, b_cs, b_buf, 0,
+                                                  nnk_ceil_div(nc, NR));
                     EPILOGUE sub;
                     if (ep) sub = NNK_FN(nnk_epilogue_at)(ep, i0, jc);
-                    NNK_FN(nnk_gemm_slice)(trans_a, trans_b, i1 - i0, nc, k, a + i0 * a_rs, lda,
-                                           b + jc * b_cs, ldb, one_m_block ? NULL : b_buf,
-                                           c + i0 * ldc + jc, ldc, ep ? &sub : NULL, blk, a_buf, b_buf);
+                    NNK_FN(nnk_gemm_slice)(trans_a, trans_b, i1 - i0, nc, k, a + i0 * a_rs, lda, a_shared,
+                                           b + jc * b_cs, ldb, b_panels, c + i0 * ldc + jc, ldc,
+                                           ep ? &sub : NULL, blk, a_buf, b_buf);
                 }
             }
             free(a_buf);
             free(b_buf);
         }
     }
+    free(a_shared);
     return failed ? -1 : 0;
+}
+
+/* C (m x n, row stride ldc) = op(A) @ op(B) with the epilogue ep (NULL: none). op(A) is
+ * m x k: A is m x k (row stride lda), or k x m when trans_a; likewise op(B) is k x n. */
+static int NNK_FN(nnk_gemm)(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                            const T *a, ptrdiff_t lda, const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc,
+                            const EPILOGUE *ep, int num_threads) {
+    return NNK_FN(nnk_gemm_run)(trans_a, trans_b, m, n, k, a, lda, b, ldb, NULL, c, ldc, ep, num_threads);
 }
 
 /* As nnk_gemm, with op(B) packed beforehand by nnk_pack_b. */
 static int NNK_FN(nnk_gemm_packed_b)(int trans_a, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *a,
                                      ptrdiff_t lda, const T *b_packed, T *c, ptrdiff_t ldc,
                                      const EPILOGUE *ep, int num_threads) {
-    int split_columns;
-    int nt = NNK_FN(nnk_gemm_threads)(m, n, k, num_threads, &split_columns);
-    ptrdiff_t a_rs = trans_a ? 1 : lda;
-    int failed = 0;
-#pragma omp parallel num_threads(nt) if (nt > 1) reduction(|| : failed)
-    {
-        ptrdiff_t lo, hi, i0 = 0, i1 = m, j0 = 0, j1 = n;
-        if (split_columns) {
-            nnk_partition(nnk_ceil_div(n, NR), nt, nnk_thread_id(), &lo, &hi);
-            j0 = lo * NR;
-            j1 = nnk_min(n, hi * NR);
-        } else {
-            nnk_partition(nnk_ceil_div(m, MR), nt, nnk_thread_id(), &lo, &hi);
-            i0 = lo * MR;
-            i1 = nnk_min(m, hi * MR);
-        }
-        if (i0 < i1 && j0 < j1) {
-            BLOCKING blk = NNK_FN(nnk_choose_blocking)(i1 - i0, j1 - j0, k);
-            T *a_buf = nnk_alloc(sizeof(T) * blk.mc * blk.kc);
-            if (!a_buf) {
-                failed = 1;
-            } else {
-                EPILOGUE sub;
-                if (ep) sub = NNK_FN(nnk_epilogue_at)(ep, i0, j0);
-                NNK_FN(nnk_gemm_slice)(trans_a, 0, i1 - i0, j1 - j0, k, a + i0 * a_rs, lda, NULL, 0,
-                                       b_packed + j0 * k, c + i0 * ldc + j0, ldc, ep ? &sub : NULL,
-                                       blk, a_buf, NULL);
-            }
-            free(a_buf);
-        }
-    }
-    return failed ? -1 : 0;
+    return NNK_FN(nnk_gemm_run)(trans_a, 0, m, n, k, a, lda, NULL, 0, b_packed, c, ldc, ep, num_threads);
 }
 
 #undef NNK_FN
