@@ -1024,9 +1024,10 @@ def load(path, *, backend: str | None = None) -> Sequential:
     path = os.fspath(path)
     backend_module(get_backend() if backend is None else backend)  # fails here, not as a file error
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ModelFileError(f"{path}: not an nnkern model file (a single .npy array, not an .npz archive)")
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ModelFileError(f"{path}: not an nnkern model file (a single .npy array, not an .npz archive)")
+        with archive:
             if _META_KEY not in archive.files:
                 raise ModelFileError(f"{path}: not an nnkern model file (no {_META_KEY!r} entry)")
             meta = json.loads(str(archive[_META_KEY]))
