@@ -545,8 +545,9 @@ def plot(result: dict, path) -> None:
                         ha="center", va="bottom", fontsize=8)
         ax.set_title(f"{n['name']} (batch {n['batch_size']})", fontsize=9)
         ax.set_ylabel("samples/s (median)")
-    fig.suptitle(f"nnkern bench: one MNIST epoch, {result['config']['threads']} threads, {result['machine']['cpu']}",
-                 fontsize=9)
+    c = result["config"]
+    fig.suptitle(f"nnkern bench: MNIST training, {c['samples_per_repeat']} samples per repeat, SGD, float32, "
+                 f"{c['threads']} threads, {result['machine']['cpu']} (reference and PyTorch in grey)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
