@@ -25,32 +25,42 @@ _threads.apply_to_numba()
 # Below this many multiply-adds a GEMM runs on one thread: a parallel region costs more
 # than it saves, and leaves the other cores free for the BLAS or a second model.
 GEMM_PARALLEL_MIN_FLOPS = 1 << 19
+# Up to this k the GEMM updates whole output rows (see numba_kernels._gemm_row_updates);
+# beyond it, register tiles of dot products win.
+GEMM_ROW_UPDATES_MAX_K = 128
 
 
 def _gemm(a, b, trans_a, trans_b, out, bias, act, slope):
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
-    # Tiles read k-contiguous rows of op(a) and of op(b).T: a transposed op(a) is packed
-    # once here; op(b) is packed per column block inside the kernel, unless b is already
-    # op(b).T (trans_b), which it then reads in place.
+    # Both forms read k-contiguous rows of op(a): a transposed op(a) is packed once here.
+    # Tiles read k-contiguous rows of op(b).T and row updates rows of op(b): the kernel packs
+    # b per column block when it is not already laid out that way.
     if trans_a:
         a_rows = np.empty((m, k), dtype=out.dtype)
         _k.transpose_into(a, a_rows)
     else:
         a_rows = a
-    b_pack = b if trans_b else np.empty((n, k), dtype=out.dtype)
+    row_updates = k <= GEMM_ROW_UPDATES_MAX_K
+    if row_updates:
+        b_pack = np.empty((k, n), dtype=out.dtype) if trans_b else b
+    else:
+        b_pack = b if trans_b else np.empty((n, k), dtype=out.dtype)
+    spare_row = np.empty(n, dtype=out.dtype)
     has_bias = bias is not None
     if not has_bias:
-        bias = out[0]  # never read: has_bias is False
+        bias = spare_row  # never read: has_bias is False
     scalar_slope = out.dtype.type(slope)
     threads = min(_threads.get_num_threads(), -(-n // _k.GEMM_TILE))
     if threads > 1 and m * n * k >= GEMM_PARALLEL_MIN_FLOPS:
         block_cols = -(-n // threads)
         block_cols = -(-block_cols // _k.GEMM_TILE) * _k.GEMM_TILE
-        _k.gemm_parallel(a_rows, b, trans_b, b_pack, out, bias, has_bias, act, scalar_slope,
-                         block_cols)
+        kernel = _k.gemm_parallel
     else:
-        _k.gemm(a_rows, b, trans_b, b_pack, out, bias, has_bias, act, scalar_slope, n)
+        block_cols = n
+        kernel = _k.gemm
+    kernel(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, bias, has_bias, act,
+           scalar_slope, block_cols)
 
 
 def matmul(a, b, trans_a, trans_b, out):

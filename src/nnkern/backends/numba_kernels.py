@@ -15,7 +15,9 @@ shape). Transposes cost nothing when k is already contiguous (``a`` untransposed
 ``b`` transposed) and one packing copy otherwise. Edge tiles repeat the last valid row or
 column instead of padding, and store only the valid part. Blocking: k in blocks of
 ``GEMM_KC_BYTES`` so that the six packed rows of a tile stay in L1, rows in blocks of
-``GEMM_MC_ROWS`` so that the A block stays in L2, and columns split across threads.
+``GEMM_MC_ROWS`` so that the A block stays in L2, and columns split across threads. The
+fused linear adds the bias and applies the activation to each finished column block while
+it is still in cache.
 """
 
 from __future__ import annotations
@@ -114,26 +116,6 @@ def _gelu_tanh_grad(x):
     return half * (type(x)(1) + t) + half * x * (type(x)(1) - t * t) * type(x)(_SQRT_2_OVER_PI) * (
         type(x)(1) + type(x)(3.0 * _GELU_TANH_C) * x * x
     )
-
-
-@_jit()
-def _activate(act, x, slope):
-    """act(x) for one value: the GEMM epilogue's activation."""
-    if act == SIGMOID:
-        return _sigmoid(x)
-    if act == TANH:
-        return math.tanh(x)
-    if act == RELU:
-        return x if x > 0 else type(x)(0)
-    if act == LEAKY_RELU:
-        return x if x > 0 else slope * x
-    if act == GELU:
-        return _gelu(x)
-    if act == GELU_TANH:
-        return _gelu_tanh(x)
-    if act == STEP:
-        return type(x)(1) if x > 0 else type(x)(0)
-    return x
 
 
 # ---------------------------------------------------------------------------------------
@@ -390,11 +372,11 @@ def transpose_into(src, dst):
 
 
 @_jit()
-def _gemm_tile(a_rows, i, m, b_cols, j, j_end, k0, k1, out, first, last, bias, has_bias, act, slope):
+def _gemm_tile(a_rows, i, m, b_cols, j, j_end, k0, k1, out, first):
     """The 3x3 output tile at (i, j) over the k block [k0, k1): nine dot products whose k
     loop LLVM vectorises. Rows past ``m`` and columns past ``j_end`` repeat the last valid
-    one (no padding, no branch in the loop) and are not stored. ``first``: the tile is
-    written, else accumulated; ``last``: the bias and the activation are applied."""
+    one (no padding, no branch in the loop) and are not stored. The first k block writes
+    the tile, the others add to it."""
     # Slices of the k block, so that the loop index is known non-negative and Numba's
     # wraparound of negative indices folds away (else the loads become gathers).
     a0 = a_rows[i, k0:k1]
@@ -421,54 +403,114 @@ def _gemm_tile(a_rows, i, m, b_cols, j, j_end, k0, k1, out, first, last, bias, h
         c21 += x2 * y1
         c22 += x2 * y2
     tile = ((c00, c01, c02), (c10, c11, c12), (c20, c21, c22))
-    for r in range(min(GEMM_TILE, m - i)):
-        for c in range(min(GEMM_TILE, j_end - j)):
-            value = tile[r][c]
-            if not first:
-                value += out[i + r, j + c]
-            if last:
-                if has_bias:
-                    value += bias[j + c]
-                value = _activate(act, value, slope)
-            out[i + r, j + c] = value
+    # constant trip counts: LLVM unrolls these and the tuple indices become registers
+    for r in range(GEMM_TILE):
+        if i + r < m:
+            for c in range(GEMM_TILE):
+                if j + c < j_end:
+                    if first:
+                        out[i + r, j + c] = tile[r][c]
+                    else:
+                        out[i + r, j + c] += tile[r][c]
 
 
 @_jit()
-def _gemm_columns(a_rows, b, trans_b, b_pack, out, j0, j1, bias, has_bias, act, slope):
-    """Columns [j0, j1) of the output: pack them (B transposed, unless it already is), then
-    run the tiles block by block over k and over rows."""
+def _bias_activation(out, j0, j1, bias, has_bias, act, slope):
+    """The linear epilogue on a finished column block (still in L2): + bias, then act."""
+    bias_block = bias[j0:j1]
+    for r in range(out.shape[0]):
+        row = out[r, j0:j1]
+        if has_bias:
+            for j in range(row.shape[0]):
+                row[j] += bias_block[j]
+        if act != IDENTITY:
+            activation(act, row, slope, row)
+
+
+@_jit()
+def _gemm_row_updates(a_rows, b_rows, out, spare_row, j0, j1):
+    """out[:, j0:j1] = a_rows @ b_rows[:, j0:j1] for a short k, where the dot products of
+    the tiles are too short to pay for their final horizontal sums. Two output rows at a
+    time receive four rows of B at a time, vectorised along the output row (which stays in
+    L1). An odd last row is paired with ``spare_row``, whose result is thrown away."""
     m, k = a_rows.shape
-    if trans_b:
-        b_cols = b
-    else:
-        b_cols = b_pack
-        transpose_into(b[:, j0:j1], b_pack[j0:j1])
-    kc = max(GEMM_KC_BYTES // out.itemsize, 1)
-    for k0 in range(0, k, kc):
-        k1 = min(k0 + kc, k)
-        for i0 in range(0, m, GEMM_MC_ROWS):
-            i1 = min(i0 + GEMM_MC_ROWS, m)
-            for j in range(j0, j1, GEMM_TILE):
-                for i in range(i0, i1, GEMM_TILE):
-                    _gemm_tile(a_rows, i, m, b_cols, j, j1, k0, k1, out, k0 == 0, k1 == k,
-                               bias, has_bias, act, slope)
+    k4 = k - k % 4
+    for i in range(0, m, 2):
+        i_next = min(i + 1, m - 1)
+        c0 = out[i, j0:j1]
+        c1 = out[i_next, j0:j1] if i + 1 < m else spare_row[j0:j1]
+        a0 = a_rows[i]
+        a1 = a_rows[i_next]
+        for j in range(c0.shape[0]):
+            c0[j] = 0
+            c1[j] = 0
+        for p in range(0, k4, 4):
+            x00, x01, x02, x03 = a0[p], a0[p + 1], a0[p + 2], a0[p + 3]
+            x10, x11, x12, x13 = a1[p], a1[p + 1], a1[p + 2], a1[p + 3]
+            b0 = b_rows[p, j0:j1]
+            b1 = b_rows[p + 1, j0:j1]
+            b2 = b_rows[p + 2, j0:j1]
+            b3 = b_rows[p + 3, j0:j1]
+            for j in range(c0.shape[0]):
+                y0, y1, y2, y3 = b0[j], b1[j], b2[j], b3[j]
+                c0[j] += x00 * y0 + x01 * y1 + x02 * y2 + x03 * y3
+                c1[j] += x10 * y0 + x11 * y1 + x12 * y2 + x13 * y3
+        for p in range(k4, k):
+            x0, x1 = a0[p], a1[p]
+            b0 = b_rows[p, j0:j1]
+            for j in range(c0.shape[0]):
+                c0[j] += x0 * b0[j]
+                c1[j] += x1 * b0[j]
 
 
 @_jit()
-def gemm(a_rows, b, trans_b, b_pack, out, bias, has_bias, act, slope, block_cols):
+def _gemm_columns(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, j0, j1, bias,
+                  has_bias, act, slope):
+    """Columns [j0, j1) of the output: pack them if the chosen form needs it (B rows for
+    row updates, B columns for tiles), compute them (tiles block by block over k and over
+    rows), then add the bias and apply act."""
+    m, k = a_rows.shape
+    if row_updates:
+        if trans_b:
+            transpose_into(b[j0:j1], b_pack[:, j0:j1])
+            _gemm_row_updates(a_rows, b_pack, out, spare_row, j0, j1)
+        else:
+            _gemm_row_updates(a_rows, b, out, spare_row, j0, j1)
+    else:
+        if trans_b:
+            b_cols = b
+        else:
+            b_cols = b_pack
+            transpose_into(b[:, j0:j1], b_pack[j0:j1])
+        kc = max(GEMM_KC_BYTES // out.itemsize, 1)
+        for k0 in range(0, k, kc):
+            k1 = min(k0 + kc, k)
+            for i0 in range(0, m, GEMM_MC_ROWS):
+                i1 = min(i0 + GEMM_MC_ROWS, m)
+                for j in range(j0, j1, GEMM_TILE):
+                    for i in range(i0, i1, GEMM_TILE):
+                        _gemm_tile(a_rows, i, m, b_cols, j, j1, k0, k1, out, k0 == 0)
+    if has_bias or act != IDENTITY:
+        _bias_activation(out, j0, j1, bias, has_bias, act, slope)
+
+
+@_jit()
+def gemm(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, bias, has_bias, act, slope,
+         block_cols):
     """One thread: the column blocks in turn."""
     n = out.shape[1]
     for j0 in range(0, n, block_cols):
-        _gemm_columns(a_rows, b, trans_b, b_pack, out, j0, min(j0 + block_cols, n), bias,
-                      has_bias, act, slope)
+        _gemm_columns(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, j0,
+                      min(j0 + block_cols, n), bias, has_bias, act, slope)
 
 
 @_jit(parallel=True)
-def gemm_parallel(a_rows, b, trans_b, b_pack, out, bias, has_bias, act, slope, block_cols):
+def gemm_parallel(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, bias, has_bias, act,
+                  slope, block_cols):
     """The column blocks spread over Numba's threads, each packing its own columns."""
     n = out.shape[1]
     n_blocks = (n + block_cols - 1) // block_cols
     for block in prange(n_blocks):
         j0 = block * block_cols
-        _gemm_columns(a_rows, b, trans_b, b_pack, out, j0, min(j0 + block_cols, n), bias,
-                      has_bias, act, slope)
+        _gemm_columns(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, j0,
+                      min(j0 + block_cols, n), bias, has_bias, act, slope)
