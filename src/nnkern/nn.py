@@ -42,6 +42,7 @@ import numpy as np
 
 from . import _arrays, ops
 from ._backend import backend_module, get_backend
+from .engine import fused_train_step
 
 __all__ = [
     "Layer",
@@ -881,7 +882,7 @@ class Sequential:
 
     def fit(self, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer, loss="cross_entropy",
             shuffle: bool = True, seed=None, validation_data=None, verbose: bool = True,
-            on_nonfinite: str = "raise", callbacks=()) -> History:
+            on_nonfinite: str = "raise", callbacks=(), fused: bool = True) -> History:
         """Train on (x, y) for ``epochs`` passes in mini-batches of ``batch_size``.
 
         ``optimizer``: an nnkern.optim optimizer (bound to this model's parameters here
@@ -891,7 +892,10 @@ class Sequential:
         ``verbose`` prints one line per epoch. ``callbacks``: objects with the hooks of
         :class:`Callback` (progress bars, early stopping). A NaN or infinite batch loss
         raises :class:`NonFiniteLossError` naming the epoch and step, unless
-        ``on_nonfinite="ignore"``. Returns a :class:`History`.
+        ``on_nonfinite="ignore"``. ``fused`` lets a backend with a fused training
+        engine (see :mod:`nnkern.engine`) run each step in one compiled call when the
+        model, loss and optimizer allow it; ``fused=False`` forces the layer-by-layer
+        path. Returns a :class:`History`.
         """
         from .data import DataLoader
 
@@ -902,6 +906,7 @@ class Sequential:
         loss = get_loss(loss)
         optimizer = self._bound_optimizer(optimizer)
         loader = DataLoader(x, y, batch_size, shuffle=shuffle, seed=seed)
+        fused_step = fused_train_step(self, optimizer, loss, x, y, batch_size) if fused else None
         self.loss = loss
         callbacks = [*callbacks, *([_EpochPrinter(epochs)] if verbose else [])]
         history = History()
@@ -913,7 +918,11 @@ class Sequential:
             started = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
             for step, (xb, yb) in enumerate(loader, 1):
-                value, output = self.train_step(xb, yb, optimizer, loss)
+                if fused_step is not None:
+                    value, batch_correct = fused_step(xb, yb)
+                else:
+                    value, output = self.train_step(xb, yb, optimizer, loss)
+                    batch_correct = loss.correct(output, yb) if loss.classification else 0
                 if not math.isfinite(value) and on_nonfinite == "raise":
                     raise NonFiniteLossError(
                         f"fit: the loss became {value} at epoch {epoch}, step {step} of {steps}; "
@@ -923,7 +932,7 @@ class Sequential:
                 seen += len(xb)
                 logs = {"loss": loss_sum / seen}
                 if loss.classification:
-                    correct += loss.correct(output, yb)
+                    correct += batch_correct
                     logs["accuracy"] = correct / seen
                 _dispatch(callbacks, "on_batch_end", epoch, step, steps, logs)
             metrics = {"loss": loss_sum / seen} if seen else {"loss": math.nan}

@@ -1,0 +1,121 @@
+"""The fused training engine: one compiled call per training step.
+
+For a model on the "cython" backend made of Linear layers, each followed by an
+elementwise activation (or none), trained with cross entropy on integer labels by any
+nnkern optimizer, :func:`fused_train_step` returns a step function that runs forward,
+loss, backward and the update of every parameter in one GIL-free call
+(kernels/cython/_cy_train.pyx) into preallocated buffers. ``Sequential.fit`` uses it
+automatically and falls back to the layer-by-layer path for anything else. The numbers
+are those of the layer-by-layer path (same kernels), to round-off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._threads import get_num_threads
+from .backends import ACTIVATION_CODES
+
+__all__ = ["fused_train_step"]
+
+# Optimizer class name -> (rule code of update_rules.pxd, hyperparameters passed as a, b)
+_RULES = {
+    "SGD": (0, ("momentum", None)),
+    "SGD+momentum": (1, ("momentum", None)),
+    "Adagrad": (2, (None, None)),
+    "RMSprop": (3, ("alpha", None)),
+    "Adadelta": (4, ("rho", None)),
+    "Adam": (5, ("beta1", "beta2")),
+}
+
+
+def _layer_pairs(model):
+    """[(linear, activation layer or None)], or None when the model is not a plain MLP."""
+    from . import nn
+
+    pairs, i, layers = [], 0, model.layers
+    while i < len(layers):
+        linear = layers[i]
+        if not isinstance(linear, nn.Linear):
+            return None
+        following = layers[i + 1] if i + 1 < len(layers) else None
+        if isinstance(following, (nn._Activation, nn.Identity)):
+            pairs.append((linear, following))
+            i += 2
+        else:
+            pairs.append((linear, None))
+            i += 1
+    return pairs
+
+
+def _activation_spec(layer):
+    """(activation code, slope, keep the pre-activation for the gradient)."""
+    from . import nn
+
+    if layer is None or isinstance(layer, nn.Identity):
+        return ACTIVATION_CODES["identity"], 0.0, False
+    params = layer.op_params()
+    name = layer.op_name
+    if name == "gelu" and params.get("approximate") == "tanh":
+        name = "gelu_tanh"
+    return ACTIVATION_CODES[name], float(params.get("negative_slope", 0.0)), not layer.grad_from_output
+
+
+def _rule(optimizer):
+    name = type(optimizer).__name__
+    if name == "SGD" and optimizer.hyperparameters["momentum"]:
+        name = "SGD+momentum"
+    return _RULES.get(name)
+
+
+def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
+    """A function ``step(xb, yb) -> (loss, correct)`` running whole training steps of
+    ``model`` in one compiled call, or None when this model, loss, optimizer or data
+    needs the layer-by-layer path. The whole data set (x, y) is checked here once (x of
+    the model's input width, y integer labels in range), so the compiled step can trust
+    every batch of it."""
+    from . import nn
+
+    if model.backend != "cython" or not isinstance(loss, nn.CrossEntropyLoss):
+        return None
+    pairs = _layer_pairs(model)
+    rule = _rule(optimizer)
+    if pairs is None or rule is None or optimizer.backend != "cython":
+        return None
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim != 2 or x.shape[1] != pairs[0][0].in_features or len(x) != len(y):
+        return None
+    n_classes = pairs[-1][0].out_features
+    if y.ndim != 1 or y.dtype.kind not in "iu" or y.size == 0 or y.min() < 0 or y.max() >= n_classes:
+        return None  # the layer-by-layer path validates and reports such targets
+    from .backends import _cy_train
+
+    dtype = model.dtype
+    rows = int(batch_size)
+    params = model.parameters()
+    state_of = {id(p): s for p, s in zip(optimizer.params, optimizer.state)}
+    if any(id(p) not in state_of for p in params):
+        return None
+    layers = []
+    for linear, act_layer in pairs:
+        code, slope, keep_preact = _activation_spec(act_layer)
+        h = np.empty((rows, linear.out_features), dtype)
+        z = np.empty_like(h) if keep_preact else None
+        states = [tuple(state_of[id(p)].values()) for p in (linear.W, linear.b)]
+        layers.append((linear.W, linear.b, linear.dW, linear.db, code, slope, keep_preact, h, z, *states))
+    widest = max(max(linear.in_features, linear.out_features) for linear, _ in pairs)
+    delta0, delta1 = np.empty(rows * widest, dtype), np.empty(rows * widest, dtype)
+    fused = _cy_train.FusedMLPStep(layers, delta0, delta1, rule[0], dtype == np.float64, rows)
+    a_name, b_name = rule[1]
+    hyper = optimizer.hyperparameters
+
+    def step(xb, yb):
+        xb = np.ascontiguousarray(xb, dtype=dtype)
+        yb = np.ascontiguousarray(yb, dtype=np.int64)
+        optimizer.t += 1
+        return fused.step(xb, yb, hyper["lr"], hyper[a_name] if a_name else 0.0,
+                          hyper[b_name] if b_name else 0.0, hyper.get("eps", 0.0),
+                          hyper.get("weight_decay", 0.0), optimizer.t, get_num_threads())
+
+    step.logits = layers[-1][7]  # the last batch's logits (first rows of this buffer)
+    return step
