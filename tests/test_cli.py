@@ -21,6 +21,14 @@ MNIST = str(Path(__file__).resolve().parents[1] / "data" / "mnist")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(autouse=True)
+def restore_thread_count():
+    """`--threads` sets the process-wide thread count: put it back for the other tests."""
+    threads = nnkern.get_num_threads()
+    yield
+    nnkern.set_num_threads(threads)
+
+
 def run(capsys, *argv):
     status = cli.main(list(argv))
     out, err = capsys.readouterr()
@@ -107,6 +115,14 @@ def test_missing_data_directory_is_a_clear_error(tmp_path, capsys):
     assert "nowhere" in err and "does not exist" in err
 
 
+def test_corrupt_data_file_is_a_clear_error(tmp_path, capsys):
+    for name in nnkern.data.MNIST_FILES:
+        (tmp_path / f"{name}.gz").write_bytes(b"\x1f\x8b garbage")
+    status, _, err = run(capsys, "train", "--data", str(tmp_path), "--epochs", "1")
+    assert status == 1
+    assert "corrupt gzip data" in err and "Traceback" not in err
+
+
 def test_unusable_backend_says_why(capsys):
     unusable = [b for b in ("cuda", "numba", "cython") if nnkern.unavailable_reason(b)]
     if not unusable:
@@ -120,6 +136,7 @@ def test_unusable_backend_says_why(capsys):
     ["train", "--hidden", "256,0"],
     ["train", "--epochs", "0"],
     ["train", "--lr", "-1"],
+    ["train", "--momentum", "1.5"],
     ["train", "--optimizer", "lbfgs"],
     ["predict", "m.npz", "--count", "0"],
 ])
@@ -140,6 +157,39 @@ def test_every_optimizer_name_builds_with_its_default_rate(name):
     optimizer = cli.make_optimizer(name)
     assert optimizer.lr == cli.DEFAULT_LR[name]
     assert (getattr(optimizer, "momentum", 0.0) > 0) == (name == "momentum")
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def drive_progress(progress, steps=4):
+    progress.on_train_begin({"epochs": 2, "steps": steps, "samples": 250})
+    progress.on_epoch_begin(1, steps)
+    for step in range(1, steps + 1):
+        progress.on_batch_end(1, step, steps, {"loss": 1.0 / step, "accuracy": 0.5})
+    progress.on_epoch_end(1, {"loss": 0.25, "accuracy": 0.5, "val_loss": 0.3, "val_accuracy": 0.45,
+                              "seconds": 1.0})
+
+
+def test_progress_bar_on_a_terminal():
+    err, out = FakeTerminal(), io.StringIO()
+    drive_progress(cli.TrainingProgress(err=err, out=out))
+    bar = err.getvalue()
+    assert "\repoch 1/2 [" + "#" * cli.TrainingProgress.BAR_WIDTH + "] 250/250" in bar
+    assert bar.endswith("\r\x1b[K")  # the bar is cleared before the epoch line
+    assert re.fullmatch(r"epoch 1/2  train loss 0.2500 acc 50.00%  test loss 0.3000 acc 45.00%"
+                        r"  [\d,]+ samples/s  [\d.]+ s\n", out.getvalue())
+
+
+def test_progress_without_a_terminal_prints_plain_lines():
+    err, out = io.StringIO(), io.StringIO()
+    drive_progress(cli.TrainingProgress(err=err, out=out, plain_every_s=0.0))
+    lines = err.getvalue().splitlines()
+    assert lines[-1] == "epoch 1/2: 250/250 samples (100%), loss 0.2500"
+    assert "\r" not in err.getvalue() and "#" not in err.getvalue()
+    assert out.getvalue().startswith("epoch 1/2  train loss 0.2500")
 
 
 def test_linear_decay_reaches_zero_at_the_last_step():
@@ -163,6 +213,7 @@ def test_small_custom_network_trains_with_adam(tmp_path, capsys):
     assert "784-32-10 tanh on 1000 MNIST images" in out and "float64" in out
     assert "optimizer adam lr 0.001 constant, batch 50, 2 epoch(s)" in out
     assert len(re.findall(r"^epoch \d/2 ", out, re.M)) == 2
+    assert "1 thread(s)" in out
 
 
 def test_info_in_process(capsys):
