@@ -188,8 +188,7 @@ def test_predict_returns_a_copy_but_forward_a_workspace():
 def test_workspaces_are_allocated_once_per_batch_size():
     model = small_model()
     x, y = data(n=40)
-    opt = optim.SGD(0.01)
-    model._bound_optimizer(opt)
+    opt = optim.SGD(model, lr=0.01)
     model.train_step(x[:16], y[:16], opt, "cross_entropy")
     layer = model.layers[-1]
     buffers = dict(layer._buffers._arrays)

@@ -543,7 +543,7 @@ class CrossEntropyLoss(Loss):
 
     def correct(self, pred, target) -> int:
         predicted = np.argmax(_arrays.to_host(pred), axis=1)
-        target = _arrays.to_host(np.asarray(target) if not _arrays.is_device_array(target) else target)
+        target = np.asarray(_arrays.to_host(target))
         labels = np.argmax(target, axis=1) if target.ndim == 2 else target
         return int(np.count_nonzero(predicted == labels))
 
@@ -699,6 +699,7 @@ class Sequential:
         self.dtype = _check_dtype(dtype, "Sequential")
         self.layers = list(layers)
         self.in_features, self.out_features = self._check_widths()
+        self._first_linear = next((layer for layer in self.layers if isinstance(layer, Linear)), None)
         for layer in self.layers:
             layer.bind(self.backend, self.dtype)
         self._stages = self._plan()
@@ -821,8 +822,8 @@ class Sequential:
             )
         if self.in_features is not None and x.shape[1] != self.in_features:
             raise ValueError(
-                f"Sequential: input of shape ({_shape_str(x.shape)}) does not fit the first layer "
-                f"{self.layers[0]!r}, which takes inputs of shape (N x {self.in_features})"
+                f"Sequential: input of shape ({_shape_str(x.shape)}) does not fit the first Linear layer "
+                f"{self._first_linear!r}, which takes inputs of shape (N x {self.in_features})"
             )
         if _arrays.is_device_array(x):
             return x
