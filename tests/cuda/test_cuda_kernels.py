@@ -65,43 +65,56 @@ def test_cuda_backend_is_available_and_selectable():
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (17, 23, 5), (67, 17, 3), (3, 33, 67)])
-@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
-def test_matmul(dtype, m, k, n, trans_a, trans_b):
+def _matmul_operands(m, k, n, trans_a, trans_b, dtype):
     rng = _rng("matmul", m, k, n, trans_a, trans_b)
     a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
-    c = ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b, backend="cuda")
-    assert c.shape == (m, n) and c.dtype == dtype
-    assert_matmul_close(c, a.T if trans_a else a, b.T if trans_b else b)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
-def test_matmul_device_arrays_and_out(dtype, trans_a, trans_b):
-    rng = _rng("matmul-device", trans_a, trans_b)
-    m, k, n = 13, 19, 7
-    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
-    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
-    a_op, b_op = (a.T if trans_a else a), (b.T if trans_b else b)
-    d_a, d_b = cuda.to_device(a), cuda.to_device(b)
-    c = ops.matmul(d_a, d_b, trans_a=trans_a, trans_b=trans_b, backend="cuda")
-    assert_matmul_close(_fetch(c, "device"), a_op, b_op)
-    # a device out=, and a host out= filled from device inputs
-    d_out = cuda.device_array((m, n), dtype=dtype)
-    assert ops.matmul(d_a, d_b, trans_a=trans_a, trans_b=trans_b, out=d_out, backend="cuda") is d_out
-    assert_matmul_close(d_out.copy_to_host(), a_op, b_op)
-    host_out = np.full((m, n), np.nan, dtype=dtype)
-    assert ops.matmul(d_a, b, trans_a=trans_a, trans_b=trans_b, out=host_out, backend="cuda") is host_out
-    assert_matmul_close(host_out, a_op, b_op)
+    return a, b, (a.T if trans_a else a), (b.T if trans_b else b)
 
 
 @pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (17, 23, 5)])
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+def test_matmul(placement, dtype, m, k, n, trans_a, trans_b):
+    a, b, a_op, b_op = _matmul_operands(m, k, n, trans_a, trans_b, dtype)
+    c = ops.matmul(_place(a, placement), _place(b, placement), trans_a=trans_a, trans_b=trans_b,
+                   backend="cuda")
+    assert c.shape == (m, n) and c.dtype == dtype
+    assert_matmul_close(_fetch(c, placement), a_op, b_op)
+
+
+@pytest.mark.parametrize("m,k,n", [(67, 17, 3), (3, 33, 67)])
+@pytest.mark.parametrize("trans_a,trans_b", TRANSPOSES)
+def test_matmul_across_tiles(m, k, n, trans_a, trans_b):
+    """More than one 64-wide output tile in each direction, and 2 or 3 steps of K."""
+    a, b, a_op, b_op = _matmul_operands(m, k, n, trans_a, trans_b, np.float32)
+    assert_matmul_close(ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b, backend="cuda"), a_op, b_op)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_into_out(dtype):
+    m, k, n = 13, 19, 7
+    a, b, a_op, b_op = _matmul_operands(m, k, n, True, False, dtype)
+    d_a, d_b = cuda.to_device(a), cuda.to_device(b)
+    d_out = cuda.device_array((m, n), dtype=dtype)
+    assert ops.matmul(d_a, d_b, trans_a=True, out=d_out, backend="cuda") is d_out
+    assert_matmul_close(d_out.copy_to_host(), a_op, b_op)
+    # a host out= filled from a mix of device and host inputs
+    host_out = np.full((m, n), np.nan, dtype=dtype)
+    assert ops.matmul(d_a, b, trans_a=True, out=host_out, backend="cuda") is host_out
+    assert_matmul_close(host_out, a_op, b_op)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act,params", ACTIVATIONS)
-def test_linear(placement, dtype, act, params):
-    _check_linear(placement, dtype, act, params, 5, 19, 13)
+def test_linear(dtype, act, params):
+    _check_linear("host", dtype, act, params, 5, 19, 13)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_device_arrays(dtype):
+    _check_linear("device", dtype, "gelu", {}, 5, 19, 13)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

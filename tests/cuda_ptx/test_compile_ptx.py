@@ -1,6 +1,7 @@
 """Each kernel the "cuda" backend launches compiles to PTX for compute capability 9.0
-(H100) with the argument types it is launched with, and the float32 kernels compute in
-float32 (a stray Python float literal would promote them to slow float64 arithmetic)."""
+(H100) with the argument types it is launched with, keeps its per-thread arrays in
+registers, and the float32 kernels compute in float32 (a stray Python float literal
+would promote them to slow float64 arithmetic)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ def test_kernel_compiles_to_ptx(stand_in_device, name, pyfunc, argtypes):
     ptx, return_type = cuda.compile_ptx(pyfunc, argtypes, cc=TARGET_CC)
     assert f".target sm_{TARGET_CC[0]}{TARGET_CC[1]}" in ptx
     assert ".entry" in ptx
+    # local memory would mean the GEMM's register tile (or another per-thread array) was
+    # not kept in registers
+    assert not re.search(r"\b(ld|st)\.local", ptx), f"{name} uses local memory"
     kernel, dtype = re.fullmatch(r"(\w+)(?:\[(\w+)\])?", name).groups()
     if dtype == "float32" and kernel not in FLOAT64_BY_DESIGN:
         promoted = _F64_INSTRUCTION.findall(ptx)

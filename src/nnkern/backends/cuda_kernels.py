@@ -290,12 +290,21 @@ def kernel_family(dtype) -> SimpleNamespace:
         b_frag = cuda.local.array(_PER_THREAD, real)
         acc = cuda.local.array((_PER_THREAD, _PER_THREAD), real)
         gemm_accumulate(x, w, False, False, a_tile, b_tile, b_frag, acc)
+        # Two passes: a loop around the large inlined `activate` is not unrolled, and
+        # indexing `acc` in a loop that is not unrolled would move it (for the whole
+        # GEMM) from registers to local memory. Each thread re-reads only what it wrote.
         for i in range(_PER_THREAD):
             row = cuda.blockIdx.y * TILE + cuda.threadIdx.y + GEMM_SIDE * i
             for j in range(_PER_THREAD):
                 col = cuda.blockIdx.x * TILE + cuda.threadIdx.x + GEMM_SIDE * j
                 if row < out.shape[0] and col < out.shape[1]:
-                    out[row, col] = activate(code, acc[i, j] + bias[col], slope)
+                    out[row, col] = acc[i, j] + bias[col]
+        for i in range(_PER_THREAD):
+            row = cuda.blockIdx.y * TILE + cuda.threadIdx.y + GEMM_SIDE * i
+            for j in range(_PER_THREAD):
+                col = cuda.blockIdx.x * TILE + cuda.threadIdx.x + GEMM_SIDE * j
+                if row < out.shape[0] and col < out.shape[1]:
+                    out[row, col] = activate(code, out[row, col], slope)
 
     @kernel(mat, vec)
     def bias_grad(dy, out):
