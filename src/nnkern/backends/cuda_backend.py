@@ -7,8 +7,13 @@ a host NumPy array or a device array (a Numba device array, or anything else wit
 * host inputs are copied to the device, host outputs are filled from the device after
   the kernels ran, and in-place updates of host arrays are copied there and back;
 * device arrays are used where they are. When every argument lives on the device, the
-  only transfer is the one float64 a loss reads back (training keeps its parameters,
-  gradients and optimizer state on the GPU across steps).
+  only transfer is the one float64 a loss reads back.
+
+The training path this is built for: parameters and optimizer state are created on the
+device once (``cuda.to_device``), each batch and its labels are copied there once, and
+every op's output is then a device array (:func:`device_empty`), so a whole step —
+forward, loss, backward, update — runs on the GPU and reads back only the loss.
+Kernel launches are asynchronous; that read is the step's only synchronisation.
 
 Runs on a GPU with a working CUDA driver and NVVM (``pip install 'nnkern[cuda]'``), or
 on Numba's CUDA simulator when ``NUMBA_ENABLE_CUDASIM=1`` is set before Numba is imported
@@ -54,7 +59,7 @@ def check_usable() -> None:
         return
     driver_error = cuda.cuda_error()
     if driver_error:
-        reason = "no CUDA GPU found: " + " ".join(str(driver_error).split())
+        reason = "no CUDA GPU found: " + " ".join(str(driver_error).split()).rstrip(".")
     else:
         reason = "a CUDA driver was found but not NVVM, the CUDA compiler (pip install 'nnkern[cuda]')"
     raise RuntimeError(f"{reason}; set NUMBA_ENABLE_CUDASIM=1 to use the simulator")
