@@ -352,6 +352,69 @@ def _contenders(network: Network, names: list[str], weights) -> tuple[dict, dict
     return trainers, failed
 
 
+def _time_network(network: Network, names: list[str], train, test, *, samples: int, repeats: int,
+                  warmup_batches: int, seed: int, peak_gflops: float, log) -> dict:
+    """The interleaved comparison of ``names`` on one network (see :func:`run`)."""
+    weights = initial_weights(network, seed)
+    batches = epoch_batches(*train, network.batch_size, samples, seed)
+    trainers, failed = _contenders(network, names, weights)
+    inputs = {name: trainer.prepare(batches) for name, trainer in trainers.items()}
+    warmup_losses = {}
+    for name, trainer in list(trainers.items()):
+        try:  # compile / warm caches before timing; then back to the initial weights
+            trainer.reset()
+            warmup_losses[name] = trainer.train(inputs[name][:warmup_batches])
+        except Exception as exc:
+            failed[name] = f"{type(exc).__name__}: {exc}"
+            del trainers[name]
+    times, losses = defaultdict(list), {}
+    for repeat in range(repeats):
+        for name, trainer in trainers.items():  # A B C A B C ...
+            trainer.reset()
+            start = time.perf_counter()
+            losses[name] = trainer.train(inputs[name])
+            times[name].append(time.perf_counter() - start)
+        log(f"{network.name}: repeat {repeat + 1}/{repeats} done")
+
+    trained = len(batches) * network.batch_size
+    reference_loss = warmup_losses.get(REFERENCE)
+    rows = []
+    for name, trainer in trainers.items():
+        median = statistics.median(times[name])
+        rate = trained / median
+        gflops = rate * network.flops_per_sample / 1e9
+        rows.append({
+            "contender": name,
+            "kind": "peer" if name == TORCH else ("reference" if name == REFERENCE else "backend"),
+            "times_s": times[name],
+            "median_s": median,
+            "samples_per_s": rate,
+            "gflops": gflops,
+            "fraction_of_peak": gflops / peak_gflops,
+            "final_train_loss": losses[name],
+            "test_accuracy": trainer.accuracy(*test),
+            # the loss after the warm-up steps, from the same weights and batches, must be
+            # the reference's (float32 with other summation orders: LOSS_RTOL relative)
+            "warmup_loss": warmup_losses[name],
+            "loss_matches_reference": None if reference_loss is None else bool(
+                abs(warmup_losses[name] - reference_loss) <= LOSS_RTOL * abs(reference_loss)),
+        })
+    reference_rate = next((r["samples_per_s"] for r in rows if r["contender"] == REFERENCE), None)
+    for row in rows:
+        row["ratio_to_reference"] = row["samples_per_s"] / reference_rate if reference_rate else None
+    return {
+        "name": network.name,
+        "sizes": list(network.sizes),
+        "activation": network.activation,
+        "batch_size": network.batch_size,
+        "samples_trained": trained,
+        "steps": len(batches),
+        "flops_per_sample": network.flops_per_sample,
+        "results": rows,
+        "failed": failed,
+    }
+
+
 def run(
     *,
     backends=None,
@@ -369,10 +432,12 @@ def run(
     """Time one epoch (or its first ``samples`` samples) per contender, interleaved over
     ``repeats``; return the whole result as a JSON-ready dict.
 
-    Each contender first trains ``warmup_batches`` untimed steps (compilation, caches) whose
-    loss is compared with the reference's. Each repeat starts from the initial weights, so
-    every repeat does the same work and the test accuracy is that after one (partial)
-    epoch. ``log`` (a callable taking a line) reports progress.
+    Contenders: the reference, the nnkern ``backends`` usable here (default: all; see
+    :func:`benchmark_backends`), and PyTorch when ``with_torch`` and importable. Each first
+    trains ``warmup_batches`` untimed steps (compilation, caches) whose loss is compared
+    with the reference's. Each repeat starts from the initial weights, so every repeat does
+    the same work and the test accuracy is that after one (partial) epoch. ``log`` (a
+    callable taking a line) reports progress.
     """
     from .data import load_mnist
 
@@ -380,18 +445,24 @@ def run(
     threads = threads or nnkern.get_num_threads()
     set_threads(threads)
     timed, skipped = benchmark_backends(backends)
-    with_torch = with_torch and _torch() is not None
-    if not with_torch:
-        skipped[TORCH] = "not requested" if _torch() is not None else "PyTorch cannot be imported"
+    torch_importable = _torch() is not None
+    if not (with_torch and torch_importable):
+        skipped[TORCH] = "not requested" if torch_importable else "PyTorch cannot be imported"
+    names = timed + ([TORCH] if TORCH not in skipped else [])
 
     (x_train, y_train), (x_test, y_test) = load_mnist(dtype=DTYPE)
     samples = len(x_train) if samples is None else min(samples, len(x_train))
     test_samples = len(x_test) if test_samples is None else min(test_samples, len(x_test))
-    x_test, y_test = x_test[:test_samples], y_test[:test_samples]
 
     log(f"measuring the sgemm peak ({peak_size}^3 float32, {threads} threads)")
     peak = measure_sgemm_peak(peak_size)
-    result = {
+    networks = [
+        _time_network(network, names, (x_train, y_train), (x_test[:test_samples], y_test[:test_samples]),
+                      samples=samples, repeats=repeats, warmup_batches=warmup_batches, seed=seed,
+                      peak_gflops=peak["gflops"], log=log)
+        for network in networks
+    ]
+    return {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine_info(),
@@ -401,6 +472,7 @@ def run(
             "repeats": repeats,
             "samples_per_repeat": samples,
             "test_samples": test_samples,
+            "warmup_batches": warmup_batches,
             "learning_rate": LEARNING_RATE,
             "dtype": np.dtype(DTYPE).name,
             "optimizer": "SGD",
@@ -410,71 +482,8 @@ def run(
         },
         "peak": peak,
         "skipped": skipped,
-        "networks": [],
+        "networks": networks,
     }
-
-    for network in networks:
-        weights = initial_weights(network, seed)
-        batches = epoch_batches(x_train, y_train, network.batch_size, samples, seed)
-        trainers, failed = _contenders(network, timed + [TORCH] * with_torch, weights)
-        inputs = {name: trainer.prepare(batches) for name, trainer in trainers.items()}
-        warmup_losses = {}
-        for name, trainer in list(trainers.items()):
-            try:  # compile / warm caches before timing; then back to the initial weights
-                trainer.reset()
-                warmup_losses[name] = trainer.train(inputs[name][:warmup_batches])
-            except Exception as exc:
-                failed[name] = f"{type(exc).__name__}: {exc}"
-                del trainers[name]
-        times = defaultdict(list)
-        losses = {}
-        for repeat in range(repeats):
-            for name, trainer in trainers.items():
-                trainer.reset()
-                start = time.perf_counter()
-                losses[name] = trainer.train(inputs[name])
-                times[name].append(time.perf_counter() - start)
-            log(f"{network.name}: repeat {repeat + 1}/{repeats} done")
-        trained = len(batches) * network.batch_size
-        rows = []
-        for name, trainer in trainers.items():
-            median = statistics.median(times[name])
-            rate = trained / median
-            gflops = rate * network.flops_per_sample / 1e9
-            rows.append({
-                "contender": name,
-                "kind": "peer" if name == TORCH else ("reference" if name == REFERENCE else "backend"),
-                "times_s": times[name],
-                "median_s": median,
-                "samples_per_s": rate,
-                "gflops": gflops,
-                "fraction_of_peak": gflops / peak["gflops"],
-                "final_train_loss": losses[name],
-                "test_accuracy": trainer.accuracy(x_test, y_test),
-            })
-        reference_rate = next((r["samples_per_s"] for r in rows if r["contender"] == REFERENCE), None)
-        reference_loss = warmup_losses.get(REFERENCE)
-        for row in rows:
-            row["ratio_to_reference"] = row["samples_per_s"] / reference_rate if reference_rate else None
-            # the loss after the warm-up steps, from the same weights and batches, must be
-            # the reference's (float32, different summation orders: 1e-3 relative)
-            row["warmup_loss"] = warmup_losses[row["contender"]]
-            row["loss_matches_reference"] = (
-                None if reference_loss is None
-                else bool(abs(row["warmup_loss"] - reference_loss) <= LOSS_RTOL * abs(reference_loss))
-            )
-        result["networks"].append({
-            "name": network.name,
-            "sizes": list(network.sizes),
-            "activation": network.activation,
-            "batch_size": network.batch_size,
-            "samples_trained": trained,
-            "steps": len(batches),
-            "flops_per_sample": network.flops_per_sample,
-            "results": rows,
-            "failed": failed,
-        })
-    return result
 
 
 # ---------------------------------------------------------------------------------------
