@@ -14,7 +14,11 @@
  *   + bias (per column), then act(.)           (forward of a fused linear layer), or
  *   * act'(grad_src)                            (backward mask: dY @ W.T times act'(x or y)).
  *
- * All functions return 0, or -1 when a buffer could not be allocated.
+ * Instruction sets: built with -march=native (or any -mavx2), the one variant for that CPU
+ * is compiled. A portable x86-64 build compiles three variants (AVX-512, AVX2+FMA, SSE2)
+ * and picks one at run time from what the CPU supports.
+ *
+ * The gemm functions return 0, or -1 when a buffer could not be allocated.
  */
 #ifndef NNK_GEMM_H
 #define NNK_GEMM_H
@@ -30,20 +34,27 @@
 
 /* Vector width and register tile per instruction set. AVX-512 has 32 vector registers:
  * 8 x 2 accumulators leave room for the B row and the broadcasts; AVX2 and SSE have 16:
- * 6 x 2 accumulators. */
-#if defined(__AVX512F__)
-#define NNK_VEC_BYTES 64
-#define NNK_MR 8
-#elif defined(__AVX__)
-#define NNK_VEC_BYTES 32
-#define NNK_MR 6
-#else
-#define NNK_VEC_BYTES 16
-#define NNK_MR 6
-#endif
-/* NR is two vectors of the element type. */
-#define NNK_NR_S (2 * NNK_VEC_BYTES / 4)
-#define NNK_NR_D (2 * NNK_VEC_BYTES / 8)
+ * 6 x 2 accumulators. NR is two vectors of the element type. */
+#define NNK_AVX512_VEC_BYTES 64
+#define NNK_AVX512_MR 8
+#define NNK_AVX2_VEC_BYTES 32
+#define NNK_AVX2_MR 6
+#define NNK_SSE_VEC_BYTES 16
+#define NNK_SSE_MR 6
+
+/* The epilogue of one product, per element type. */
+#define NNK_EPILOGUE_DEFINE(T, S)                                                              \
+    typedef struct {                                                                           \
+        const T *bias;         /* added to every row after the last K block, or NULL */        \
+        int act;               /* activation code (nnk_act.h); NNK_IDENTITY: none */          \
+        T slope;               /* leaky_relu's negative slope */                               \
+        const T *grad_src;     /* NULL: C = act(C + bias). Otherwise C *= act'(grad_src),     \
+                                  grad_src being the activation's input x, or its output y    \
+                                  for the activations nnk_grad_needs_output() names */        \
+        ptrdiff_t ld_grad_src; /* row stride of grad_src */                                    \
+    } nnk_epilogue_##S;
+NNK_EPILOGUE_DEFINE(float, s)
+NNK_EPILOGUE_DEFINE(double, d)
 
 /* Cache budgets the blocking is sized from: the packed A block stays in L2, a packed B
  * column block in L3 (the per-core L2 here is 512 KiB, the shared L3 32 MiB). */
@@ -95,24 +106,84 @@ static inline void nnk_partition(ptrdiff_t units, int parts, int part, ptrdiff_t
 #define NNK_KC_TARGET_D 256
 #endif
 
-#define NNK_T float
-#define NNK_S s
-#define NNK_NR NNK_NR_S
-#define NNK_KC_TARGET NNK_KC_TARGET_S
-#include "nnk_gemm_impl.h"
-#undef NNK_T
-#undef NNK_S
-#undef NNK_NR
-#undef NNK_KC_TARGET
+/* nnk_gemm_isa.h instantiates the float and double GEMM for the instruction set NNK_ISA
+ * (a name suffix), with vector width NNK_VEC_BYTES and tile height NNK_MR. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__AVX2__)
+#define NNK_DISPATCH 1
 
-#define NNK_T double
-#define NNK_S d
-#define NNK_NR NNK_NR_D
-#define NNK_KC_TARGET NNK_KC_TARGET_D
-#include "nnk_gemm_impl.h"
-#undef NNK_T
-#undef NNK_S
-#undef NNK_NR
-#undef NNK_KC_TARGET
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+#define NNK_ISA avx512
+#define NNK_VEC_BYTES NNK_AVX512_VEC_BYTES
+#define NNK_MR NNK_AVX512_MR
+#include "nnk_gemm_isa.h"
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define NNK_ISA avx2
+#define NNK_VEC_BYTES NNK_AVX2_VEC_BYTES
+#define NNK_MR NNK_AVX2_MR
+#include "nnk_gemm_isa.h"
+#pragma GCC pop_options
+
+#define NNK_ISA sse
+#define NNK_VEC_BYTES NNK_SSE_VEC_BYTES
+#define NNK_MR NNK_SSE_MR
+#include "nnk_gemm_isa.h"
+
+/* 2: AVX-512, 1: AVX2 + FMA, 0: SSE2 (checked once; the answer never changes) */
+static int nnk_isa_level(void) {
+    static int level = -1;
+    if (level < 0)
+        level = __builtin_cpu_supports("avx512f") ? 2
+                : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+    return level;
+}
+#define NNK_CALL(name, S, args)                                                                \
+    (nnk_isa_level() == 2 ? NNK_PASTE(NNK_PASTE(name, S), avx512) args                       \
+     : nnk_isa_level() == 1 ? NNK_PASTE(NNK_PASTE(name, S), avx2) args                       \
+                            : NNK_PASTE(NNK_PASTE(name, S), sse) args)
+#else
+#define NNK_ISA native
+#if defined(__AVX512F__)
+#define NNK_VEC_BYTES NNK_AVX512_VEC_BYTES
+#define NNK_MR NNK_AVX512_MR
+#elif defined(__AVX__)
+#define NNK_VEC_BYTES NNK_AVX2_VEC_BYTES
+#define NNK_MR NNK_AVX2_MR
+#else
+#define NNK_VEC_BYTES NNK_SSE_VEC_BYTES
+#define NNK_MR NNK_SSE_MR
+#endif
+#include "nnk_gemm_isa.h"
+#define NNK_CALL(name, S, args) NNK_PASTE(NNK_PASTE(name, S), native) args
+#endif
+
+/* The public entry points (see gemm.pxd), for the variant this CPU runs. */
+#define NNK_PUBLIC_DEFINE(T, S)                                                                \
+    static inline size_t nnk_packed_b_size_##S(ptrdiff_t k, ptrdiff_t n) {                     \
+        return NNK_CALL(nnk_packed_b_size, S, (k, n));                                         \
+    }                                                                                          \
+    static inline void nnk_pack_b_##S(int trans_b, ptrdiff_t k, ptrdiff_t n, const T *b,       \
+                                      ptrdiff_t ldb, T *dst, int num_threads) {                \
+        NNK_CALL(nnk_pack_b, S, (trans_b, k, n, b, ldb, dst, num_threads));                    \
+    }                                                                                          \
+    static inline int nnk_gemm_##S(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n,         \
+                                   ptrdiff_t k, const T *a, ptrdiff_t lda, const T *b,         \
+                                   ptrdiff_t ldb, T *c, ptrdiff_t ldc,                         \
+                                   const nnk_epilogue_##S *ep, int num_threads) {              \
+        return NNK_CALL(nnk_gemm, S, (trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, ep,   \
+                                      num_threads));                                           \
+    }                                                                                          \
+    static inline int nnk_gemm_packed_b_##S(int trans_a, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,\
+                                            const T *a, ptrdiff_t lda, const T *b_packed,      \
+                                            T *c, ptrdiff_t ldc, const nnk_epilogue_##S *ep,   \
+                                            int num_threads) {                                 \
+        return NNK_CALL(nnk_gemm_packed_b, S, (trans_a, m, n, k, a, lda, b_packed, c, ldc, ep, \
+                                               num_threads));                                  \
+    }
+NNK_PUBLIC_DEFINE(float, s)
+NNK_PUBLIC_DEFINE(double, d)
 
 #endif /* NNK_GEMM_H */

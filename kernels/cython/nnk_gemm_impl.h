@@ -1,5 +1,7 @@
-/* The GEMM for one element type; included by nnk_gemm.h with NNK_T (the type), NNK_S
- * (the name suffix, s or d), NNK_NR and NNK_KC_TARGET defined. Not a public header. */
+/* The GEMM for one element type and instruction set; included by nnk_gemm_isa.h with
+ * NNK_T (the type), NNK_TS (its suffix, s or d), NNK_S (the name suffix: type and
+ * instruction set), NNK_VEC_BYTES, NNK_MR, NNK_NR and NNK_KC_TARGET defined. Not a
+ * public header. */
 
 #define NNK_FN(name) NNK_PASTE(name, NNK_S)
 #define T NNK_T
@@ -11,17 +13,9 @@
 
 typedef T VEC __attribute__((vector_size(NNK_VEC_BYTES)));
 
-/* The epilogue of one product (see nnk_gemm.h). */
-typedef struct {
-    const T *bias;         /* added to every row after the last K block, or NULL */
-    int act;               /* activation code (nnk_act.h); NNK_IDENTITY: none */
-    T slope;               /* leaky_relu's negative slope */
-    const T *grad_src;     /* NULL: C = act(C + bias). Otherwise C *= act'(grad_src), where
-                              grad_src is the activation's input x, or its output y for the
-                              activations that nnk_grad_needs_output() names */
-    ptrdiff_t ld_grad_src; /* row stride of grad_src */
-} NNK_FN(nnk_epilogue);
-#define EPILOGUE NNK_FN(nnk_epilogue)
+#define EPILOGUE NNK_PASTE(nnk_epilogue, NNK_TS)
+#define ACT_BLOCK NNK_PASTE(nnk_act_block, NNK_TS)
+#define ACT_GRAD_BLOCK NNK_PASTE(nnk_act_grad_block, NNK_TS)
 
 static inline VEC NNK_FN(nnk_loadu)(const T *p) {
     VEC v;
@@ -147,10 +141,10 @@ static inline void NNK_FN(nnk_tile_epilogue)(const EPILOGUE *ep, T *c, ptrdiff_t
     if (ep->grad_src) {
         const T *src = ep->grad_src + row * ep->ld_grad_src + col;
         int from_y = nnk_grad_needs_output(ep->act);
-        NNK_FN(nnk_act_grad_block)(ep->act, ep->slope, from_y ? NULL : src, ep->ld_grad_src,
+        ACT_GRAD_BLOCK(ep->act, ep->slope, from_y ? NULL : src, ep->ld_grad_src,
                                    from_y ? src : NULL, ep->ld_grad_src, c, ldc, c, ldc, mr, nr);
     } else if (ep->act != NNK_IDENTITY) {
-        NNK_FN(nnk_act_block)(ep->act, ep->slope, c, ldc, c, ldc, mr, nr);
+        ACT_BLOCK(ep->act, ep->slope, c, ldc, c, ldc, mr, nr);
     }
 }
 
@@ -358,4 +352,6 @@ static int NNK_FN(nnk_gemm_packed_b)(int trans_a, ptrdiff_t m, ptrdiff_t n, ptrd
 #undef MR
 #undef NR
 #undef EPILOGUE
+#undef ACT_BLOCK
+#undef ACT_GRAD_BLOCK
 #undef BLOCKING
