@@ -209,7 +209,7 @@ def test_entry_points_compile_for_c_contiguous_arrays_only():
         ops.matmul(x.T, x, backend="numba")  # an F-contiguous view
         ops.activation("tanh", x[:, ::2], backend="numba")
     k_ = _kernels()
-    for kernel in (k_.gemm, k_.gemm_parallel, k_.activation):
+    for kernel in (k_.gemm_columns, k_.gemm_parallel, k_.activation):
         for signature in kernel.signatures:
             layouts = {arg.layout for arg in signature if hasattr(arg, "layout")}
             assert layouts <= {"C"}, (kernel.__name__, signature)

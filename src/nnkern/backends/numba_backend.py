@@ -55,12 +55,11 @@ def _gemm(a, b, trans_a, trans_b, out, bias, act, slope):
     if threads > 1 and m * n * k >= GEMM_PARALLEL_MIN_FLOPS:
         block_cols = -(-n // threads)
         block_cols = -(-block_cols // _k.GEMM_TILE) * _k.GEMM_TILE
-        kernel = _k.gemm_parallel
+        _k.gemm_parallel(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, bias,
+                         has_bias, act, scalar_slope, block_cols)
     else:
-        block_cols = n
-        kernel = _k.gemm
-    kernel(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, bias, has_bias, act,
-           scalar_slope, block_cols)
+        _k.gemm_columns(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, 0, n, bias,
+                        has_bias, act, scalar_slope)
 
 
 def matmul(a, b, trans_a, trans_b, out):

@@ -464,11 +464,12 @@ def _gemm_row_updates(a_rows, b_rows, out, spare_row, j0, j1):
 
 
 @_jit()
-def _gemm_columns(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, j0, j1, bias,
+def gemm_columns(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, j0, j1, bias,
                   has_bias, act, slope):
     """Columns [j0, j1) of the output: pack them if the chosen form needs it (B rows for
     row updates, B columns for tiles), compute them (tiles block by block over k and over
-    rows), then add the bias and apply act."""
+    rows), then add the bias and apply act. Called for all columns, this is the one-thread
+    GEMM (no extra level of compiled code: each level costs compile time)."""
     m, k = a_rows.shape
     if row_updates:
         if trans_b:
@@ -494,16 +495,6 @@ def _gemm_columns(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, j0, j
         _bias_activation(out, j0, j1, bias, has_bias, act, slope)
 
 
-@_jit()
-def gemm(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, bias, has_bias, act, slope,
-         block_cols):
-    """One thread: the column blocks in turn."""
-    n = out.shape[1]
-    for j0 in range(0, n, block_cols):
-        _gemm_columns(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, j0,
-                      min(j0 + block_cols, n), bias, has_bias, act, slope)
-
-
 @_jit(parallel=True)
 def gemm_parallel(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, bias, has_bias, act,
                   slope, block_cols):
@@ -512,5 +503,5 @@ def gemm_parallel(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, bias,
     n_blocks = (n + block_cols - 1) // block_cols
     for block in prange(n_blocks):
         j0 = block * block_cols
-        _gemm_columns(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, j0,
+        gemm_columns(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, j0,
                       min(j0 + block_cols, n), bias, has_bias, act, slope)
