@@ -19,6 +19,16 @@ LOSS_RTOL = 1e-10
 WEIGHT_RTOL = 1e-9
 
 
+@pytest.fixture(autouse=True, scope="module")
+def torch_on_one_thread():
+    """These matrices are tiny: torch's thread pool only adds contention (10x slower on a
+    busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def nnkern_network(backend):
     """Every activation kind: ReLU and Sigmoid are fused into the Linear before them,
     GELU and LeakyReLU are not (GELU's gradient needs its input)."""
