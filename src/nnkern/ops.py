@@ -359,7 +359,9 @@ def _class_labels(labels, n: int, n_classes: int, op: str):
     if _is_device_array(labels):
         if np.dtype(labels.dtype) != np.int64:
             raise TypeError(f"{op}: device labels must be int64, got {labels.dtype}")
-        return labels
+        if labels.shape[0] != n:
+            raise ValueError(f"{op}: logits have {n} rows but labels have {labels.shape[0]} entries")
+        return labels  # their range is checked by the cuda kernel, which reads them anyway
     kind = labels.dtype.kind
     if kind == "b" or kind not in "iuf":
         raise TypeError(f"{op}: labels have dtype {labels.dtype}; expected integer class indices")

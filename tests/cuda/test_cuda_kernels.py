@@ -213,6 +213,16 @@ def test_softmax_cross_entropy_targets(placement, dtype, shape):
     assert_close(_fetch(d, placement), d_ref, dtype, scale=1.0 / shape[0], factor=8)
 
 
+@pytest.mark.parametrize("bad", [-1, 3, 10**9])
+def test_out_of_range_device_labels_raise(bad):
+    """Device labels are range-checked by the kernel (no host transfer), not read out of bounds."""
+    labels = cuda.to_device(np.array([0, bad, 1], dtype=np.int64))
+    with pytest.raises(ValueError, match="device label is out of range for 3 classes"):
+        ops.softmax_cross_entropy(cuda.to_device(np.zeros((3, 3))), labels, backend="cuda")
+    with pytest.raises(ValueError, match="logits have 2 rows but labels have 3 entries"):
+        ops.softmax_cross_entropy(cuda.to_device(np.zeros((2, 3))), labels, backend="cuda")
+
+
 def test_softmax_and_cross_entropy_extreme_logits():
     logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]], dtype=np.float32)
     loss, d = ops.softmax_cross_entropy(logits, np.array([1, 2]), backend="cuda")

@@ -190,7 +190,13 @@ def softmax_cross_entropy(logits, labels, dlogits):
     with _Staging() as s:
         kernel[n, ROW_THREADS](s.input(logits), s.input(labels), kernels.scalar(n),
                                s.output(dlogits), row_loss)
-        return _read_sum(row_loss) / n
+        loss = _read_sum(row_loss) / n
+    if loss == -math.inf:  # the labels kernel's mark of a label outside 0..C-1
+        raise ValueError(
+            f"softmax_cross_entropy: a device label is out of range for {dlogits.shape[1]} classes "
+            f"(0..{dlogits.shape[1] - 1})"
+        )
+    return loss
 
 
 def _loss_blocks(size: int) -> int:

@@ -353,6 +353,12 @@ def kernel_family(dtype) -> SimpleNamespace:
         row = cuda.blockIdx.x
         row_max, log_sum = row_max_and_log_sum(logits, row, buf)
         label = labels[row]
+        if label < 0 or label >= logits.shape[1]:
+            # Device labels are not range-checked on the host (that would cost a transfer):
+            # an impossible loss, -inf, tells the host wrapper, which raises.
+            if cuda.threadIdx.x == 0:
+                row_loss[row] = -math.inf
+            return
         for j in range(cuda.threadIdx.x, logits.shape[1], ROW_THREADS):
             p = math.exp(logits[row, j] - row_max - log_sum)
             if j == label:
