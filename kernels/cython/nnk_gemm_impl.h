@@ -128,10 +128,14 @@ static void NNK_FN(nnk_pack_b_panels)(ptrdiff_t k, ptrdiff_t n, const T *b, ptrd
         ptrdiff_t j0 = panel * NR, nr = nnk_min(NR, n - j0);
         const T *bp = b + j0 * cs;
         T *out = dst + panel * k * NR;
-        for (ptrdiff_t j = 0; j < nr; j++)
-            for (ptrdiff_t p = 0; p < k; p++) out[p * NR + j] = bp[j * cs + p * rs];
-        for (ptrdiff_t j = nr; j < NR; j++)
-            for (ptrdiff_t p = 0; p < k; p++) out[p * NR + j] = (T)0;
+        if (nr == NR) {
+            for (ptrdiff_t p = 0; p < k; p++)
+#pragma GCC unroll 32
+                for (ptrdiff_t j = 0; j < NR; j++) out[p * NR + j] = bp[j * cs + p * rs];
+        } else {
+            for (ptrdiff_t p = 0; p < k; p++)
+                for (ptrdiff_t j = 0; j < NR; j++) out[p * NR + j] = j < nr ? bp[j * cs + p * rs] : (T)0;
+        }
     }
 }
 
