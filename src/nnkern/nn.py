@@ -104,8 +104,8 @@ class _Buffers:
     def __init__(self):
         self._arrays = {}
 
-    def get(self, name: str, shape: tuple, dtype, backend: str):
-        key = (name, shape, np.dtype(dtype).str)
+    def get(self, name: str, shape: tuple, dtype: np.dtype, backend: str):
+        key = (name, shape, dtype)
         array = self._arrays.get(key)
         if array is None:
             same_name = [k for k in self._arrays if k[0] == name]
@@ -173,9 +173,6 @@ class Layer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
-
-
-_INITS = ("he", "xavier")
 
 
 def _init_std(init, in_features: int) -> float:
