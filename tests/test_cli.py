@@ -137,6 +137,7 @@ def test_unusable_backend_says_why(capsys):
     ["train", "--epochs", "0"],
     ["train", "--lr", "-1"],
     ["train", "--momentum", "1.5"],
+    ["train", "--weight-decay", "-0.1"],
     ["train", "--optimizer", "lbfgs"],
     ["predict", "m.npz", "--count", "0"],
 ])
@@ -208,10 +209,10 @@ def test_small_custom_network_trains_with_adam(tmp_path, capsys):
     status, out, err = run(capsys, "train", "--data", MNIST, "--limit", "1000", "--epochs", "2",
                            "--hidden", "32", "--activation", "tanh", "--optimizer", "adam",
                            "--batch-size", "50", "--dtype", "float64", "--backend", "numpy",
-                           "--lr-schedule", "constant", "--threads", "1")
+                           "--lr-schedule", "constant", "--weight-decay", "0", "--threads", "1")
     assert status == 0, err
     assert "784-32-10 tanh on 1000 MNIST images" in out and "float64" in out
-    assert "optimizer adam lr 0.001 constant, batch 50, 2 epoch(s)" in out
+    assert "optimizer adam lr 0.001 constant, weight decay 0, batch 50, 2 epoch(s)" in out
     assert len(re.findall(r"^epoch \d/2 ", out, re.M)) == 2
     assert "1 thread(s)" in out
 
