@@ -41,7 +41,7 @@ def nnkern_bench_markdown(result: dict) -> list[str]:
         "",
         f"- Machine: {m['cpu']}, {m['cores']} cores, SIMD {' '.join(m['simd'])}; {m['platform']}",
         f"- Versions: {versions}",
-        f"- {c['threads']} threads for every pool (nnkern, BLAS, PyTorch); {c['repeats']} repeats, "
+        f"- {c['threads']} threads for every pool (nnkern, BLAS, PyTorch); repeats: {c['repeats']}, "
         f"contenders interleaved; median reported; {c['samples_per_repeat']} training samples per repeat, "
         f"accuracy on {c['test_samples']} test samples; SGD lr {c['learning_rate']}, {c['dtype']}",
         f"- sgemm peak measured in the same run: {peak['gflops']:.1f} GFLOP/s "

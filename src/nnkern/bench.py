@@ -507,7 +507,7 @@ def format_header(result: dict) -> str:
 
 def format_table(network_result: dict) -> str:
     n = network_result
-    title = (f"{n['name']}, batch {n['batch_size']}, {n['samples_trained']} samples/epoch, "
+    title = (f"{n['name']}, batch {n['batch_size']}, {n['samples_trained']} samples per repeat, "
              f"SGD lr {LEARNING_RATE}, float32")
     header = (f"{'contender':<10} {'samples/s':>11} {'vs numpy':>9} {'GFLOP/s':>8} {'of peak':>8} "
               f"{'test acc':>9}  loss check")
