@@ -7,7 +7,7 @@ nnkern.ops (C-contiguous, one dtype, matching shapes); activations take flat vie
 """
 
 from cython.parallel cimport prange
-from libc.math cimport exp
+from libc.math cimport exp, expf
 
 from gemm cimport (
     nnk_act_block_d,
@@ -75,7 +75,10 @@ def softmax(const real[:, ::1] x, real[:, ::1] out, int num_threads):
                     row_max = x[i, j]
             total = 0.0
             for j in range(cols):
-                out[i, j] = <real>exp(x[i, j] - row_max)
+                if real is float:  # float32 exponentials in float32, as the reference
+                    out[i, j] = expf(x[i, j] - row_max)
+                else:
+                    out[i, j] = exp(x[i, j] - row_max)
                 total = total + out[i, j]
             scale = 1.0 / total
             for j in range(cols):

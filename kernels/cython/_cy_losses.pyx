@@ -6,7 +6,7 @@ by nnkern.ops: C-contiguous, one dtype, matching shapes, labels in range.
 """
 
 from cython.parallel cimport prange
-from libc.math cimport exp, log
+from libc.math cimport exp, expf, log
 from libc.stdint cimport int64_t
 
 ctypedef fused real:
@@ -33,7 +33,10 @@ cdef inline double _exp_row(const real[:, ::1] logits, Py_ssize_t i, real[:, ::1
         if logits[i, j] > row_max:
             row_max = logits[i, j]
     for j in range(cols):
-        out[i, j] = <real>exp(logits[i, j] - row_max)
+        if real is float:  # float32 exponentials in float32, as the reference
+            out[i, j] = expf(logits[i, j] - row_max)
+        else:
+            out[i, j] = exp(logits[i, j] - row_max)
         total += out[i, j]
     log_norm[0] = row_max + log(total)
     return total
