@@ -33,7 +33,8 @@ def main(*, n_train=2000, n_test=1000, epochs=20, batch_size=32, lr=0.05, seed=0
     accuracy = float(np.mean(predicted == (y_test > 0.5)))
     w = model.parameters()[0].ravel()
     print(f"test accuracy {accuracy:.2%} on {n_test} new samples")
-    print(f"weights / |w|: {np.array2string(w / np.linalg.norm(w), precision=3)}  (the rule: (0.707, 0, 0, 0, -0.707))")
+    direction = np.array2string(w / np.linalg.norm(w), precision=3)
+    print(f"weights / |w|: {direction}  (the rule: (0.707, 0, 0, 0, -0.707))")
     for row, label, p in zip(x_test[:5], y_test[:5, 0], model.predict(x_test[:5])[:, 0]):
         print(f"x = {np.array2string(row, precision=2)}  x[0] > x[4]: {bool(label)!s:5}  p = {p:.3f}")
     return accuracy

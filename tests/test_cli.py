@@ -85,7 +85,8 @@ def test_evaluate_on_another_backend_agrees(trained, capsys):
 
 
 def test_predict_prints_predicted_against_true_labels(trained, capsys):
-    status, out, _ = run(capsys, "predict", str(trained.model), "--data", MNIST, "--count", "7", "--start", "3")
+    status, out, _ = run(capsys, "predict", str(trained.model), "--data", MNIST,
+                         "--count", "7", "--start", "3")
     assert status == 0
     model = nnkern.nn.load(trained.model, backend="numpy")
     (_, _), (x_test, y_test) = nnkern.data.load_mnist(MNIST)

@@ -462,7 +462,8 @@ def _plot_gradient_descent(args) -> int:
 
     paths = plot_gradient_descent(args.path, steps=args.steps)
     for label, points in paths.items():
-        print(f"lr {GD_LEARNING_RATES[label]:<6g} ({label}): ends at ({points[-1, 0]:.4g}, {points[-1, 1]:.4g})")
+        end = points[-1]
+        print(f"lr {GD_LEARNING_RATES[label]:<6g} ({label}): ends at ({end[0]:.4g}, {end[1]:.4g})")
     print(f"wrote {args.path}")
     return 0
 
@@ -487,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train an MLP on MNIST and report its test accuracy.")
     train.add_argument("--hidden", type=_layer_sizes, default=DEFAULT_HIDDEN, metavar="N,N,...",
                        help="hidden layer sizes (default: 256,128,64,20)")
-    train.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="hidden activation (default: relu)")
+    train.add_argument("--activation", choices=ACTIVATIONS, default="relu",
+                       help="hidden activation (default: relu)")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULT_OPTIMIZER,
                        help=f"(default: {DEFAULT_OPTIMIZER})")
     train.add_argument("--lr", type=_positive_float, help="initial learning rate (default per optimizer: "
@@ -500,10 +502,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="linear: decay the learning rate to 0 over the training (default)")
     train.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
                        help=f"(default: {DEFAULT_BATCH_SIZE})")
-    train.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS, help=f"(default: {DEFAULT_EPOCHS})")
+    train.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS,
+                       help=f"(default: {DEFAULT_EPOCHS})")
     add_data_and_backend(train, "kernel backend (default: the fastest CPU backend available)")
-    train.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="(default: float32)")
-    train.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the shuffling (default: 0)")
+    train.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                       help="(default: float32)")
+    train.add_argument("--seed", type=int, default=0,
+                       help="seed of the initial weights and the shuffling (default: 0)")
     train.add_argument("--threads", type=_positive_int, help="threads for every kernel (default: all cores)")
     train.add_argument("--save", metavar="PATH", help="save the trained model there")
     train.add_argument("--plot", metavar="PATH.png", help="write the loss and accuracy curves there")
