@@ -111,3 +111,10 @@ def test_backend_selection_keeps_the_reference_and_explains_the_rest():
     assert bench.benchmark_backends(["numba"])[0] == ["numpy"] + (["numba"] if "numba" in timed else [])
     with pytest.raises(ValueError, match="unknown backend"):
         bench.benchmark_backends(["tensorflow"])
+
+
+def test_cli_refuses_an_unknown_backend(capsys):
+    args = argparse.Namespace(quick=True, json=None, plot=None, backends="numpy,tensorflow",
+                              repeats=None, threads=None, profile=False)
+    assert bench.run_cli(args) == 2
+    assert "unknown backend(s) ['tensorflow']" in capsys.readouterr().err

@@ -723,6 +723,11 @@ def run_cli(args) -> int:
     names = _names(getattr(args, "backends", None))
     with_torch = names is None or TORCH in names
     backends = None if names is None else [n for n in names if n != TORCH]
+    try:
+        benchmark_backends(backends)
+    except ValueError as exc:
+        print(f"nnkern bench: error: --backends: {exc} (or torch)", file=sys.stderr)
+        return 2
     settings = dict(QUICK) if getattr(args, "quick", False) else {}
     if getattr(args, "repeats", None) is not None:
         settings["repeats"] = args.repeats
