@@ -42,9 +42,12 @@ def trained(tmp_path_factory):
     model_path, plot_path = folder / "model.npz", folder / "curves.png"
     # capsys is function-scoped: capture this module-wide run by hand
     out, err = io.StringIO(), io.StringIO()
+    threads = nnkern.get_num_threads()
+    # one thread: OpenMP threads that wait for each other crawl on a busy machine
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         status = cli.main(["train", "--data", MNIST, "--limit", "2000", "--epochs", "1", "--seed", "3",
-                           "--save", str(model_path), "--plot", str(plot_path)])
+                           "--threads", "1", "--save", str(model_path), "--plot", str(plot_path)])
+    nnkern.set_num_threads(threads)
     return types.SimpleNamespace(status=status, out=out.getvalue(), err=err.getvalue(),
                                  model=model_path, plot=plot_path)
 
