@@ -4,6 +4,8 @@ JSON, its table and its chart, the per-kernel profile, and the FLOP count it rep
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import subprocess
@@ -30,15 +32,16 @@ def cli_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     args = argparse.Namespace(quick=True, json=str(out / "bench.json"), plot=str(out / "bench.png"),
                               backends=",".join([*BENCHED, "torch"]), repeats=None, threads=None, profile=True)
-    with pytest.MonkeyPatch.context() as mp:
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
         mp.setattr(bench, "QUICK", TINY)
         mp.setattr(bench, "PROFILE_STEPS", {"quick": 2, "full": 2})
         status = bench.run_cli(args)
-    return status, out
+    return status, out, printed.getvalue()
 
 
-def test_cli_writes_json_with_every_contender(cli_run, capsys):
-    status, out = cli_run
+def test_cli_writes_json_with_every_contender(cli_run):
+    status, out, _ = cli_run
     assert status == 0
     result = json.loads((out / "bench.json").read_text())
     assert result["schema"] == bench.SCHEMA
@@ -66,19 +69,20 @@ def test_cli_writes_json_with_every_contender(cli_run, capsys):
 
 
 def test_cli_prints_the_table_and_draws_the_chart(cli_run):
-    _, out = cli_run
+    _, out, printed = cli_run
     result = json.loads((out / "bench.json").read_text())
-    report = bench.format_report(result)
-    assert "samples/s" in report and "vs numpy" in report and "test acc" in report
+    assert bench.format_report(result) in printed
+    assert "samples/s" in printed and "vs numpy" in printed and "test acc" in printed
+    assert f"{result['machine']['cpu']}, {result['machine']['cores']} cores" in printed
     for network in result["networks"]:
-        assert network["name"] in report
+        assert network["name"] in printed
         for row in network["results"]:
-            assert f"\n{row['contender']:<10} " in report
+            assert f"\n{row['contender']:<10} " in printed
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_profile_accounts_for_the_whole_step(cli_run):
-    _, out = cli_run
+    _, out, printed = cli_run
     profiles = json.loads((out / "bench.json").read_text())["profile"]
     assert {(p["network"], p["backend"]) for p in profiles} == {(n.name, b) for n in bench.NETWORKS for b in BENCHED}
     for p in profiles:
@@ -87,10 +91,11 @@ def test_profile_accounts_for_the_whole_step(cli_run):
             assert kernel in calls, f"{kernel} missing from the profile of {p['network']} on {p['backend']}"
         assert sum(k["fraction"] for k in p["kernels"]) + p["other_fraction"] == pytest.approx(1.0)
         assert all(k["s_per_step"] > 0 for k in p["kernels"])
+        assert bench.format_profile(p) in printed
 
 
 def test_report_script_turns_the_json_into_markdown(cli_run):
-    _, out = cli_run
+    _, out, _ = cli_run
     text = subprocess.run([sys.executable, str(REPO / "benchmarks" / "report.py"), str(out / "bench.json")],
                           check=True, capture_output=True, text=True).stdout
     assert "| contender | samples/s (median) |" in text
