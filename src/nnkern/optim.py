@@ -132,7 +132,9 @@ class Optimizer:
         self.backend = get_backend() if backend is None else backend
         self._kernels = backend_module(self.backend)
         self.params, self.grads = params, grads
-        self.state = [{key: _arrays.zeros(p.shape, p.dtype, self.backend) for key in self.STATE} for p in params]
+        # state lives where its parameter lives (device memory for device parameters)
+        self.state = [{key: _arrays.zeros(p.shape, p.dtype, self.backend if _arrays.is_device_array(p) else "numpy")
+                       for key in self.STATE} for p in params]
         self.t = 0
         if self._pending_state is not None:
             pending, self._pending_state = self._pending_state, None
