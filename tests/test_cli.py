@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import subprocess
 import sys
@@ -274,3 +275,14 @@ def test_plot_without_matplotlib_says_how_to_install(monkeypatch, tmp_path, caps
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     status, _, err = run(capsys, "plot-optimizers", str(tmp_path / "opt.png"))
     assert status == 1 and "pip install nnkern[plot]" in err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("NNKERN_ACCURACY_GATE") != "1",
+                    reason="trains on all 60000 images with the defaults: set NNKERN_ACCURACY_GATE=1")
+def test_defaults_reach_98_percent_on_mnist(capsys):
+    """The accuracy gate: `nnkern train` with every default reaches 98.0% test accuracy."""
+    status, out, err = run(capsys, "train", "--data", MNIST)
+    assert status == 0, err
+    accuracy = float(re.search(r"^test accuracy ([\d.]+)%", out, re.M).group(1))
+    assert accuracy >= 98.0, out
