@@ -58,6 +58,8 @@ def _operands(rng, m, k, n, dtype, trans_a, trans_b):
 
 
 def _edge_shapes(dtype):
+    from nnkern.backends.numba_backend import GEMM_ROW_UPDATES_MAX_K as short_k
+
     k_ = _kernels()
     tile, kc, mc = k_.GEMM_TILE, k_.GEMM_KC_BYTES // np.dtype(dtype).itemsize, k_.GEMM_MC_ROWS
     return [
@@ -65,8 +67,10 @@ def _edge_shapes(dtype):
         (tile + 1, kc, 2 * tile - 1),
         (2 * tile + 1, kc + 1, 5),  # two k blocks, the second of length 1
         (mc - 1, 3, mc + 1),
-        (mc + 1, 2 * kc + 3, 2 * tile + 2),  # three k blocks and two row blocks
-        (2 * mc + 2, 17, 101),  # large enough for the column-parallel path
+        (mc + 1, 2 * kc + 3, 2 * tile + 2),  # three k blocks, two row blocks, parallel
+        (5, short_k, 7),  # the longest k done by row updates ...
+        (5, short_k + 1, 7),  # ... and the shortest done by tiles
+        (2 * mc + 3, short_k - 1, 41),  # row updates: odd rows, k % 4 != 0, parallel
     ]
 
 
