@@ -123,3 +123,17 @@ def test_cli_refuses_an_unknown_backend(capsys):
                               repeats=None, threads=None, profile=False)
     assert bench.run_cli(args) == 2
     assert "unknown backend(s) ['tensorflow']" in capsys.readouterr().err
+
+
+def test_profile_model_of_any_network():
+    from nnkern import nn, optim
+
+    model = nn.Sequential(nn.Linear(7, 5), nn.Tanh(), nn.Linear(5, 3), backend="numpy")
+    rng = np.random.default_rng(0)
+    xb, yb = rng.standard_normal((11, 7)).astype(np.float32), rng.integers(0, 3, 11)
+    profile = bench.profile_model(model, xb, yb, optim.Adam(model), steps=3, warmup=1)
+    calls = [k["call"] for k in profile["kernels"]]
+    assert calls[0] == "linear+tanh 11x7 @ 7x5"
+    assert "matmul x.T @ dY (weight grad) 11x7ᵀ @ 11x5" in calls
+    assert "adam_update (every parameter)" in calls
+    assert next(k for k in profile["kernels"] if k["call"].startswith("adam"))["calls_per_step"] == 4

@@ -26,8 +26,9 @@ Reported per contender:
   steps (same weights, same batches) equals the reference's, so a fast but wrong backend
   shows.
 
-:func:`profile_step` times each kernel call of a training step (forward linear per layer,
-loss, backward matmuls, bias gradients, updates) as a fraction of the step.
+:func:`profile_step` (any step callable) and :func:`profile_model` (an ``nnkern.nn`` model's
+``train_step``) time each kernel call of a training step (forward linear per layer, loss,
+backward matmuls, bias gradients, updates) as a fraction of the step.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ __all__ = [
     "format_report",
     "plot",
     "profile_step",
+    "profile_model",
     "profile_networks",
     "format_profile",
     "run_cli",
@@ -670,6 +672,12 @@ def profile_step(step, backend: str, steps: int = 50, warmup: int = 5) -> dict:
             "other_s": other, "other_fraction": other / step_s}
 
 
+def profile_model(model, xb, yb, optimizer, loss="cross_entropy", *, steps: int = 50, warmup: int = 5) -> dict:
+    """:func:`profile_step` of ``model.train_step(xb, yb, optimizer, loss)`` on the model's
+    backend. The steps do train the model (``steps + warmup`` updates)."""
+    return profile_step(lambda: model.train_step(xb, yb, optimizer, loss), model.backend, steps, warmup)
+
+
 def profile_networks(*, backends=None, networks=NETWORKS, steps: int = 50, threads: int | None = None,
                      seed: int = 0) -> list[dict]:
     """:func:`profile_step` of a training step of each network on each backend."""
@@ -684,7 +692,7 @@ def profile_networks(*, backends=None, networks=NETWORKS, steps: int = 50, threa
         for backend in timed:
             trainer = NnkernTrainer(backend, network, initial_weights(network, seed))
             trainer.reset()
-            profile = profile_step(functools.partial(trainer.step, xb, yb), backend, steps)
+            profile = profile_model(trainer.model, xb, yb, trainer.optimizer, trainer.loss, steps=steps)
             profiles.append({"network": network.name, "batch_size": network.batch_size, **profile})
     return profiles
 
