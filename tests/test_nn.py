@@ -536,3 +536,37 @@ def test_fit_on_an_mnist_subset_reaches_90_percent(any_backend, mnist_subset):
     loss, accuracy = model.evaluate(x_test, y_test)
     assert accuracy >= 0.90, f"test accuracy {accuracy:.3f} after {history.history}"
     assert accuracy == history.history["val_accuracy"][-1]
+
+
+def test_layers_work_on_their_own():
+    """A layer outside a Sequential binds itself to the current backend and its input's dtype."""
+    rng = np.random.default_rng(0)
+    x, grad_out = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+    with nnkern.use_backend("numpy"):
+        linear = nn.Linear(3, 2, seed=0)
+        y = linear.forward(x)
+        dx = linear.backward(grad_out)
+        assert linear.backend == "numpy" and linear.dtype == np.float64
+        relu = nn.ReLU()
+        r = relu.forward(y)
+        dr = relu.backward(grad_out)
+    np.testing.assert_allclose(y, x @ linear.W + linear.b, rtol=1e-14)
+    np.testing.assert_allclose(linear.dW, x.T @ grad_out, rtol=1e-14)
+    np.testing.assert_allclose(linear.db, grad_out.sum(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(dx, grad_out @ linear.W.T, rtol=1e-14)
+    np.testing.assert_array_equal(r, np.maximum(y, 0))
+    np.testing.assert_array_equal(dr, grad_out * (y > 0))
+
+
+def test_any_object_with_some_hooks_is_a_callback():
+    class EpochsOnly:
+        def __init__(self):
+            self.epochs = []
+
+        def on_epoch_end(self, epoch, logs):
+            self.epochs.append((epoch, round(logs["loss"], 12)))
+
+    watcher = EpochsOnly()
+    history = small_model().fit(*data(n=20), epochs=2, batch_size=10, optimizer=optim.SGD(0.01),
+                                callbacks=[watcher], verbose=False)
+    assert watcher.epochs == [(1, round(history.history["loss"][0], 12)), (2, round(history.history["loss"][1], 12))]
