@@ -137,3 +137,5 @@ def test_profile_model_of_any_network():
     assert "matmul x.T @ dY (weight grad) 11x7ᵀ @ 11x5" in calls
     assert "adam_update (every parameter)" in calls
     assert next(k for k in profile["kernels"] if k["call"].startswith("adam"))["calls_per_step"] == 4
+    text = bench.format_profile(profile)
+    assert text.startswith("numpy: ") and "linear+tanh 11x7 @ 7x5" in text and "other (Python" in text

@@ -698,8 +698,11 @@ def profile_networks(*, backends=None, networks=NETWORKS, steps: int = 50, threa
 
 
 def format_profile(profile: dict) -> str:
-    lines = [f"{profile['network']} on {profile['backend']}: {profile['step_s'] * 1e3:.3f} ms per step "
-             f"(batch {profile['batch_size']}, mean of {profile['steps']} steps)"]
+    """A profile as a text table (``network`` and ``batch_size`` are shown when present, as
+    :func:`profile_networks` adds them)."""
+    where = f"{profile['network']} on {profile['backend']}" if "network" in profile else profile["backend"]
+    batch = f"batch {profile['batch_size']}, " if "batch_size" in profile else ""
+    lines = [f"{where}: {profile['step_s'] * 1e3:.3f} ms per step ({batch}mean of {profile['steps']} steps)"]
     lines.append(f"  {'kernel call':<58} {'calls':>5} {'ms/step':>8} {'of step':>8}")
     for k in profile["kernels"]:
         lines.append(f"  {k['call']:<58} {k['calls_per_step']:>5.0f} {k['s_per_step'] * 1e3:>8.3f} "
