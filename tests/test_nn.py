@@ -469,6 +469,8 @@ def test_save_and_load_give_identical_predictions(tmp_path, any_backend, dtype):
     x, _ = data(n=9, features=13)
     np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
     assert os.listdir(tmp_path) == ["model.npz"]  # exactly that name, no temporary left
+    (tmp_path / "plain").write_bytes(b"")
+    assert os.stat(path).st_mode & 0o777 == os.stat(tmp_path / "plain").st_mode & 0o777
 
 
 def test_save_replaces_atomically_and_a_failed_save_keeps_the_old_file(tmp_path, monkeypatch):

@@ -1003,11 +1003,20 @@ class Sequential:
                 np.savez(f, **{_META_KEY: np.array(meta)}, **self.state_dict())
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, _new_file_mode())  # mkstemp creates 0600; give the file the usual mode
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
             raise
         _fsync_directory(directory)
+
+
+def _new_file_mode() -> int:
+    """The mode open() gives a new file: 0o666 less the process umask (which can only be
+    read by setting it, so it is set back at once)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _fsync_directory(directory: str) -> None:
