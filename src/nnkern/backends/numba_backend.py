@@ -34,18 +34,22 @@ def _gemm(a, b, trans_a, trans_b, out, bias, act, slope):
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
     # Both forms read k-contiguous rows of op(a): a transposed op(a) is packed once here.
-    # Tiles read k-contiguous rows of op(b).T and row updates rows of op(b): the kernel packs
-    # b per column block when it is not already laid out that way.
+    # Row updates read rows of op(b) (short: packed here when b is transposed); tiles read
+    # k-contiguous rows of op(b).T, packed per column block by the kernel unless b is
+    # already op(b).T.
     if trans_a:
         a_rows = np.empty((m, k), dtype=out.dtype)
-        _k.transpose_into(a, a_rows)
+        _k.pack_transposed(a, a_rows, 0, m)
     else:
         a_rows = a
     row_updates = k <= GEMM_ROW_UPDATES_MAX_K
-    if row_updates:
-        b_pack = np.empty((k, n), dtype=out.dtype) if trans_b else b
+    if row_updates and trans_b:
+        b_pack = np.empty((k, n), dtype=out.dtype)
+        _k.pack_transposed(b, b_pack, 0, k)
+    elif row_updates or trans_b:
+        b_pack = b
     else:
-        b_pack = b if trans_b else np.empty((n, k), dtype=out.dtype)
+        b_pack = np.empty((n, k), dtype=out.dtype)
     spare_row = np.empty(n, dtype=out.dtype)
     has_bias = bias is not None
     if not has_bias:

@@ -365,14 +365,15 @@ def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step
 
 
 @_jit()
-def transpose_into(src, dst):
-    """dst = src.T, in 16x16 blocks so that both sides are walked a cache line at a time.
-    Each block is a pair of views indexed from 0, so that no index needs a wraparound."""
-    rows, cols = src.shape
+def pack_transposed(src, dst, lo, hi):
+    """dst[lo:hi] = src[:, lo:hi].T, in 16x16 blocks so that both sides are walked a cache
+    line at a time. Each block is a pair of views indexed from 0, so that no index needs a
+    wraparound. Every caller passes whole C-contiguous arrays: one compiled version."""
+    rows = src.shape[0]
     for r0 in range(0, rows, 16):
-        for c0 in range(0, cols, 16):
-            block = src[r0:r0 + 16, c0:c0 + 16]
-            block_t = dst[c0:c0 + 16, r0:r0 + 16]
+        for c0 in range(lo, hi, 16):
+            block = src[r0:r0 + 16, c0:min(c0 + 16, hi)]
+            block_t = dst[c0:min(c0 + 16, hi), r0:r0 + 16]
             for c in range(block.shape[1]):
                 for r in range(block.shape[0]):
                     block_t[c, r] = block[r, c]
@@ -473,23 +474,19 @@ def _gemm_row_updates(a_rows, b_rows, out, spare_row, j0, j1):
 @_jit()
 def gemm_columns(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, j0, j1, bias,
                   has_bias, act, slope):
-    """Columns [j0, j1) of the output: pack them if the chosen form needs it (B rows for
-    row updates, B columns for tiles), compute them (tiles block by block over k and over
-    rows), then add the bias and apply act. Called for all columns, this is the one-thread
+    """Columns [j0, j1) of the output: pack them if tiles need it (B columns; row updates
+    read ``b_pack``, op(b) packed by the caller), compute them (tiles block by block over k
+    and over rows), then add the bias and apply act. Called for all columns, this is the one-thread
     GEMM (no extra level of compiled code: each level costs compile time)."""
     m, k = a_rows.shape
     if row_updates:
-        if trans_b:
-            transpose_into(b[j0:j1], b_pack[:, j0:j1])
-            _gemm_row_updates(a_rows, b_pack, out, spare_row, j0, j1)
-        else:
-            _gemm_row_updates(a_rows, b, out, spare_row, j0, j1)
+        _gemm_row_updates(a_rows, b_pack, out, spare_row, j0, j1)
     else:
         if trans_b:
             b_cols = b
         else:
             b_cols = b_pack
-            transpose_into(b[:, j0:j1], b_pack[j0:j1])
+            pack_transposed(b, b_pack, j0, j1)
         kc = max(GEMM_KC_BYTES // out.itemsize, 1)
         for k0 in range(0, k, kc):
             k1 = min(k0 + kc, k)
