@@ -242,7 +242,9 @@ def initial_weights(network: Network, seed: int = 0) -> list[np.ndarray]:
 
 
 class NnkernTrainer:
-    """An ``nnkern.nn`` model on one backend, trained by ``nnkern.optim.SGD``."""
+    """An ``nnkern.nn`` model on one backend, trained by ``nnkern.optim.SGD``, each step
+    through the fused training engine where the backend has one (as ``model.fit`` does),
+    else through ``model.train_step``."""
 
     def __init__(self, backend: str, network: Network, weights: list[np.ndarray]):
         from . import nn, optim
@@ -258,16 +260,26 @@ class NnkernTrainer:
         self.model = nn.Sequential(*layers, backend=backend, dtype=DTYPE)
         self.loss = nn.CrossEntropyLoss()
         self.optimizer = optim.SGD(self.model, lr=LEARNING_RATE)
+        self.fused_step = None
 
     def reset(self) -> None:
         for param, value in zip(self.model.parameters(), self.weights, strict=True):
             param[...] = value
 
     def prepare(self, batches):
-        """The batches as this trainer takes them (NumPy arrays: as they are)."""
+        """The batches as this trainer takes them (NumPy arrays: as they are); builds the
+        fused step for them (it checks the whole data set once, as ``fit`` does)."""
+        from .engine import fused_train_step
+
+        xs = np.concatenate([xb for xb, _ in batches])
+        ys = np.concatenate([yb for _, yb in batches])
+        self.fused_step = fused_train_step(self.model, self.optimizer, self.loss, xs, ys,
+                                           max(len(xb) for xb, _ in batches))
         return batches
 
     def step(self, xb, yb) -> float:
+        if self.fused_step is not None:
+            return self.fused_step(xb, yb)[0]
         loss, _ = self.model.train_step(xb, yb, self.optimizer, self.loss)
         return loss
 
