@@ -119,7 +119,7 @@ def _check_ndim(x, ndim: int, op: str, name: str) -> None:
 
 
 def _check_nonempty(x, op: str, name: str) -> None:
-    if int(np.prod(x.shape)) == 0:
+    if math.prod(x.shape) == 0:
         raise ValueError(f"{op}: {name} is empty (shape ({_shape_str(x.shape)}))")
 
 
@@ -504,7 +504,7 @@ class _InPlace:
             self.arrays[name][...] = self.flat[name].reshape(self.arrays[name].shape)
 
     def empty(self) -> bool:
-        return int(np.prod(self.arrays["p"].shape)) == 0
+        return math.prod(self.arrays["p"].shape) == 0
 
 
 def _update(op, be, kernel_args, p, g, **state):
