@@ -103,6 +103,31 @@ static void NNK_FN(nnk_pack_a)(ptrdiff_t mc, ptrdiff_t kc, const T *a, ptrdiff_t
     }
 }
 
+#if NNK_NR == 16 && defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define NNK_HAS_TRANSPOSE8 1
+/* Transpose 8 vectors of 8 in place: the unpack / shuffle / lane-permute sequence of AVX
+ * (each step one instruction on AVX2 floats). */
+static inline void NNK_FN(nnk_transpose8)(VEC r[8]) {
+    VEC t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = __builtin_shufflevector(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[i + 1] = __builtin_shufflevector(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        u[i + 2] = __builtin_shufflevector(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[i + 3] = __builtin_shufflevector(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        r[i + 4] = __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+}
+#endif
+#endif
+
 /* Pack the k x n matrix B(p, j) = b[p * rs + j * cs] into NR-column panels over all of K:
  * panel after panel, each k rows of NR values, columns past n zero. Panels
  * [first_panel, end_panel) only, at their place in dst. */
@@ -129,7 +154,21 @@ static void NNK_FN(nnk_pack_b_panels)(ptrdiff_t k, ptrdiff_t n, const T *b, ptrd
         const T *bp = b + j0 * cs;
         T *out = dst + panel * k * NR;
         if (nr == NR) {
-            for (ptrdiff_t p = 0; p < k; p++)
+            ptrdiff_t p = 0;
+#if NNK_HAS_TRANSPOSE8
+            if (rs == 1) /* 8 x 8 blocks transposed in registers */
+                for (; p + VLEN <= k; p += VLEN)
+#pragma GCC unroll 4
+                    for (ptrdiff_t v = 0; v < NV; v++) {
+                        VEC rows[VLEN];
+#pragma GCC unroll 8
+                        for (int q = 0; q < VLEN; q++) rows[q] = NNK_FN(nnk_loadu)(bp + (v * VLEN + q) * cs + p);
+                        NNK_FN(nnk_transpose8)(rows);
+#pragma GCC unroll 8
+                        for (int q = 0; q < VLEN; q++) *(VEC *)(out + (p + q) * NR + v * VLEN) = rows[q];
+                    }
+#endif
+            for (; p < k; p++)
 #pragma GCC unroll 32
                 for (ptrdiff_t j = 0; j < NR; j++) out[p * NR + j] = bp[j * cs + p * rs];
         } else {
@@ -356,6 +395,7 @@ static int NNK_FN(nnk_gemm_packed_b)(int trans_a, ptrdiff_t m, ptrdiff_t n, ptrd
 #undef MR
 #undef NR
 #undef EPILOGUE
+#undef NNK_HAS_TRANSPOSE8
 #undef ACT_BLOCK
 #undef ACT_GRAD_BLOCK
 #undef BLOCKING
