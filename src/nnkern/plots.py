@@ -99,14 +99,14 @@ def plot_history(history, path, *, title: str | None = None) -> str:
         raise ValueError("plot_history: the history holds no 'loss' values (was the model trained?)")
     fig = _matplotlib_figure(figsize=(10, 4))
     epochs = np.arange(1, len(curves["loss"]) + 1)
-    for ax, metric, label in zip(fig.subplots(1, 2), ("loss", "accuracy"), ("loss", "accuracy")):
+    for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy")):
         for key, name, style in ((metric, "train", "o-"), (f"val_{metric}", "test", "s--")):
             values = curves.get(key)
             if values:
                 ax.plot(epochs[: len(values)], values, style, label=name)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_ylabel(label)
+        ax.set_ylabel(metric)
         ax.grid(True, alpha=0.3)
         ax.legend()
     if title:
