@@ -126,6 +126,22 @@ def test_gemm_result_does_not_depend_on_threads_or_transposes(dtype):
         np.testing.assert_array_equal(result, results[0])
 
 
+def test_fast_math_flags_keep_infinities_and_nans():
+    """The kernels' fast-math flags leave out nnan and ninf: -inf logits, saturated
+    sigmoids and NaNs behave as IEEE says, not as the optimiser assumes."""
+    assert not {"nnan", "ninf", "fast"} & set(_kernels().FASTMATH)
+    for dtype in DTYPES:
+        probs = ops.softmax(np.array([[-np.inf, 0.0, np.log(3.0)]], dtype), backend="numba")
+        assert_close(probs, [[0.0, 0.25, 0.75]], dtype, factor=4)
+        sig = ops.activation("sigmoid", np.array([-np.inf, np.inf, np.nan], dtype), backend="numba")
+        np.testing.assert_array_equal(sig[:2], [0.0, 1.0])
+        assert np.isnan(sig[2])
+        a = np.ones((4, 200), dtype)
+        a[1, 7] = np.nan
+        c = ops.matmul(a, np.ones((200, 5), dtype), backend="numba")
+        assert np.isnan(c[1]).all() and np.isfinite(np.delete(c, 1, axis=0)).all()
+
+
 # ---------------------------------------------------------------------------------------
 # Lazy compilation, one specialisation per dtype, and the on-disk cache
 # ---------------------------------------------------------------------------------------
