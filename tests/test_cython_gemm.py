@@ -26,8 +26,8 @@ from nnkern.backends import _cy_gemm  # noqa: E402  (compiled: only importable w
 DTYPES = [np.float32, np.float64]
 
 # (m, k, n) around the blocking: register tiles are 6 or 8 rows by 8 to 32 columns, K is
-# cut into blocks near 384 (float32) or 256 (float64), M into blocks whose packed A fills
-# 256 KiB. Sizes one past and one short of those, primes, and 1.
+# cut into equal blocks near 256 (k = 383: one block, k = 385 and 577: two), M into blocks
+# whose packed A fills 256 KiB. Sizes one past and one short of those, primes, and 1.
 EDGE_SHAPES = [
     (1, 1, 1),
     (1, 5, 33),
@@ -36,9 +36,11 @@ EDGE_SHAPES = [
     (7, 17, 17),
     (8, 8, 32),
     (9, 31, 33),
+    (12, 255, 48),
+    (10, 257, 16),
     (12, 383, 48),
     (13, 385, 31),
-    (11, 577, 65),  # two K blocks for both dtypes
+    (11, 577, 65),
     (5, 3001, 3),  # large k: many K blocks accumulate into C
     (700, 97, 41),  # several M blocks: B packed whole, then reused across them
     (193, 1200, 23),
