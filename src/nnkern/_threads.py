@@ -13,6 +13,14 @@ from __future__ import annotations
 import os
 import sys
 
+# libgomp's default lets idle OpenMP threads spin for a while waiting for the next parallel
+# region. A training step opens a dozen short regions; whenever another process holds a
+# core, a spinning worker steals the time its partner needs and a step slows 10-30x
+# (measured on a loaded 2-core machine). Passive waiting sleeps instead. Read by libgomp when
+# it loads, i.e. when the first compiled kernel module is imported, after this; a value the
+# user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __all__ = ["set_num_threads", "get_num_threads", "default_num_threads"]
 
 
