@@ -81,6 +81,22 @@ static inline ptrdiff_t nnk_balanced_block(ptrdiff_t total, ptrdiff_t target, pt
 
 static inline void *nnk_alloc(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 * 64); }
 
+/* Packing buffers, kept per thread from one product to the next and only ever grown:
+ * allocating them per call cost page faults (a fresh mmap for the larger ones) and made
+ * two-thread products erratic. They live as long as their thread (the OpenMP pool's
+ * threads live as long as the process). Returns NULL when memory runs out. */
+enum { NNK_WS_A_BLOCK, NNK_WS_B, NNK_WS_SHARED_A, NNK_WS_COUNT };
+static void *nnk_workspace(int slot, size_t bytes) {
+    static __thread void *buffers[NNK_WS_COUNT];
+    static __thread size_t capacity[NNK_WS_COUNT];
+    if (bytes > capacity[slot]) {
+        free(buffers[slot]);
+        buffers[slot] = nnk_alloc(bytes);
+        capacity[slot] = buffers[slot] ? bytes : 0;
+    }
+    return buffers[slot];
+}
+
 static inline int nnk_thread_id(void) {
 #ifdef _OPENMP
     return omp_get_thread_num();

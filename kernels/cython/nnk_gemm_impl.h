@@ -318,7 +318,7 @@ static int NNK_FN(nnk_gemm_run)(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t
      * A once, together, rather than each its own copy. */
     BLOCKING whole = NNK_FN(nnk_choose_blocking)(m, nnk_ceil_div(n, nt), k);
     int share_a = nt > 1 && split_columns && m <= whole.mc;
-    T *a_shared = share_a ? nnk_alloc(sizeof(T) * row_panels * MR * k) : NULL;
+    T *a_shared = share_a ? nnk_workspace(NNK_WS_SHARED_A, sizeof(T) * row_panels * MR * k) : NULL;
     if (share_a && !a_shared) return -1;
     int failed = 0;
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(|| : failed)
@@ -345,8 +345,8 @@ static int NNK_FN(nnk_gemm_run)(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t
             /* B: read from b_packed, else one sliver at a time (one M block), else packed
              * nc columns at a time into b_buf and reused across the M blocks */
             size_t b_count = b_packed ? 0 : one_m_block ? (size_t)(blk.kc * NR) : (size_t)(k * blk.nc);
-            T *a_buf = share_a ? NULL : nnk_alloc(sizeof(T) * blk.mc * blk.kc);
-            T *b_buf = b_count ? nnk_alloc(sizeof(T) * b_count) : NULL;
+            T *a_buf = share_a ? NULL : nnk_workspace(NNK_WS_A_BLOCK, sizeof(T) * blk.mc * blk.kc);
+            T *b_buf = b_count ? nnk_workspace(NNK_WS_B, sizeof(T) * b_count) : NULL;
             if ((!share_a && !a_buf) || (b_count && !b_buf)) {
                 failed = 1;
             } else {
@@ -364,11 +364,8 @@ static int NNK_FN(nnk_gemm_run)(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t
                                            ep ? &sub : NULL, blk, a_buf, b_buf);
                 }
             }
-            free(a_buf);
-            free(b_buf);
         }
     }
-    free(a_shared);
     return failed ? -1 : 0;
 }
 
