@@ -317,3 +317,18 @@ def test_optimizer_updates_write_back_into_strided_views(fast_backend, name):
     for k in base:
         assert_close(results[fast_backend][k], results["numpy"][k], np.float64, factor=16)
         np.testing.assert_array_equal(results[fast_backend][k][:, 1::2], base[k][:, 1::2])
+
+
+@pytest.mark.skipif(os.environ.get("NNKERN_CHECKED_BUILD") != "1",
+                    reason="only meaningful against a bounds-checked build (.ci/run's second pass)")
+def test_checked_build_raises_index_error_on_a_bad_index():
+    """Proof that the second CI pass runs checked kernels: a raw kernel, called past the ops
+    layer with an out-of-range label, raises IndexError (Cython) instead of reading memory."""
+    from nnkern.backends import _cy_losses
+
+    dlogits = np.zeros((1, 3), np.float32)
+    with pytest.raises(IndexError):
+        _cy_losses.softmax_cross_entropy_labels(np.zeros((1, 3), np.float32), np.array([5]), dlogits, 1)
+    from numba import config
+
+    assert config.BOUNDSCHECK, "NUMBA_BOUNDSCHECK is not on in the checked pass"
