@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
 import subprocess
 import sys
@@ -278,8 +277,6 @@ def test_plot_without_matplotlib_says_how_to_install(monkeypatch, tmp_path, caps
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("NNKERN_ACCURACY_GATE") != "1",
-                    reason="trains on all 60000 images with the defaults: set NNKERN_ACCURACY_GATE=1")
 def test_defaults_reach_98_percent_on_mnist(capsys):
     """The accuracy gate: `nnkern train` with every default reaches 98.0% test accuracy."""
     status, out, err = run(capsys, "train", "--data", MNIST)
