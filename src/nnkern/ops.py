@@ -25,26 +25,9 @@ import numbers
 import numpy as np
 
 from ._backend import backend_module, get_backend
-from .backends import ACTIVATIONS, GRAD_NEEDS_OUTPUT
+from .backends import ACTIVATIONS, GRAD_NEEDS_OUTPUT, KERNELS
 
-__all__ = [
-    "matmul",
-    "linear",
-    "activation",
-    "activation_grad",
-    "softmax",
-    "softmax_cross_entropy",
-    "mse",
-    "binary_cross_entropy",
-    "bias_grad",
-    "sgd_update",
-    "momentum_update",
-    "adagrad_update",
-    "rmsprop_update",
-    "adadelta_update",
-    "adam_update",
-    "ACTIVATION_NAMES",
-]
+__all__ = [*KERNELS, "ACTIVATION_NAMES"]  # one public function per raw kernel
 
 ACTIVATION_NAMES = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "gelu", "step")
 
@@ -139,8 +122,12 @@ def _check_out(out, shape, dtype: np.dtype, op: str) -> None:
             raise ValueError(f"{op}: out must be C-contiguous")
 
 
-def _new_output(shape, dtype: np.dtype, be, *inputs):
-    """A fresh output buffer: a device array when any input lives on the device."""
+def _output(out, shape, dtype: np.dtype, be, op: str, *inputs):
+    """The caller's ``out`` once checked, or a fresh buffer: a device array when any input
+    lives on the device."""
+    if out is not None:
+        _check_out(out, shape, dtype, op)
+        return out
     if any(_is_device_array(x) for x in inputs):
         return be.device_empty(tuple(shape), dtype)
     return np.empty(shape, dtype=dtype)
@@ -210,10 +197,7 @@ def matmul(a, b, *, trans_a=False, trans_b=False, out=None, backend=None):
     if k != k2:
         raise ValueError(f"{op}: cannot multiply ({m}x{k}) by ({k2}x{n})")
     dtype = _common_dtype(op, a=a, b=b)
-    if out is None:
-        out = _new_output((m, n), dtype, be, a, b)
-    else:
-        _check_out(out, (m, n), dtype, op)
+    out = _output(out, (m, n), dtype, be, op, a, b)
     if m == 0 or n == 0:
         return out
     if k == 0:
@@ -246,10 +230,7 @@ def linear(x, w, b, activation=None, *, out=None, backend=None, **params):
     _check_nonempty(w, op, "w")
     dtype = _common_dtype(op, x=x, w=w, b=b)
     shape = (x.shape[0], w.shape[1])
-    if out is None:
-        out = _new_output(shape, dtype, be, x, w, b)
-    else:
-        _check_out(out, shape, dtype, op)
+    out = _output(out, shape, dtype, be, op, x, w, b)
     if x.shape[0] == 0:
         return out
     be.linear(_prepare(x, dtype, op, "x"), _prepare(w, dtype, op, "w"), _prepare(b, dtype, op, "b"),
@@ -270,10 +251,7 @@ def activation(name, x, *, out=None, backend=None, **params):
     kind, slope = _activation_kind(op, name, params)
     x = _array(x, op, "x")
     dtype = _common_dtype(op, x=x)
-    if out is None:
-        out = _new_output(x.shape, dtype, be, x)
-    else:
-        _check_out(out, x.shape, dtype, op)
+    out = _output(out, x.shape, dtype, be, op, x)
     if out.size == 0:
         return out
     be.activation(kind, _prepare(x, dtype, op, "x"), slope, out)
@@ -299,10 +277,7 @@ def activation_grad(name, x, y, grad_out, *, out=None, backend=None, **params):
             f"{op}: {needed} has shape ({_shape_str(given.shape)}) but grad_out has shape ({_shape_str(grad_out.shape)})"
         )
     dtype = _common_dtype(op, **{needed: given, "grad_out": grad_out})
-    if out is None:
-        out = _new_output(grad_out.shape, dtype, be, given, grad_out)
-    else:
-        _check_out(out, grad_out.shape, dtype, op)
+    out = _output(out, grad_out.shape, dtype, be, op, given, grad_out)
     if out.size == 0:
         return out
     given = _prepare(given, dtype, op, needed)
@@ -319,10 +294,7 @@ def softmax(x, *, out=None, backend=None):
     x = _array(x, op, "x")
     _check_ndim(x, 2, op, "x")
     dtype = _common_dtype(op, x=x)
-    if out is None:
-        out = _new_output(x.shape, dtype, be, x)
-    else:
-        _check_out(out, x.shape, dtype, op)
+    out = _output(out, x.shape, dtype, be, op, x)
     if out.size == 0:
         return out
     be.softmax(_prepare(x, dtype, op, "x"), out)
@@ -336,10 +308,7 @@ def bias_grad(dy, *, out=None, backend=None):
     dy = _array(dy, op, "dy")
     _check_ndim(dy, 2, op, "dy")
     dtype = _common_dtype(op, dy=dy)
-    if out is None:
-        out = _new_output((dy.shape[1],), dtype, be, dy)
-    else:
-        _check_out(out, (dy.shape[1],), dtype, op)
+    out = _output(out, (dy.shape[1],), dtype, be, op, dy)
     if out.size == 0:
         return out
     if dy.shape[0] == 0:
@@ -405,10 +374,7 @@ def softmax_cross_entropy(logits, labels, *, out=None, backend=None):
         raise ValueError(
             f"{op}: labels must be class indices (N,) or targets (N, C), got shape ({_shape_str(labels.shape)})"
         )
-    if out is None:
-        out = _new_output((n, c), dtype, be, logits, labels)
-    else:
-        _check_out(out, (n, c), dtype, op)
+    out = _output(out, (n, c), dtype, be, op, logits, labels)
     loss = be.softmax_cross_entropy(_prepare(logits, dtype, op, "logits"), labels, out)
     return float(loss), out
 
@@ -432,10 +398,7 @@ def mse(pred, target, *, reduction="mean", out=None, backend=None):
     if reduction not in ("mean", "half_sum"):
         raise ValueError(f"{op}: reduction must be 'mean' or 'half_sum', got {reduction!r}")
     pred, target, dtype = _pair(pred, target, op, "pred")
-    if out is None:
-        out = _new_output(pred.shape, dtype, be, pred, target)
-    else:
-        _check_out(out, pred.shape, dtype, op)
+    out = _output(out, pred.shape, dtype, be, op, pred, target)
     loss = be.mse(_prepare(pred, dtype, op, "pred"), _prepare(target, dtype, op, "target"),
                   reduction == "half_sum", out)
     return float(loss), out
@@ -447,10 +410,7 @@ def binary_cross_entropy(prob, target, *, out=None, backend=None):
     op = "binary_cross_entropy"
     be = _backend(backend)
     prob, target, dtype = _pair(prob, target, op, "prob")
-    if out is None:
-        out = _new_output(prob.shape, dtype, be, prob, target)
-    else:
-        _check_out(out, prob.shape, dtype, op)
+    out = _output(out, prob.shape, dtype, be, op, prob, target)
     loss = be.binary_cross_entropy(_prepare(prob, dtype, op, "prob"),
                                    _prepare(target, dtype, op, "target"), out)
     return float(loss), out
