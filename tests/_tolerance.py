@@ -1,4 +1,5 @@
-"""Tolerances that follow the dtype (and the length of a reduction): one place for all tests."""
+"""Tolerances that follow the dtype (and the length of a reduction), and the optimizer update
+cases: one place for the CPU and the CUDA kernel tests."""
 
 from __future__ import annotations
 
@@ -34,3 +35,14 @@ def assert_matmul_close(c, a_op, b_op):
     assert np.all(err <= bound), (
         f"matmul error {err[worst]:.3g} exceeds bound {bound[worst]:.3g} at {worst} (k={k}, {dtype})"
     )
+
+
+# Each optimizer update kernel: (number of state arrays, hyperparameters as torch's defaults)
+UPDATES = {
+    "sgd_update": (0, dict(lr=0.1)),
+    "momentum_update": (1, dict(lr=0.1, momentum=0.9)),
+    "adagrad_update": (1, dict(lr=0.01, eps=1e-10)),
+    "rmsprop_update": (1, dict(lr=0.01, alpha=0.99, eps=1e-8)),
+    "adadelta_update": (2, dict(lr=1.0, rho=0.9, eps=1e-6)),
+    "adam_update": (2, dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)),
+}

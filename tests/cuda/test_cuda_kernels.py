@@ -17,7 +17,7 @@ from numba import cuda
 
 import nnkern
 from nnkern import ops
-from _tolerance import assert_close, assert_matmul_close
+from _tolerance import UPDATES, assert_close, assert_matmul_close
 
 DTYPES = [np.float32, np.float64]
 PLACEMENTS = ["host", "device"]
@@ -279,14 +279,6 @@ def test_bias_grad(placement, dtype, shape):
 # Optimizer updates
 # ---------------------------------------------------------------------------------------
 
-UPDATES = {
-    "sgd_update": (0, dict(lr=0.1)),
-    "momentum_update": (1, dict(lr=0.1, momentum=0.9)),
-    "adagrad_update": (1, dict(lr=0.01, eps=1e-10)),
-    "rmsprop_update": (1, dict(lr=0.01, alpha=0.99, eps=1e-8)),
-    "adadelta_update": (2, dict(lr=1.0, rho=0.9, eps=1e-6)),
-    "adam_update": (2, dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)),
-}
 
 
 def _run_updates(name, backend, placement, p0, states0, grads):
