@@ -37,6 +37,24 @@ def assert_matmul_close(c, a_op, b_op):
     )
 
 
+def assert_linear_close(got, x, w, b, act, params):
+    """A fused linear layer against the exact pre-activation in float64 followed by the
+    reference activation: the product's error (k eps |x||w|) times the activation's slope
+    (<= 1.13, for gelu)."""
+    from nnkern import ops
+
+    dtype, k = np.dtype(got.dtype), x.shape[1]
+    z = x.astype(np.float64) @ w.astype(np.float64) + b
+    want = ops.activation(act, z, backend="numpy", **params)
+    scale = (np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64))).max() + 1
+    if act == "step":  # discontinuous at 0: compare away from it
+        keep = np.abs(z) > 4 * k * np.finfo(dtype).eps * scale
+        np.testing.assert_array_equal(got[keep], want[keep])
+    else:
+        tol = 2 * k * np.finfo(dtype).eps * scale * 1.2 + 4 * np.finfo(dtype).eps * (np.abs(want).max() + 1)
+        np.testing.assert_allclose(got.astype(np.float64), want, rtol=0, atol=tol)
+
+
 # Each optimizer update kernel: (number of state arrays, hyperparameters as torch's defaults)
 UPDATES = {
     "sgd_update": (0, dict(lr=0.1)),

@@ -14,7 +14,7 @@ import pytest
 
 import nnkern
 from nnkern import ops
-from _tolerance import UPDATES, assert_close, assert_matmul_close
+from _tolerance import UPDATES, assert_close, assert_linear_close, assert_matmul_close
 
 DTYPES = [np.float32, np.float64]
 ACTIVATIONS = [
@@ -115,17 +115,7 @@ def test_linear(fast_backend, dtype, act, params, n, k, m):
     w = (rng.standard_normal((k, m)) / np.sqrt(k)).astype(dtype)
     b = rng.standard_normal(m).astype(dtype)
     got = ops.linear(x, w, b, act, backend=fast_backend, **params)
-    # the exact pre-activation in float64, then the reference activation in float64
-    z = x.astype(np.float64) @ w.astype(np.float64) + b
-    want = ops.activation(act, z, backend="numpy", **params)
-    # error of the product (k eps |x||w|) times the activation's slope (<= 1.13 for gelu)
-    scale = (np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64))).max() + 1
-    if act == "step":  # discontinuous at 0: compare away from it
-        keep = np.abs(z) > 4 * k * np.finfo(dtype).eps * scale
-        np.testing.assert_array_equal(got[keep], want[keep])
-    else:
-        tol = 2 * k * np.finfo(dtype).eps * scale * 1.2 + 4 * np.finfo(dtype).eps * (np.abs(want).max() + 1)
-        np.testing.assert_allclose(got.astype(np.float64), want, rtol=0, atol=tol)
+    assert_linear_close(got, x, w, b, act, params)
 
 
 # ---------------------------------------------------------------------------------------
