@@ -9,7 +9,9 @@ import nnkern
 from nnkern import nn, optim
 from nnkern.engine import fused_train_step
 
-pytestmark = pytest.mark.skipif("cython" not in nnkern.available_backends(), reason="needs the cython backend")
+BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(name not in nnkern.available_backends(),
+                                                        reason=f"needs the {name} backend"))
+            for name in ("cython", "numba")]
 
 OPTIMIZERS = [
     lambda: optim.SGD(lr=0.1),
@@ -23,13 +25,13 @@ ACTIVATIONS = [nn.ReLU, nn.Sigmoid, nn.Tanh, lambda: nn.GELU(), lambda: nn.GELU(
                lambda: nn.LeakyReLU(0.2), lambda: nn.LeakyReLU(-0.5)]
 
 
-def _model(act, dtype, widths=(37, 23, 11, 7)):
+def _model(act, dtype, backend, widths=(37, 23, 11, 7)):
     layers = []
     for i, (a, b) in enumerate(zip(widths, widths[1:])):
         layers.append(nn.Linear(a, b, seed=i))
         if i < len(widths) - 2:
             layers.append(act())
-    return nn.Sequential(*layers, backend="cython", dtype=dtype)
+    return nn.Sequential(*layers, backend=backend, dtype=dtype)
 
 
 def _data(n=203, width=37, classes=7):
@@ -37,49 +39,52 @@ def _data(n=203, width=37, classes=7):
     return rng.standard_normal((n, width)), rng.integers(0, classes, n)
 
 
-def _train(act, make_optimizer, dtype, fused):
+def _train(act, make_optimizer, dtype, fused, backend):
     x, y = _data()
-    model = _model(act, dtype)
+    model = _model(act, dtype, backend)
     history = model.fit(x.astype(dtype), y, epochs=2, batch_size=16, optimizer=make_optimizer(),
                         seed=3, verbose=False, fused=fused)
     return history.history, [p.copy() for p in model.parameters()]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("make_optimizer", OPTIMIZERS, ids=["sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam"])
-def test_fused_fit_equals_layer_by_layer_fit(dtype, make_optimizer):
+def test_fused_fit_equals_layer_by_layer_fit(dtype, make_optimizer, backend):
     tol = 2e-4 if dtype == np.float32 else 1e-10
-    want_history, want_params = _train(nn.ReLU, make_optimizer, dtype, fused=False)
-    got_history, got_params = _train(nn.ReLU, make_optimizer, dtype, fused=True)
+    want_history, want_params = _train(nn.ReLU, make_optimizer, dtype, False, backend)
+    got_history, got_params = _train(nn.ReLU, make_optimizer, dtype, True, backend)
     np.testing.assert_allclose(got_history["loss"], want_history["loss"], rtol=tol)
     assert got_history["accuracy"] == pytest.approx(want_history["accuracy"], abs=0.01)
     for got, want in zip(got_params, want_params):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("act", ACTIVATIONS, ids=["relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "leaky", "leaky_neg"])
-def test_fused_step_every_activation(act):
+def test_fused_step_every_activation(act, backend):
     make = lambda: optim.SGD(lr=0.1, momentum=0.5)  # noqa: E731
-    want_history, want_params = _train(act, make, np.float64, fused=False)
-    got_history, got_params = _train(act, make, np.float64, fused=True)
+    want_history, want_params = _train(act, make, np.float64, False, backend)
+    got_history, got_params = _train(act, make, np.float64, True, backend)
     np.testing.assert_allclose(got_history["loss"], want_history["loss"], rtol=1e-10)
     for got, want in zip(got_params, want_params):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_fit_uses_the_engine_only_where_it_applies():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_uses_the_engine_only_where_it_applies(backend):
     x, y = _data()
-    model = _model(nn.ReLU, np.float32)
+    model = _model(nn.ReLU, np.float32, backend)
     opt = optim.SGD(lr=0.1)
-    opt.bind(model.parameters(), model.gradients(), backend="cython")
+    opt.bind(model.parameters(), model.gradients(), backend=backend)
     assert fused_train_step(model, opt, nn.CrossEntropyLoss(), x, y, 16) is not None
     assert fused_train_step(model, opt, nn.MSELoss(), x, y, 16) is None
     assert fused_train_step(model, opt, nn.CrossEntropyLoss(), x, np.eye(7)[y], 16) is None  # one-hot
     assert fused_train_step(model, opt, nn.CrossEntropyLoss(), x, y + 7, 16) is None  # out of range
     assert fused_train_step(model, opt, nn.CrossEntropyLoss(), x[:, :5], y, 16) is None  # wrong width
-    dropout = nn.Sequential(nn.Linear(37, 7), nn.Dropout(0.5), backend="cython")
+    dropout = nn.Sequential(nn.Linear(37, 7), nn.Dropout(0.5), backend=backend)
     opt2 = optim.SGD(lr=0.1)
-    opt2.bind(dropout.parameters(), dropout.gradients(), backend="cython")
+    opt2.bind(dropout.parameters(), dropout.gradients(), backend=backend)
     assert fused_train_step(dropout, opt2, nn.CrossEntropyLoss(), x, y, 16) is None
     numpy_model = nn.Sequential(nn.Linear(37, 7), backend="numpy")
     opt3 = optim.SGD(lr=0.1)
@@ -87,8 +92,9 @@ def test_fit_uses_the_engine_only_where_it_applies():
     assert fused_train_step(numpy_model, opt3, nn.CrossEntropyLoss(), x, y, 16) is None
 
 
-def test_bad_labels_still_get_the_clear_error_with_fused_on():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_labels_still_get_the_clear_error_with_fused_on(backend):
     x, y = _data()
     y[5] = 99
     with pytest.raises(ValueError, match="label 99 .* out of range for 7 classes"):
-        _model(nn.ReLU, np.float32).fit(x, y, epochs=1, batch_size=16, optimizer=optim.SGD(lr=0.1), verbose=False)
+        _model(nn.ReLU, np.float32, backend).fit(x, y, epochs=1, batch_size=16, optimizer=optim.SGD(lr=0.1), verbose=False)

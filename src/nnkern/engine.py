@@ -1,15 +1,18 @@
 """The fused training engine: one compiled call per training step.
 
-For a model on the "cython" backend made of Linear layers, each followed by an
-elementwise activation (or none), trained with cross entropy on integer labels by any
-nnkern optimizer, :func:`fused_train_step` returns a step function that runs forward,
+For a model on the "cython" or the "numba" backend made of Linear layers, each followed
+by an elementwise activation (or none), trained with cross entropy on integer labels by
+any nnkern optimizer, :func:`fused_train_step` returns a step function that runs forward,
 loss, backward and the update of every parameter in one GIL-free call
-(kernels/cython/_cy_train.pyx) into preallocated buffers. ``Sequential.fit`` uses it
-automatically and falls back to the layer-by-layer path for anything else. The numbers
+(kernels/cython/_cy_train.pyx, backends/numba_train.py) into preallocated buffers.
+``Sequential.fit`` uses it automatically and falls back to the layer-by-layer path for
+anything else. The numbers
 are those of the layer-by-layer path (same kernels), to round-off.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import numpy as np
 
@@ -17,6 +20,10 @@ from ._threads import get_num_threads
 from .backends import ACTIVATION_CODES
 
 __all__ = ["fused_train_step"]
+
+# Backend -> the module of its fused step (a FusedMLPStep class with one constructor and
+# step() for both): kernels/cython/_cy_train.pyx and backends/numba_train.py.
+_ENGINES = {"cython": ".backends._cy_train", "numba": ".backends.numba_train"}
 
 # Optimizer class name -> (rule code of update_rules.pxd, hyperparameters passed as a, b)
 _RULES = {
@@ -76,11 +83,11 @@ def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
     every batch of it."""
     from . import nn
 
-    if model.backend != "cython" or not isinstance(loss, nn.CrossEntropyLoss):
+    if model.backend not in _ENGINES or not isinstance(loss, nn.CrossEntropyLoss):
         return None
     pairs = _layer_pairs(model)
     rule = _rule(optimizer)
-    if pairs is None or rule is None or optimizer.backend != "cython":
+    if pairs is None or rule is None or optimizer.backend != model.backend:
         return None
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim != 2 or x.shape[1] != pairs[0][0].in_features or len(x) != len(y):
@@ -88,7 +95,7 @@ def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
     n_classes = pairs[-1][0].out_features
     if y.ndim != 1 or y.dtype.kind not in "iu" or y.size == 0 or y.min() < 0 or y.max() >= n_classes:
         return None  # the layer-by-layer path validates and reports such targets
-    from .backends import _cy_train
+    engine = importlib.import_module(_ENGINES[model.backend], __package__)
 
     dtype = model.dtype
     rows = int(batch_size)
@@ -105,7 +112,7 @@ def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
         layers.append((linear.W, linear.b, linear.dW, linear.db, code, slope, keep_preact, h, z, *states))
     widest = max(max(linear.in_features, linear.out_features) for linear, _ in pairs)
     delta0, delta1 = np.empty(rows * widest, dtype), np.empty(rows * widest, dtype)
-    fused = _cy_train.FusedMLPStep(layers, delta0, delta1, rule[0], dtype == np.float64, rows)
+    fused = engine.FusedMLPStep(layers, delta0, delta1, rule[0], dtype == np.float64, rows)
     a_name, b_name = rule[1]
     hyper = optimizer.hyperparameters
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 
 from .. import _threads
@@ -22,48 +23,28 @@ from . import numba_kernels as _k
 _threads.get_num_threads()
 _threads.apply_to_numba()
 
-# Below this many multiply-adds a GEMM runs on one thread: a parallel region costs more
-# than it saves, and leaves the other cores free for the BLAS or a second model.
-GEMM_PARALLEL_MIN_FLOPS = 1 << 19
-# Up to this k the GEMM updates whole output rows (see numba_kernels._gemm_row_updates);
-# beyond it, register tiles of dot products win.
-GEMM_ROW_UPDATES_MAX_K = 128
+
+def num_threads() -> int:
+    """nnkern's thread count as Numba can run it (never above its pool size)."""
+    return min(_threads.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+
+
+# The GEMM's form and threading thresholds live with the kernel (numba_kernels).
+GEMM_PARALLEL_MIN_FLOPS = _k.GEMM_PARALLEL_MIN_FLOPS
+GEMM_ROW_UPDATES_MAX_K = _k.GEMM_ROW_UPDATES_MAX_K
 
 
 def _gemm(a, b, trans_a, trans_b, out, bias, act, slope):
+    """One compiled call (numba_kernels.gemm) with scratch buffers allocated here."""
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
-    # Both forms read k-contiguous rows of op(a): a transposed op(a) is packed once here.
-    # Row updates read rows of op(b) (short: packed here when b is transposed); tiles read
-    # k-contiguous rows of op(b).T, packed per column block by the kernel unless b is
-    # already op(b).T.
-    if trans_a:
-        a_rows = np.empty((m, k), dtype=out.dtype)
-        _k.pack_transposed(a, a_rows, 0, m)
-    else:
-        a_rows = a
     row_updates = k <= GEMM_ROW_UPDATES_MAX_K
-    if row_updates and trans_b:
-        b_pack = np.empty((k, n), dtype=out.dtype)
-        _k.pack_transposed(b, b_pack, 0, k)
-    elif row_updates or trans_b:
-        b_pack = b
-    else:
-        b_pack = np.empty((n, k), dtype=out.dtype)
+    a_pack = np.empty(m * k if trans_a else 0, dtype=out.dtype)
+    b_pack = np.empty(k * n if row_updates == trans_b else 0, dtype=out.dtype)
     spare_row = np.empty(n, dtype=out.dtype)
     has_bias = bias is not None
-    if not has_bias:
-        bias = spare_row  # never read: has_bias is False
-    scalar_slope = out.dtype.type(slope)
-    threads = min(_threads.get_num_threads(), -(-n // _k.GEMM_TILE))
-    if threads > 1 and m * n * k >= GEMM_PARALLEL_MIN_FLOPS:
-        block_cols = -(-n // threads)
-        block_cols = -(-block_cols // _k.GEMM_TILE) * _k.GEMM_TILE
-        _k.gemm_parallel(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, bias,
-                         has_bias, act, scalar_slope, block_cols)
-    else:
-        _k.gemm_columns(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, 0, n, bias,
-                        has_bias, act, scalar_slope)
+    _k.gemm(a, trans_a, b, trans_b, out, bias if has_bias else spare_row, has_bias, act,
+            out.dtype.type(slope), a_pack, b_pack, spare_row, num_threads())
 
 
 def matmul(a, b, trans_a, trans_b, out):
@@ -134,9 +115,14 @@ def adadelta_update(p, g, h, d, lr, rho, eps):
     _k.adadelta_update(p, g, h, d, real(lr), real(rho), real(1.0 - rho), real(eps))
 
 
+def adam_scalars(t, lr, beta1, beta2):
+    """(lr / (1 - beta1^t), 1 / sqrt(1 - beta2^t)): Adam's bias corrections, in double (also
+    used by the fused step, numba_train)."""
+    return lr / (1.0 - beta1**t), 1.0 / math.sqrt(1.0 - beta2**t)
+
+
 def adam_update(p, g, m, v, t, lr, beta1, beta2, eps):
     real = p.dtype.type
-    step_size = lr / (1.0 - beta1**t)
-    inv_sqrt_bias_correction2 = 1.0 / math.sqrt(1.0 - beta2**t)
+    step_size, inv_sqrt_bias_correction2 = adam_scalars(t, lr, beta1, beta2)
     _k.adam_update(p, g, m, v, real(beta1), real(1.0 - beta1), real(beta2), real(1.0 - beta2),
                    real(step_size), real(inv_sqrt_bias_correction2), real(eps))

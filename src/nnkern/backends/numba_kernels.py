@@ -80,6 +80,12 @@ BCE_CLAMP = 1e-12
 GEMM_TILE = 3
 GEMM_KC_BYTES = 4096
 GEMM_MC_ROWS = 96
+# Below this many multiply-adds a GEMM runs on one thread: a parallel region costs more
+# than it saves, and leaves the other cores free for the BLAS or a second model.
+GEMM_PARALLEL_MIN_FLOPS = 1 << 19
+# Up to this k the GEMM updates whole output rows (see _gemm_row_updates); beyond it,
+# register tiles of dot products win.
+GEMM_ROW_UPDATES_MAX_K = 128
 
 
 # ---------------------------------------------------------------------------------------
@@ -509,3 +515,45 @@ def gemm_parallel(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, bias,
         j0 = block * block_cols
         gemm_columns(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, j0,
                       min(j0 + block_cols, n), bias, has_bias, act, slope)
+
+
+@_jit()
+def gemm(a, trans_a, b, trans_b, out, bias, has_bias, act, slope, a_pack, b_pack, spare_row,
+         num_threads):
+    """out = act(op(a) @ op(b) + bias), the whole GEMM in one compiled call: picks the
+    form (row updates up to GEMM_ROW_UPDATES_MAX_K, else tiles), packs what the form needs
+    into the caller's flat scratch buffers and splits the columns over Numba's threads.
+
+    Scratch: ``a_pack`` >= m*k elements when trans_a; ``b_pack`` >= k*n elements unless b
+    is read as it is (row updates without trans_b, tiles with trans_b); ``spare_row`` >= n.
+    ``bias`` is never read unless ``has_bias`` (pass any array of the dtype).
+    ``num_threads``: at most Numba's current thread count (nnkern's, passed in because a
+    kernel that asks Numba for it cannot be cached on disk)."""
+    m, n = out.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    # Both forms read k-contiguous rows of op(a): a transposed op(a) is packed once here.
+    # Row updates read rows of op(b) (short: packed here when b is transposed); tiles read
+    # k-contiguous rows of op(b).T, packed per column block by gemm_columns unless b is
+    # already op(b).T.
+    if trans_a:
+        a_rows = a_pack[:m * k].reshape((m, k))
+        pack_transposed(a, a_rows, 0, m)
+    else:
+        a_rows = a
+    row_updates = k <= GEMM_ROW_UPDATES_MAX_K
+    if row_updates and trans_b:
+        packed_b = b_pack[:k * n].reshape((k, n))
+        pack_transposed(b, packed_b, 0, k)
+    elif row_updates or trans_b:
+        packed_b = b
+    else:
+        packed_b = b_pack[:n * k].reshape((n, k))
+    threads = min(num_threads, (n + GEMM_TILE - 1) // GEMM_TILE)
+    if threads > 1 and m * n * k >= GEMM_PARALLEL_MIN_FLOPS:
+        block_cols = (n + threads - 1) // threads
+        block_cols = (block_cols + GEMM_TILE - 1) // GEMM_TILE * GEMM_TILE
+        gemm_parallel(a_rows, b, trans_b, packed_b, row_updates, spare_row, out, bias, has_bias,
+                      act, slope, block_cols)
+    else:
+        gemm_columns(a_rows, b, trans_b, packed_b, row_updates, spare_row, out, 0, n, bias,
+                     has_bias, act, slope)

@@ -1,0 +1,203 @@
+"""The fused training step of the "numba" backend.
+
+One compiled call (:func:`train_step`) runs a whole optimisation step of an MLP (Linear
+layers, each followed by an elementwise activation; the last layer's output is the
+logits): forward with the bias and the activation fused into the GEMM, fused
+softmax-cross-entropy on integer labels, backward with the activation-derivative mask,
+and the optimizer update of every parameter, into buffers preallocated for the largest
+batch. It releases the GIL and allocates nothing.
+
+The arithmetic is that of the separate kernels of numba_kernels: the same GEMM
+(``numba_kernels.gemm``), loss, activation and update kernels, called from compiled code,
+with the optimizer's scalars converted exactly as numba_backend converts them. A step
+therefore equals the layer-by-layer path to round-off. Layer l's parameters are updated as
+soon as the gradient flowing to layer l-1 has been computed from them, the last time the
+step reads them.
+
+Every array reaches the compiled step through one typed list of flat arrays (``bufs``)
+and an integer table of the layers (which entry of ``bufs`` holds what), so that one
+compiled specialisation per dtype serves every depth and width. Compilation is lazy (on
+the first step of a dtype) and cached on disk, as for every numba kernel.
+
+Arguments are validated by :mod:`nnkern.engine` before this module is reached.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import typed
+
+from . import ACTIVATION_CODES
+from . import numba_backend as _backend
+from . import numba_kernels as _k
+
+__all__ = ["FusedMLPStep", "train_step"]
+
+# Columns of the layer table: sizes, activation, then indices into ``bufs`` (0: the dummy).
+FAN_IN, FAN_OUT, ACT, KEEP_PREACT, W, B, GW, GB, H, Z, W_S0, W_S1, B_S0, B_S1 = range(14)
+TABLE_COLUMNS = 14
+
+# Entries of the ``hyper`` array (in the parameters' dtype), as numba_backend converts them.
+LR, A, ONE_MINUS_A, B_, ONE_MINUS_B, EPS, NEG_WEIGHT_DECAY, STEP_SIZE, INV_SQRT_BC2 = range(9)
+HYPER_SIZE = 9
+
+# The rules, in the order of nnkern.engine's codes (those of the Cython update_rules.pxd).
+RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM = range(6)
+
+IDENTITY = ACTIVATION_CODES["identity"]
+
+
+@_k._jit()
+def _update(rule, p, g, s0, s1, hyper, weight_decay):
+    """One optimizer update of a flat parameter, by the numba backend's update kernels."""
+    if weight_decay:  # g += wd * p, as nnkern.optim does it: g -= (-wd) * p
+        _k.sgd_update(g, p, hyper[NEG_WEIGHT_DECAY])
+    if rule == RULE_SGD:
+        _k.sgd_update(p, g, hyper[LR])
+    elif rule == RULE_MOMENTUM:
+        _k.momentum_update(p, g, s0, hyper[LR], hyper[A])
+    elif rule == RULE_ADAGRAD:
+        _k.adagrad_update(p, g, s0, hyper[LR], hyper[EPS])
+    elif rule == RULE_RMSPROP:
+        _k.rmsprop_update(p, g, s0, hyper[LR], hyper[A], hyper[ONE_MINUS_A], hyper[EPS])
+    elif rule == RULE_ADADELTA:
+        _k.adadelta_update(p, g, s0, s1, hyper[LR], hyper[A], hyper[ONE_MINUS_A], hyper[EPS])
+    else:
+        _k.adam_update(p, g, s0, s1, hyper[A], hyper[ONE_MINUS_A], hyper[B_], hyper[ONE_MINUS_B],
+                       hyper[STEP_SIZE], hyper[INV_SQRT_BC2], hyper[EPS])
+
+
+@_k._jit()
+def train_step(x, labels, bufs, table, slopes, rule, hyper, weight_decay, delta0, delta1,
+               a_pack, b_pack, spare_row, num_threads):
+    """One training step on (x, labels): returns (mean loss, rows whose first largest
+    logit is their label). x: (rows, fan_in) C-contiguous; labels int64 in range."""
+    rows = x.shape[0]
+    n_layers = table.shape[0]
+    dummy = bufs[0]
+    zero = slopes.dtype.type(0)
+
+    inp = x
+    for l in range(n_layers):  # forward: h = act(inp @ W + b), fused in the GEMM
+        fan_in, fan_out, act = table[l, FAN_IN], table[l, FAN_OUT], table[l, ACT]
+        w = bufs[table[l, W]].reshape((fan_in, fan_out))
+        h = bufs[table[l, H]][:rows * fan_out].reshape((rows, fan_out))
+        if table[l, KEEP_PREACT]:
+            z = bufs[table[l, Z]][:rows * fan_out]
+            _k.gemm(inp, False, w, False, z.reshape((rows, fan_out)), bufs[table[l, B]], True,
+                    IDENTITY, slopes[l], a_pack, b_pack, spare_row, num_threads)
+            _k.activation(act, z, slopes[l], h.reshape(-1))
+        else:
+            _k.gemm(inp, False, w, False, h, bufs[table[l, B]], True, act, slopes[l], a_pack,
+                    b_pack, spare_row, num_threads)
+        inp = h
+
+    n_classes = table[n_layers - 1, FAN_OUT]
+    logits = bufs[table[n_layers - 1, H]][:rows * n_classes].reshape((rows, n_classes))
+    delta = delta0[:rows * n_classes].reshape((rows, n_classes))
+    loss = _k.softmax_cross_entropy_labels(logits, labels, delta)
+    correct = 0
+    for r in range(rows):
+        best = 0
+        for j in range(1, n_classes):
+            if logits[r, j] > logits[r, best]:
+                best = j
+        if best == labels[r]:
+            correct += 1
+
+    current, spare = delta0, delta1
+    for l in range(n_layers - 1, -1, -1):  # backward, updating each layer once used
+        fan_in, fan_out = table[l, FAN_IN], table[l, FAN_OUT]
+        delta = current[:rows * fan_out].reshape((rows, fan_out))
+        if l == 0:
+            inp = x
+        else:
+            inp = bufs[table[l - 1, H]][:rows * fan_in].reshape((rows, fan_in))
+        w = bufs[table[l, W]].reshape((fan_in, fan_out))
+        gw = bufs[table[l, GW]].reshape((fan_in, fan_out))
+        # dW = inp.T @ delta; db = column sums of delta
+        _k.gemm(inp, True, delta, False, gw, dummy, False, IDENTITY, zero, a_pack, b_pack,
+                spare_row, num_threads)
+        _k.bias_grad(delta, bufs[table[l, GB]])
+        if l > 0:  # delta for the layer below: (delta @ W.T) * act'(its z or h)
+            below = l - 1
+            grad = spare[:rows * fan_in]
+            _k.gemm(delta, False, w, True, grad.reshape((rows, fan_in)), dummy, False, IDENTITY,
+                    zero, a_pack, b_pack, spare_row, num_threads)
+            src = bufs[table[below, Z] if table[below, KEEP_PREACT] else table[below, H]]
+            _k.activation_grad(table[below, ACT], src[:rows * fan_in], grad, slopes[below], grad)
+            current, spare = spare, current
+        _update(rule, bufs[table[l, W]], bufs[table[l, GW]], bufs[table[l, W_S0]],
+                bufs[table[l, W_S1]], hyper, weight_decay)
+        _update(rule, bufs[table[l, B]], bufs[table[l, GB]], bufs[table[l, B_S0]],
+                bufs[table[l, B_S1]], hyper, weight_decay)
+    return loss, correct
+
+
+class FusedMLPStep:
+    """A preallocated training step for one model, optimizer and largest batch size, with
+    the constructor and ``step`` of the Cython backend's ``_cy_train.FusedMLPStep``.
+
+    ``layers``: (W, b, gW, gb, act_code, slope, keep_preact, h, z, w_state, b_state) per
+    layer, arrays C-contiguous of one dtype, h (and z where kept) of shape
+    (max_rows, fan_out), the state tuples of 0-2 arrays; ``delta0``/``delta1``: two flat
+    buffers of max_rows * max width. The object keeps every array alive.
+    """
+
+    def __init__(self, layers, delta0, delta1, rule: int, is_double: bool, max_rows: int):
+        dtype = np.dtype(np.float64 if is_double else np.float32)
+        self.dtype = dtype
+        self.rule = int(rule)
+        self.max_rows = int(max_rows)
+        self.delta0, self.delta1 = delta0.reshape(-1), delta1.reshape(-1)
+        bufs = [np.zeros(1, dtype)]  # entry 0: the dummy for absent arrays
+
+        def index(array):
+            if array is None:
+                return 0
+            bufs.append(array.reshape(-1))  # a view: the step writes into the model's arrays
+            return len(bufs) - 1
+
+        table = np.zeros((len(layers), TABLE_COLUMNS), np.int64)
+        slopes = np.zeros(len(layers), dtype)
+        widest_product, widest, widest_in = 1, 1, 1
+        for l, (w, b, gw, gb, act, slope, keep_preact, h, z, w_state, b_state) in enumerate(layers):
+            w_state = tuple(w_state) + (None, None)
+            b_state = tuple(b_state) + (None, None)
+            table[l, FAN_IN], table[l, FAN_OUT] = w.shape
+            table[l, ACT], table[l, KEEP_PREACT] = act, bool(keep_preact)
+            for column, array in ((W, w), (B, b), (GW, gw), (GB, gb), (H, h), (Z, z),
+                                  (W_S0, w_state[0]), (W_S1, w_state[1]),
+                                  (B_S0, b_state[0]), (B_S1, b_state[1])):
+                table[l, column] = index(array)
+            slopes[l] = slope
+            widest_product = max(widest_product, w.size)
+            widest = max(widest, *w.shape)
+            widest_in = max(widest_in, w.shape[0])
+        self.bufs = typed.List(bufs)
+        self.table = table
+        self.slopes = slopes
+        self.hyper = np.zeros(HYPER_SIZE, dtype)
+        # GEMM scratch: op(a) packed for dW (fan_in x rows), op(b) packed (fan_in x fan_out)
+        self.a_pack = np.empty(self.max_rows * widest_in, dtype)
+        self.b_pack = np.empty(widest_product, dtype)
+        self.spare_row = np.empty(widest, dtype)
+
+    def step(self, x, labels, lr, a, b, eps, weight_decay, t, num_threads):
+        """One step on the batch (x, labels): returns (mean loss, number of rows whose
+        largest logit is their label). x: (rows, fan_in) C-contiguous of the model's
+        dtype, labels int64, rows <= max_rows."""
+        rows = len(labels)
+        if rows == 0 or rows > self.max_rows:
+            raise ValueError(f"FusedMLPStep: batch of {rows} rows, expected 1..{self.max_rows}")
+        hyper = self.hyper
+        hyper[LR], hyper[A], hyper[B_], hyper[EPS] = lr, a, b, eps
+        hyper[ONE_MINUS_A], hyper[ONE_MINUS_B] = 1.0 - a, 1.0 - b
+        hyper[NEG_WEIGHT_DECAY] = -weight_decay
+        if self.rule == RULE_ADAM:
+            hyper[STEP_SIZE], hyper[INV_SQRT_BC2] = _backend.adam_scalars(t, lr, a, b)
+        loss, correct = train_step(x, labels, self.bufs, self.table, self.slopes, self.rule, hyper,
+                                   weight_decay != 0.0, self.delta0, self.delta1, self.a_pack,
+                                   self.b_pack, self.spare_row,
+                                   min(num_threads, _backend.num_threads()))
+        return loss, correct
