@@ -7,6 +7,11 @@
 #       op(b) packed once into dst (nnk_packed_b_size_{s,d}(k, n) elements, 64-byte aligned,
 #       e.g. from nnk_alloc), then reused by
 #   nnk_gemm_packed_b_{s,d}(trans_a, m, n, k, a, lda, packed_b, c, ldc, epilogue, num_threads)
+#   nnk_gemm_team_{s,d}(team, thread, slot, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc,
+#                       epilogue)
+#       the same product, called by every thread of a team running under nnk_team_run
+#       (nnk_team.h), split over it; the team's shared buffer `slot` (nnk_team_shared_bytes_{s,d}
+#       of m and k) lets threads pack A together.
 # The gemm functions return 0, or -1 when a work buffer could not be allocated.
 #
 # Epilogue: bias (or NULL) added per column, then activation act; or, when grad_src is
@@ -36,7 +41,21 @@ cdef extern from "nnk_act.h" nogil:
                               double *out, Py_ssize_t ldo, Py_ssize_t rows, Py_ssize_t cols)
 
 
+cdef extern from "nnk_team.h" nogil:
+    ctypedef struct nnk_team:
+        int size
+        void *shared[2]
+        size_t shared_bytes
+    void nnk_team_barrier(nnk_team *team)
+    void nnk_flag_set(int *flag)
+    void nnk_partition(Py_ssize_t units, int parts, int part, Py_ssize_t *lo, Py_ssize_t *hi)
+
+
 cdef extern from "nnk_gemm.h" nogil:
+    enum:
+        NNK_TEAM_PARALLEL_MIN_MNK
+    ctypedef void (*nnk_team_fn)(nnk_team *team, int thread, void *context) noexcept nogil
+    void nnk_team_run(nnk_team *team, int threads, nnk_team_fn fn, void *context)
     ctypedef struct nnk_epilogue_s:
         const float *bias
         int act
@@ -71,3 +90,14 @@ cdef extern from "nnk_gemm.h" nogil:
     int nnk_gemm_packed_b_d(int trans_a, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                             const double *a, Py_ssize_t lda, const double *b_packed,
                             double *c, Py_ssize_t ldc, const nnk_epilogue_d *ep, int num_threads)
+
+    int nnk_gemm_team_s(nnk_team *team, int thread, int slot, int trans_a, int trans_b, Py_ssize_t m,
+                        Py_ssize_t n, Py_ssize_t k, const float *a, Py_ssize_t lda,
+                        const float *b, Py_ssize_t ldb, float *c, Py_ssize_t ldc,
+                        const nnk_epilogue_s *ep)
+    int nnk_gemm_team_d(nnk_team *team, int thread, int slot, int trans_a, int trans_b, Py_ssize_t m,
+                        Py_ssize_t n, Py_ssize_t k, const double *a, Py_ssize_t lda,
+                        const double *b, Py_ssize_t ldb, double *c, Py_ssize_t ldc,
+                        const nnk_epilogue_d *ep)
+    size_t nnk_team_shared_bytes_s(Py_ssize_t m, Py_ssize_t k)
+    size_t nnk_team_shared_bytes_d(Py_ssize_t m, Py_ssize_t k)

@@ -7,8 +7,12 @@
  * nothing: they only change how the packing reads. Panels are zero-padded to MR/NR
  * multiples, so the micro-kernel never branches on edges; only the write-back does.
  *
- * Threads (OpenMP) each take an independent slice of C: columns when M <= N (each packs
- * all of A, which is the smaller operand then), rows otherwise; no barriers, no sharing.
+ * Threads (OpenMP) each take an independent slice of C: columns or rows, whichever gives
+ * the busiest thread fewer tiles. Column slices all read every row of A: when that is one M
+ * block the threads pack it together first (one barrier), else each packs its own.
+ * nnk_gemm_* opens a parallel region per product; nnk_gemm_team_* is called by every
+ * thread of an nnk_team already running (the fused training step) and splits the product
+ * over it.
  *
  * Epilogue, applied to each output tile after its last K block while it is still in L1:
  *   + bias (per column), then act(.)           (forward of a fused linear layer), or
@@ -31,6 +35,7 @@
 #endif
 
 #include "nnk_act.h"
+#include "nnk_team.h"
 
 /* Vector width and register tile per instruction set. AVX-512 has 32 vector registers:
  * 8 x 2 accumulators leave room for the B row and the broadcasts; AVX2 and SSE have 16:
@@ -64,8 +69,13 @@ NNK_EPILOGUE_DEFINE(double, d)
 #ifndef NNK_L3_BUDGET
 #define NNK_L3_BUDGET (4 * 1024 * 1024)
 #endif
-/* Below this m*n*k one thread does the product: starting the team costs more. */
+/* Below this m*n*k one thread does the product: starting the team costs more. Inside a
+ * running team (nnk_gemm_team_*), where a split costs only a spinning barrier, the bar is
+ * lower. */
 #define NNK_GEMM_PARALLEL_MIN_MNK (1 << 17)
+#ifndef NNK_TEAM_PARALLEL_MIN_MNK
+#define NNK_TEAM_PARALLEL_MIN_MNK (1 << 15)
+#endif
 
 static inline ptrdiff_t nnk_min(ptrdiff_t a, ptrdiff_t b) { return a < b ? a : b; }
 static inline ptrdiff_t nnk_round_up(ptrdiff_t x, ptrdiff_t unit) { return (x + unit - 1) / unit * unit; }
@@ -105,11 +115,34 @@ static inline int nnk_thread_id(void) {
 #endif
 }
 
-/* Split `units` (MR-row or NR-column panels) into `parts` near-equal ranges. */
-static inline void nnk_partition(ptrdiff_t units, int parts, int part, ptrdiff_t *lo, ptrdiff_t *hi) {
-    ptrdiff_t base = units / parts, extra = units % parts;
-    *lo = part * base + (part < extra ? part : extra);
-    *hi = *lo + base + (part < extra ? 1 : 0);
+/* Threads in the innermost parallel region (1 outside any). */
+static inline int nnk_region_size(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+typedef void (*nnk_team_fn)(nnk_team *team, int thread, void *context);
+
+/* Run fn(team, thread, context) on `threads` threads in one parallel region, team->size
+ * set to the number that run it (when fewer are granted, as when nested in another region,
+ * thread 0 runs it alone). team's shared buffer is the caller's to set. */
+static void nnk_team_run(nnk_team *team, int threads, nnk_team_fn fn, void *context) {
+    team->size = threads > 1 ? threads : 1;
+    team->arrived = 0;
+#pragma omp parallel num_threads(team->size) if (team->size > 1)
+    {
+        int thread = nnk_thread_id();
+        if (nnk_region_size() == team->size) {
+            fn(team, thread, context);
+        } else if (thread == 0) {
+            nnk_team solo = *team;
+            solo.size = 1;
+            fn(&solo, 0, context);
+        }
+    }
 }
 
 #define NNK_PASTE2(a, b) a##_##b
@@ -194,6 +227,16 @@ static int nnk_isa_level(void) {
                                    const nnk_epilogue_##S *ep, int num_threads) {              \
         return NNK_CALL(nnk_gemm, S, (trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, ep,   \
                                       num_threads));                                           \
+    }                                                                                          \
+    static inline int nnk_gemm_team_##S(nnk_team *team, int thread, int slot, int trans_a,      \
+                                        int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,      \
+                                        const T *a, ptrdiff_t lda, const T *b, ptrdiff_t ldb,    \
+                                        T *c, ptrdiff_t ldc, const nnk_epilogue_##S *ep) {       \
+        return NNK_CALL(nnk_gemm_team, S, (team, thread, slot, trans_a, trans_b, m, n, k, a,    \
+                                           lda, b, ldb, c, ldc, ep));                            \
+    }                                                                                          \
+    static inline size_t nnk_team_shared_bytes_##S(ptrdiff_t m, ptrdiff_t k) {                 \
+        return NNK_CALL(nnk_team_shared_bytes, S, (m, k));                                     \
     }                                                                                          \
     static inline int nnk_gemm_packed_b_##S(int trans_a, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,\
                                             const T *a, ptrdiff_t lda, const T *b_packed,      \

@@ -266,13 +266,35 @@ static void NNK_FN(nnk_gemm_slice)(int trans_a, int trans_b, ptrdiff_t m, ptrdif
     }
 }
 
-/* How many threads a product is worth, and whether they split columns (else rows). */
-static int NNK_FN(nnk_gemm_threads)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, int num_threads,
-                                    int *split_columns) {
-    *split_columns = m <= n;
-    ptrdiff_t units = *split_columns ? nnk_ceil_div(n, NR) : nnk_ceil_div(m, MR);
-    if (num_threads < 1 || m * n * k < NNK_GEMM_PARALLEL_MIN_MNK) return 1;
-    return (int)nnk_min(num_threads, units);
+/* How a product is split: over how many threads, along columns or rows, and whether the
+ * threads pack A together into a shared buffer. Every thread computes the same plan. */
+typedef struct {
+    int threads, split_columns, share_a;
+    BLOCKING whole;
+} NNK_FN(nnk_gemm_plan);
+#define PLAN NNK_FN(nnk_gemm_plan)
+
+/* The plan for up to max_threads threads; products below min_mnk stay on one thread.
+ * shared_bytes: the size of the buffer that threads packing A together would use. */
+static PLAN NNK_FN(nnk_plan_gemm)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, int max_threads, ptrdiff_t min_mnk,
+                                  size_t shared_bytes) {
+    PLAN plan;
+    ptrdiff_t row_panels = nnk_ceil_div(m, MR), col_panels = nnk_ceil_div(n, NR);
+    int nt = max_threads < 1 || m * n * k < min_mnk ? 1 : max_threads;
+    /* tiles of the busiest thread, splitting columns or rows (ties: the larger dimension) */
+    ptrdiff_t by_columns = nnk_ceil_div(col_panels, nt) * row_panels;
+    ptrdiff_t by_rows = nnk_ceil_div(row_panels, nt) * col_panels;
+    plan.split_columns = by_columns < by_rows || (by_columns == by_rows && m <= n);
+    plan.threads = (int)nnk_min(nt, plan.split_columns ? col_panels : row_panels);
+    plan.whole = NNK_FN(nnk_choose_blocking)(m, nnk_ceil_div(n, plan.threads), k);
+    plan.share_a = plan.threads > 1 && plan.split_columns && m <= plan.whole.mc &&
+                   sizeof(T) * (size_t)(row_panels * MR * k) <= shared_bytes;
+    return plan;
+}
+
+/* Bytes of the shared buffer in which a team packs an m x k operand A together. */
+static inline size_t NNK_FN(nnk_team_shared_bytes)(ptrdiff_t m, ptrdiff_t k) {
+    return sizeof(T) * (size_t)(nnk_round_up(m, MR) * k);
 }
 
 /* The slice of the epilogue that belongs to the C block at (row, col). */
@@ -299,74 +321,108 @@ static void NNK_FN(nnk_pack_b)(int trans_b, ptrdiff_t k, ptrdiff_t n, const T *b
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         ptrdiff_t lo, hi;
-        nnk_partition(panels, nt, nnk_thread_id(), &lo, &hi);
+        nnk_partition(panels, nnk_region_size(), nnk_thread_id(), &lo, &hi);
         NNK_FN(nnk_pack_b_panels)(k, n, b, rs, cs, dst, lo, hi);
     }
 }
 
-/* C = op(A) @ op(B) with the epilogue, over nt threads; B is packed already when b_packed
- * is not NULL. */
+/* Thread `thread`'s share of C = op(A) @ op(B) with the epilogue, split by `plan`; B is
+ * packed already when b_packed is not NULL. Every thread of the team calls it (threads
+ * past plan->threads only join the barrier); team NULL: the team is the innermost OpenMP
+ * parallel region, of exactly plan->threads threads. */
+static int NNK_FN(nnk_gemm_share)(const PLAN *plan, int thread, nnk_team *team, T *a_shared,
+                                  int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                                  const T *a, ptrdiff_t lda, const T *b, ptrdiff_t ldb,
+                                  const T *b_packed, T *c, ptrdiff_t ldc, const EPILOGUE *ep) {
+    int nt = plan->threads;
+    ptrdiff_t a_rs = trans_a ? 1 : lda, b_cs = trans_b ? ldb : 1;
+    ptrdiff_t row_panels = nnk_ceil_div(m, MR), col_panels = nnk_ceil_div(n, NR);
+    ptrdiff_t lo, hi, i0 = 0, i1 = m, j0 = 0, j1 = n;
+    if (plan->share_a) {
+        if (thread < nt) {
+            nnk_partition(row_panels, nt, thread, &lo, &hi);
+            NNK_FN(nnk_pack_a_all_k)(trans_a, lo * MR, nnk_min(m, hi * MR), m, k, a, lda, plan->whole.kc,
+                                     a_shared);
+        }
+        if (team) {
+            nnk_team_barrier(team);
+        } else {
+#pragma omp barrier
+        }
+    }
+    if (thread >= nt) return 0;
+    if (plan->split_columns) {
+        nnk_partition(col_panels, nt, thread, &lo, &hi);
+        j0 = lo * NR;
+        j1 = nnk_min(n, hi * NR);
+    } else {
+        nnk_partition(row_panels, nt, thread, &lo, &hi);
+        i0 = lo * MR;
+        i1 = nnk_min(m, hi * MR);
+    }
+    if (i0 >= i1 || j0 >= j1) return 0;
+    BLOCKING blk = NNK_FN(nnk_choose_blocking)(i1 - i0, j1 - j0, k);
+    int one_m_block = i1 - i0 <= blk.mc;
+    /* B: read from b_packed, else one sliver at a time (one M block), else packed nc
+     * columns at a time into b_buf and reused across the M blocks */
+    size_t b_count = b_packed ? 0 : one_m_block ? (size_t)(blk.kc * NR) : (size_t)(k * blk.nc);
+    T *a_buf = plan->share_a ? NULL : nnk_workspace(NNK_WS_A_BLOCK, sizeof(T) * blk.mc * blk.kc);
+    T *b_buf = b_count ? nnk_workspace(NNK_WS_B, sizeof(T) * b_count) : NULL;
+    if ((!plan->share_a && !a_buf) || (b_count && !b_buf)) return -1;
+    ptrdiff_t nc_blk = b_packed || one_m_block ? j1 - j0 : blk.nc;
+    for (ptrdiff_t jc = j0; jc < j1; jc += nc_blk) {
+        ptrdiff_t nc = nnk_min(nc_blk, j1 - jc);
+        const T *b_panels = b_packed ? b_packed + jc * k : one_m_block ? NULL : b_buf;
+        if (b_panels == b_buf)
+            NNK_FN(nnk_pack_b_panels)(k, nc, b + jc * b_cs, trans_b ? 1 : ldb, b_cs, b_buf, 0, nnk_ceil_div(nc, NR));
+        EPILOGUE sub;
+        if (ep) sub = NNK_FN(nnk_epilogue_at)(ep, i0, jc);
+        NNK_FN(nnk_gemm_slice)(trans_a, trans_b, i1 - i0, nc, k, a + i0 * a_rs, lda,
+                               plan->share_a ? a_shared : NULL, b + jc * b_cs, ldb, b_panels,
+                               c + i0 * ldc + jc, ldc, ep ? &sub : NULL, blk, a_buf, b_buf);
+    }
+    return 0;
+}
+
+/* C = op(A) @ op(B) with the epilogue, in a parallel region of its own; B is packed
+ * already when b_packed is not NULL. */
 static int NNK_FN(nnk_gemm_run)(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                                 const T *a, ptrdiff_t lda, const T *b, ptrdiff_t ldb,
                                 const T *b_packed, T *c, ptrdiff_t ldc, const EPILOGUE *ep,
                                 int num_threads) {
-    int split_columns;
-    int nt = NNK_FN(nnk_gemm_threads)(m, n, k, num_threads, &split_columns);
-    ptrdiff_t a_rs = trans_a ? 1 : lda, b_cs = trans_b ? ldb : 1;
-    ptrdiff_t row_panels = nnk_ceil_div(m, MR), col_panels = nnk_ceil_div(n, NR);
-    /* Column slices all need every row of A: when those are one M block, the threads pack
-     * A once, together, rather than each its own copy. */
-    BLOCKING whole = NNK_FN(nnk_choose_blocking)(m, nnk_ceil_div(n, nt), k);
-    int share_a = nt > 1 && split_columns && m <= whole.mc;
-    T *a_shared = share_a ? nnk_workspace(NNK_WS_SHARED_A, sizeof(T) * row_panels * MR * k) : NULL;
-    if (share_a && !a_shared) return -1;
+    size_t shared_bytes = NNK_FN(nnk_team_shared_bytes)(m, k);
+    PLAN plan = NNK_FN(nnk_plan_gemm)(m, n, k, num_threads, NNK_GEMM_PARALLEL_MIN_MNK, shared_bytes);
+    T *a_shared = plan.share_a ? nnk_workspace(NNK_WS_SHARED_A, shared_bytes) : NULL;
+    if (plan.share_a && !a_shared) return -1;
     int failed = 0;
-#pragma omp parallel num_threads(nt) if (nt > 1) reduction(|| : failed)
+#pragma omp parallel num_threads(plan.threads) if (plan.threads > 1) reduction(|| : failed)
     {
-        int t = nnk_thread_id();
-        ptrdiff_t lo, hi, i0 = 0, i1 = m, j0 = 0, j1 = n;
-        if (share_a) {
-            nnk_partition(row_panels, nt, t, &lo, &hi);
-            NNK_FN(nnk_pack_a_all_k)(trans_a, lo * MR, nnk_min(m, hi * MR), m, k, a, lda, whole.kc, a_shared);
-#pragma omp barrier
+        PLAN mine = plan;
+        int thread = nnk_thread_id();
+        if (nnk_region_size() != plan.threads) { /* fewer threads granted (nested): thread 0 alone */
+            mine.threads = 1;
+            mine.share_a = 0;
         }
-        if (split_columns) {
-            nnk_partition(col_panels, nt, t, &lo, &hi);
-            j0 = lo * NR;
-            j1 = nnk_min(n, hi * NR);
-        } else {
-            nnk_partition(row_panels, nt, t, &lo, &hi);
-            i0 = lo * MR;
-            i1 = nnk_min(m, hi * MR);
-        }
-        if (i0 < i1 && j0 < j1) {
-            BLOCKING blk = NNK_FN(nnk_choose_blocking)(i1 - i0, j1 - j0, k);
-            int one_m_block = i1 - i0 <= blk.mc;
-            /* B: read from b_packed, else one sliver at a time (one M block), else packed
-             * nc columns at a time into b_buf and reused across the M blocks */
-            size_t b_count = b_packed ? 0 : one_m_block ? (size_t)(blk.kc * NR) : (size_t)(k * blk.nc);
-            T *a_buf = share_a ? NULL : nnk_workspace(NNK_WS_A_BLOCK, sizeof(T) * blk.mc * blk.kc);
-            T *b_buf = b_count ? nnk_workspace(NNK_WS_B, sizeof(T) * b_count) : NULL;
-            if ((!share_a && !a_buf) || (b_count && !b_buf)) {
-                failed = 1;
-            } else {
-                ptrdiff_t nc_blk = b_packed || one_m_block ? j1 - j0 : blk.nc;
-                for (ptrdiff_t jc = j0; jc < j1; jc += nc_blk) {
-                    ptrdiff_t nc = nnk_min(nc_blk, j1 - jc);
-                    const T *b_panels = b_packed ? b_packed + jc * k : one_m_block ? NULL : b_buf;
-                    if (b_panels == b_buf)
-                        NNK_FN(nnk_pack_b_panels)(k, nc, b + jc * b_cs, trans_b ? 1 : ldb, b_cs, b_buf, 0,
-                                                  nnk_ceil_div(nc, NR));
-                    EPILOGUE sub;
-                    if (ep) sub = NNK_FN(nnk_epilogue_at)(ep, i0, jc);
-                    NNK_FN(nnk_gemm_slice)(trans_a, trans_b, i1 - i0, nc, k, a + i0 * a_rs, lda, a_shared,
-                                           b + jc * b_cs, ldb, b_panels, c + i0 * ldc + jc, ldc,
-                                           ep ? &sub : NULL, blk, a_buf, b_buf);
-                }
-            }
-        }
+        if (thread < mine.threads)
+            failed = NNK_FN(nnk_gemm_share)(&mine, thread, NULL, a_shared, trans_a, trans_b, m, n, k, a, lda,
+                                            b, ldb, b_packed, c, ldc, ep) != 0;
     }
     return failed ? -1 : 0;
+}
+
+/* C = op(A) @ op(B) with the epilogue, split over a running team: every thread of it calls
+ * this with the same arguments (and its own index). The team's shared buffer `slot` (0 or
+ * 1), when large enough (nnk_team_shared_bytes(m, k)), lets column slices pack A once,
+ * together; two products in one phase (no barrier between them) must use different slots.
+ * Returns this thread's status. */
+static int NNK_FN(nnk_gemm_team)(nnk_team *team, int thread, int slot, int trans_a, int trans_b,
+                                 ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *a, ptrdiff_t lda,
+                                 const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, const EPILOGUE *ep) {
+    T *shared = (T *)team->shared[slot];
+    PLAN plan = NNK_FN(nnk_plan_gemm)(m, n, k, team->size, NNK_TEAM_PARALLEL_MIN_MNK,
+                                      shared ? team->shared_bytes : 0);
+    return NNK_FN(nnk_gemm_share)(&plan, thread, team, shared, trans_a, trans_b, m, n, k, a, lda, b, ldb,
+                                  NULL, c, ldc, ep);
 }
 
 /* C (m x n, row stride ldc) = op(A) @ op(B) with the epilogue ep (NULL: none). op(A) is
@@ -396,3 +452,4 @@ static int NNK_FN(nnk_gemm_packed_b)(int trans_a, ptrdiff_t m, ptrdiff_t n, ptrd
 #undef ACT_BLOCK
 #undef ACT_GRAD_BLOCK
 #undef BLOCKING
+#undef PLAN
