@@ -30,7 +30,7 @@ from gemm cimport (nnk_gemm_team_s, nnk_gemm_team_d, nnk_epilogue_s, nnk_epilogu
                    nnk_act_block_s, nnk_act_block_d, NNK_IDENTITY, nnk_team, nnk_team_run,
                    nnk_team_barrier, nnk_flag_set, nnk_partition, nnk_alloc,
                    nnk_team_shared_bytes_s, nnk_team_shared_bytes_d, NNK_TEAM_PARALLEL_MIN_MNK)
-from update_rules cimport real, apply_update, add_weight_decay
+from update_rules cimport real, apply_update
 
 cdef enum:
     MAX_LAYERS = 64
@@ -160,11 +160,9 @@ cdef inline void _update_share(StepPlan *plan, nnk_team *team, int thread, real 
         nnk_partition(n, team.size, thread, &lo, &hi)
     elif thread != owner % team.size:
         return
-    if plan.weight_decay != 0.0:
-        add_weight_decay(g + lo, p + lo, hi - lo, plan.weight_decay)
     apply_update(plan.rule, p + lo, g + lo, <real *>s0 + lo if s0 != NULL else NULL,
                  <real *>s1 + lo if s1 != NULL else NULL, hi - lo, plan.lr, plan.a, plan.b,
-                 plan.eps, plan.t, 1)
+                 plan.eps, plan.t, plan.weight_decay, 1)
 
 
 cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x) noexcept nogil:

@@ -1,22 +1,33 @@
-# The optimizer update rules of the Cython backend, on raw pointers, for any .pyx to
-# cimport: _cy_optim.pyx (the ops-level update kernels) and _cy_train.pyx (the fused
-# training step) both run exactly this code. One pass over p, g and the state; the rules
-# are those torch.optim documents (see nnkern.ops for the equations).
+# The optimizer update rules of the Cython backend (nnk_update.h), for any .pyx to cimport:
+# _cy_optim.pyx (the ops-level update kernels) and _cy_train.pyx (the fused training step)
+# both run exactly this code.
 
 from cython.parallel cimport prange
-from libc.math cimport sqrt
 
 ctypedef fused real:
     float
     double
 
-cdef enum UpdateRule:
-    RULE_SGD = 0
-    RULE_MOMENTUM = 1
-    RULE_ADAGRAD = 2
-    RULE_RMSPROP = 3
-    RULE_ADADELTA = 4
-    RULE_ADAM = 5
+cdef extern from "nnk_update.h" nogil:
+    enum:  # the rule codes (also nnkern.engine._RULES)
+        RULE_SGD "NNK_RULE_SGD"
+        RULE_MOMENTUM "NNK_RULE_MOMENTUM"
+        RULE_ADAGRAD "NNK_RULE_ADAGRAD"
+        RULE_RMSPROP "NNK_RULE_RMSPROP"
+        RULE_ADADELTA "NNK_RULE_ADADELTA"
+        RULE_ADAM "NNK_RULE_ADAM"
+    ctypedef struct nnk_update_constants_s:
+        pass
+    ctypedef struct nnk_update_constants_d:
+        pass
+    nnk_update_constants_s nnk_update_constants_for_s(double lr, double a, double b, double eps,
+                                                      long t, double weight_decay)
+    nnk_update_constants_d nnk_update_constants_for_d(double lr, double a, double b, double eps,
+                                                      long t, double weight_decay)
+    void nnk_update_s(int rule, float *p, const float *g, float *s0, float *s1, Py_ssize_t n,
+                      const nnk_update_constants_s *c)
+    void nnk_update_d(int rule, double *p, const double *g, double *s0, double *s1, Py_ssize_t n,
+                      const nnk_update_constants_d *c)
 
 # Below this many elements one thread does the update: starting a parallel region costs
 # more than the memory pass it would split.
@@ -26,56 +37,31 @@ cdef enum:
 
 cdef inline void apply_update(int rule, real *p, const real *g, real *s0, real *s1, Py_ssize_t n,
                               double lr, double a, double b, double eps, long t,
-                              int num_threads) noexcept nogil:
-    """One update of p (n elements) from g with state s0, s1 (NULL where the rule has none).
-    a, b: momentum | - | alpha | rho | beta1, beta2 for the rules in UpdateRule order."""
-    cdef Py_ssize_t i
+                              double weight_decay, int num_threads) noexcept nogil:
+    """One update of p (n elements) from g (+ weight_decay * p) with state s0, s1 (NULL
+    where the rule has none). a, b: momentum | - | alpha | rho | beta1, beta2 for the rules
+    in UpdateRule order; t: Adam's step count."""
+    cdef nnk_update_constants_s cs
+    cdef nnk_update_constants_d cd
+    cdef Py_ssize_t part, lo, hi
     cdef int nt = num_threads if n >= UPDATE_PARALLEL_MIN else 1
-    cdef real step = <real>lr, e = <real>eps, ra = <real>a, one_minus_a = <real>(1.0 - a)
-    cdef real one_minus_b = <real>(1.0 - b), rb = <real>b
-    cdef real gi, si, delta, step_size, inv_sqrt_bc2
-    if rule == RULE_SGD:
-        for i in prange(n, num_threads=nt, schedule="static"):
-            p[i] -= step * g[i]
-    elif rule == RULE_MOMENTUM:
-        for i in prange(n, num_threads=nt, schedule="static"):
-            si = ra * s0[i] + g[i]
-            s0[i] = si
-            p[i] -= step * si
-    elif rule == RULE_ADAGRAD:
-        for i in prange(n, num_threads=nt, schedule="static"):
-            gi = g[i]
-            si = s0[i] + gi * gi
-            s0[i] = si
-            p[i] -= step * gi / (sqrt(si) + e)
-    elif rule == RULE_RMSPROP:
-        for i in prange(n, num_threads=nt, schedule="static"):
-            gi = g[i]
-            si = ra * s0[i] + one_minus_a * gi * gi
-            s0[i] = si
-            p[i] -= step * gi / (sqrt(si) + e)
-    elif rule == RULE_ADADELTA:
-        for i in prange(n, num_threads=nt, schedule="static"):
-            gi = g[i]
-            si = ra * s0[i] + one_minus_a * gi * gi
-            s0[i] = si
-            delta = sqrt(s1[i] + e) / sqrt(si + e) * gi
-            s1[i] = ra * s1[i] + one_minus_a * delta * delta
-            p[i] -= step * delta
-    elif rule == RULE_ADAM:
-        # torch.optim.Adam's form: p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
-        step_size = <real>(lr / (1.0 - a ** t))
-        inv_sqrt_bc2 = <real>(1.0 / sqrt(1.0 - b ** t))
-        for i in prange(n, num_threads=nt, schedule="static"):
-            gi = g[i]
-            s0[i] = ra * s0[i] + one_minus_a * gi
-            s1[i] = rb * s1[i] + one_minus_b * gi * gi
-            p[i] -= step_size * s0[i] / (sqrt(s1[i]) * inv_sqrt_bc2 + e)
-
-
-cdef inline void add_weight_decay(real *g, const real *p, Py_ssize_t n, double weight_decay) noexcept nogil:
-    """g += weight_decay * p (torch.optim's L2 penalty, applied before the rule)."""
-    cdef Py_ssize_t i
-    cdef real wd = <real>weight_decay
-    for i in range(n):
-        g[i] += wd * p[i]
+    if real is float:
+        cs = nnk_update_constants_for_s(lr, a, b, eps, t, weight_decay)
+    else:
+        cd = nnk_update_constants_for_d(lr, a, b, eps, t, weight_decay)
+    if nt <= 1:
+        if real is float:
+            nnk_update_s(rule, p, g, s0, s1, n, &cs)
+        else:
+            nnk_update_d(rule, p, g, s0, s1, n, &cd)
+        return
+    for part in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+        # equal shares starting on 64-byte boundaries (16 floats, 8 doubles: 16 for both)
+        lo = (n * part // nt) & ~15
+        hi = n if part == nt - 1 else (n * (part + 1) // nt) & ~15
+        if real is float:
+            nnk_update_s(rule, p + lo, g + lo, s0 + lo if s0 != NULL else NULL,
+                         s1 + lo if s1 != NULL else NULL, hi - lo, &cs)
+        else:
+            nnk_update_d(rule, p + lo, g + lo, s0 + lo if s0 != NULL else NULL,
+                         s1 + lo if s1 != NULL else NULL, hi - lo, &cd)
