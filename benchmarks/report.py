@@ -43,24 +43,31 @@ def nnkern_bench_markdown(result: dict) -> list[str]:
         f"- Versions: {versions}",
         f"- {c['threads']} threads for every pool (nnkern, BLAS, PyTorch); repeats: {c['repeats']}, "
         f"contenders interleaved; median reported; {c['samples_per_repeat']} training samples per repeat, "
-        f"accuracy on {c['test_samples']} test samples; SGD lr {c['learning_rate']}, {c['dtype']}",
+        f"accuracy on {c['test_samples']} test samples; "
+        + ", ".join(f"{name} lr {o['lr']}" for name, o in c.get("optimizers", {"sgd": {"lr": c["learning_rate"]}}).items())
+        + f", {c['dtype']}",
         f"- sgemm peak measured in the same run: {peak['gflops']:.1f} GFLOP/s "
         f"(np.matmul float32 {peak['size']}^3, best of {peak['repeats']})",
         f"- Useful FLOPs per sample (the GEMMs of a step): {c['flops_per_sample_formula']}",
     ]
     lines += [f"- Not timed: {name} ({reason})" for name, reason in result["skipped"].items()]
     for n in result["networks"]:
+        several = len({r.get("optimizer", "sgd") for r in n["results"]}) > 1
         rows = []
         for r in n["results"]:
             ratio = "–" if r["ratio_to_reference"] is None else f"{r['ratio_to_reference']:.2f}x"
             check = {None: "–", True: "same", False: f"**differs** ({r['warmup_loss']:.6g})"}
-            rows.append([f"`{r['contender']}`", f"{r['samples_per_s']:,.0f}", ratio, f"{r['gflops']:.2f}",
-                         f"{r['fraction_of_peak']:.1%}", f"{r['test_accuracy']:.4f}",
+            label = f"`{r['contender']}` {r['optimizer']}" if several else f"`{r['contender']}`"
+            vs_sgd = ["–" if r.get("time_vs_sgd") is None else f"{r['time_vs_sgd']:.3f}x"] if several else []
+            rows.append([label, f"{r['samples_per_s']:,.0f}", ratio, f"{r['gflops']:.2f}",
+                         f"{r['fraction_of_peak']:.1%}", f"{r['test_accuracy']:.4f}", *vs_sgd,
                          check[r["loss_matches_reference"]]])
-        rows += [[f"`{name}`", "failed", "", "", "", "", reason] for name, reason in n["failed"].items()]
+        rows += [[f"`{name}`", "failed", "", "", "", "", *([""] if several else []), reason]
+                 for name, reason in n["failed"].items()]
         lines += ["", f"**{n['name']}**, batch {n['batch_size']}, {n['steps']} steps per repeat", ""]
         lines += _table(["contender", "samples/s (median)", "vs numpy", "GFLOP/s", "of peak", "test accuracy",
-                         "warm-up loss vs numpy"], rows, "lrrrrrl")
+                         *(["epoch time vs SGD"] if several else []), "warm-up loss vs numpy"], rows,
+                        "lrrrrr" + ("r" if several else "") + "l")
     for p in result.get("profile", []):
         lines += ["", f"**Profile: {p['network']} on `{p['backend']}`**, batch {p['batch_size']}: "
                       f"{p['step_s'] * 1e3:.3f} ms per step (mean of {p['steps']})", ""]

@@ -139,3 +139,33 @@ def test_profile_model_of_any_network():
     assert next(k for k in profile["kernels"] if k["call"].startswith("adam"))["calls_per_step"] == 4
     text = bench.format_profile(profile)
     assert text.startswith("numpy: ") and "linear+tanh 11x7 @ 7x5" in text and "other (Python" in text
+
+
+def test_adam_and_sgd_side_by_side(tmp_path):
+    """--optimizers sgd,adam: every contender trains with both in one interleaved run; each
+    Adam row carries its epoch time against the same contender's SGD time, and its warm-up
+    loss is checked against the reference's Adam, not its SGD."""
+    args = argparse.Namespace(quick=True, json=str(tmp_path / "b.json"), plot=None, backends=",".join(BENCHED),
+                              repeats=None, threads=None, profile=False, optimizers="sgd,adam")
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setattr(bench, "QUICK", {**TINY, "warmup_batches": 3})  # losses after 2 different updates
+        assert bench.run_cli(args) == 0
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert set(result["config"]["optimizers"]) == {"sgd", "adam"}
+    for network in result["networks"]:
+        rows = {(r["contender"], r["optimizer"]): r for r in network["results"]}
+        assert set(rows) == {(b, o) for b in BENCHED for o in ("sgd", "adam")}
+        for (name, optimizer), row in rows.items():
+            assert row["loss_matches_reference"] is True
+            sgd = rows[name, "sgd"]
+            assert row["time_vs_sgd"] == pytest.approx(row["median_s"] / sgd["median_s"])
+        assert rows["numpy", "adam"]["warmup_loss"] != rows["numpy", "sgd"]["warmup_loss"]
+    assert "time vs SGD" in printed.getvalue()
+
+
+def test_cli_refuses_an_unknown_optimizer(capsys):
+    args = argparse.Namespace(quick=True, json=None, plot=None, backends="numpy", repeats=None, threads=None,
+                              profile=False, optimizers="sgd,lbfgs")
+    assert bench.run_cli(args) == 2
+    assert "unknown lbfgs" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """``nnkern bench``: every backend against the NumPy reference (and PyTorch), end to end.
 
 One training epoch on MNIST for the two networks of the source material, with SGD (lr 0.1)
-in float32:
+in float32 (``--optimizers sgd,adam`` adds Adam, lr 0.001, in the same interleaved run and
+reports each contender's Adam epoch time against its SGD one):
 
 * "TwoLayerNet" 784-100-10 with sigmoid, mini-batches of 100;
 * 784-256-128-64-20-10 with ReLU, mini-batches of 64.
@@ -78,6 +79,8 @@ __all__ = [
 ]
 
 LEARNING_RATE = 0.1
+# optimizer name -> learning rate; every contender builds its own library's optimizer
+OPTIMIZERS = {"sgd": LEARNING_RATE, "adam": 1e-3}
 DTYPE = np.float32
 REFERENCE = "numpy"
 TORCH = "torch"
@@ -242,11 +245,11 @@ def initial_weights(network: Network, seed: int = 0) -> list[np.ndarray]:
 
 
 class NnkernTrainer:
-    """An ``nnkern.nn`` model on one backend, trained by ``nnkern.optim.SGD``, each step
-    through the fused training engine where the backend has one (as ``model.fit`` does),
-    else through ``model.train_step``."""
+    """An ``nnkern.nn`` model on one backend, trained by ``nnkern.optim.SGD`` (or ``Adam``),
+    each step through the fused training engine where the backend has one (as ``model.fit``
+    does), else through ``model.train_step``."""
 
-    def __init__(self, backend: str, network: Network, weights: list[np.ndarray]):
+    def __init__(self, backend: str, network: Network, weights: list[np.ndarray], optimizer: str = "sgd"):
         from . import nn, optim
 
         self.backend = backend
@@ -259,7 +262,8 @@ class NnkernTrainer:
                 layers.append({"sigmoid": nn.Sigmoid, "relu": nn.ReLU}[network.activation]())
         self.model = nn.Sequential(*layers, backend=backend, dtype=DTYPE)
         self.loss = nn.CrossEntropyLoss()
-        self.optimizer = optim.SGD(self.model, lr=LEARNING_RATE)
+        make = {"sgd": optim.SGD, "adam": optim.Adam}[optimizer]
+        self.optimizer = make(self.model, lr=OPTIMIZERS[optimizer])
         self.fused_step = None
 
     def reset(self) -> None:
@@ -294,11 +298,12 @@ class NnkernTrainer:
 
 
 class TorchTrainer:
-    """The same network in PyTorch (CPU, float32), trained by ``torch.optim.SGD``."""
+    """The same network in PyTorch (CPU, float32), trained by ``torch.optim.SGD`` (or
+    ``Adam``)."""
 
     backend = TORCH
 
-    def __init__(self, network: Network, weights: list[np.ndarray]):
+    def __init__(self, network: Network, weights: list[np.ndarray], optimizer: str = "sgd"):
         torch = _torch()
         self.torch = torch
         self.weights = weights
@@ -310,7 +315,8 @@ class TorchTrainer:
                 layers.append({"sigmoid": torch.nn.Sigmoid, "relu": torch.nn.ReLU}[network.activation]())
         self.model = torch.nn.Sequential(*layers)
         self.loss = torch.nn.CrossEntropyLoss()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LEARNING_RATE)
+        make = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[optimizer]
+        self.optimizer = make(self.model.parameters(), lr=OPTIMIZERS[optimizer])
 
     def reset(self) -> None:
         with self.torch.no_grad():
@@ -350,72 +356,83 @@ def epoch_batches(x, y, batch_size: int, samples: int, seed: int) -> list[tuple[
     return [(xs[i : i + batch_size], ys[i : i + batch_size]) for i in range(0, len(order), batch_size)]
 
 
-def make_trainer(name: str, network: Network, weights: list[np.ndarray]):
+def make_trainer(name: str, network: Network, weights: list[np.ndarray], optimizer: str = "sgd"):
     """The trainer of contender ``name``: "torch", or an nnkern backend."""
-    return TorchTrainer(network, weights) if name == TORCH else NnkernTrainer(name, network, weights)
+    if name == TORCH:
+        return TorchTrainer(network, weights, optimizer)
+    return NnkernTrainer(name, network, weights, optimizer)
 
 
-def _contenders(network: Network, names: list[str], weights) -> tuple[dict, dict]:
-    """Built trainers by name, and the reason for each that could not be built."""
+def _contenders(network: Network, names: list[str], weights, optimizers) -> tuple[dict, dict]:
+    """Built trainers by (name, optimizer), and the reason for each that could not be
+    built."""
     trainers, failed = {}, {}
-    for name in names:
-        try:
-            trainers[name] = make_trainer(name, network, weights)
-        except Exception as exc:  # one broken backend must not stop the comparison
-            failed[name] = f"{type(exc).__name__}: {exc}"
+    for optimizer in optimizers:
+        for name in names:
+            try:
+                trainers[name, optimizer] = make_trainer(name, network, weights, optimizer)
+            except Exception as exc:  # one broken backend must not stop the comparison
+                failed[name, optimizer] = f"{type(exc).__name__}: {exc}"
     return trainers, failed
 
 
 def _time_network(network: Network, names: list[str], train, test, *, samples: int, repeats: int,
-                  warmup_batches: int, seed: int, peak_gflops: float, log) -> dict:
-    """The interleaved comparison of ``names`` on one network (see :func:`run`)."""
+                  warmup_batches: int, seed: int, peak_gflops: float, log, optimizers=("sgd",)) -> dict:
+    """The interleaved comparison of ``names`` x ``optimizers`` on one network (see
+    :func:`run`)."""
     weights = initial_weights(network, seed)
     batches = epoch_batches(*train, network.batch_size, samples, seed)
-    trainers, failed = _contenders(network, names, weights)
-    inputs = {name: trainer.prepare(batches) for name, trainer in trainers.items()}
+    trainers, failed = _contenders(network, names, weights, optimizers)
+    inputs = {key: trainer.prepare(batches) for key, trainer in trainers.items()}
     warmup_losses = {}
-    for name, trainer in list(trainers.items()):
+    for key, trainer in list(trainers.items()):
         try:  # compile / warm caches before timing; then back to the initial weights
             trainer.reset()
-            warmup_losses[name] = trainer.train(inputs[name][:warmup_batches])
+            warmup_losses[key] = trainer.train(inputs[key][:warmup_batches])
         except Exception as exc:
-            failed[name] = f"{type(exc).__name__}: {exc}"
-            del trainers[name]
+            failed[key] = f"{type(exc).__name__}: {exc}"
+            del trainers[key]
     times, losses = defaultdict(list), {}
     for repeat in range(repeats):
-        for name, trainer in trainers.items():  # A B C A B C ...
+        for key, trainer in trainers.items():  # A B C A B C ...
             trainer.reset()
             start = time.perf_counter()
-            losses[name] = trainer.train(inputs[name])
-            times[name].append(time.perf_counter() - start)
+            losses[key] = trainer.train(inputs[key])
+            times[key].append(time.perf_counter() - start)
         log(f"{network.name}: repeat {repeat + 1}/{repeats} done")
 
     trained = len(batches) * network.batch_size
-    reference_loss = warmup_losses.get(REFERENCE)
     rows = []
-    for name, trainer in trainers.items():
-        median = statistics.median(times[name])
+    for key, trainer in trainers.items():
+        name, optimizer = key
+        reference_loss = warmup_losses.get((REFERENCE, optimizer))
+        median = statistics.median(times[key])
         rate = trained / median
         gflops = rate * network.flops_per_sample / 1e9
         rows.append({
             "contender": name,
+            "optimizer": optimizer,
             "kind": "peer" if name == TORCH else ("reference" if name == REFERENCE else "backend"),
-            "times_s": times[name],
+            "times_s": times[key],
             "median_s": median,
             "samples_per_s": rate,
             "gflops": gflops,
             "fraction_of_peak": gflops / peak_gflops,
-            "final_train_loss": losses[name],
+            "final_train_loss": losses[key],
             "test_accuracy": trainer.accuracy(*test),
             # the loss after the warm-up steps, from the same weights and batches, must be
             # the reference's (float32 with other summation orders: LOSS_RTOL relative)
-            "warmup_loss": warmup_losses[name],
+            "warmup_loss": warmup_losses[key],
             "loss_matches_reference": None if reference_loss is None else bool(
-                abs(warmup_losses[name] - reference_loss) <= LOSS_RTOL * abs(reference_loss)),
+                abs(warmup_losses[key] - reference_loss) <= LOSS_RTOL * abs(reference_loss)),
         })
-    reference_rate = next((r["samples_per_s"] for r in rows if r["contender"] == REFERENCE), None)
+    by_key = {(r["contender"], r["optimizer"]): r for r in rows}
     for row in rows:
-        row["ratio_to_reference"] = row["samples_per_s"] / reference_rate if reference_rate else None
+        reference = by_key.get((REFERENCE, row["optimizer"]))
+        row["ratio_to_reference"] = row["samples_per_s"] / reference["samples_per_s"] if reference else None
+        # this optimizer's epoch time against SGD's, same contender, same run
+        sgd = by_key.get((row["contender"], "sgd"))
+        row["time_vs_sgd"] = row["median_s"] / sgd["median_s"] if sgd else None
     return {
         "name": network.name,
         "sizes": list(network.sizes),
@@ -425,7 +442,8 @@ def _time_network(network: Network, names: list[str], train, test, *, samples: i
         "steps": len(batches),
         "flops_per_sample": network.flops_per_sample,
         "results": rows,
-        "failed": failed,
+        "failed": {f"{name} {optimizer}" if len(optimizers) > 1 else name: reason
+                   for (name, optimizer), reason in failed.items()},
     }
 
 
@@ -441,6 +459,7 @@ def run(
     test_samples: int | None = None,
     warmup_batches: int = 3,
     seed: int = 0,
+    optimizers=("sgd",),
     log=None,
 ) -> dict:
     """Time one epoch (or its first ``samples`` samples) per contender, interleaved over
@@ -451,10 +470,15 @@ def run(
     trains ``warmup_batches`` untimed steps (compilation, caches) whose loss is compared
     with the reference's. Each repeat starts from the initial weights, so every repeat does
     the same work and the test accuracy is that after one (partial) epoch. ``log`` (a
-    callable taking a line) reports progress.
+    callable taking a line) reports progress. ``optimizers``: names from ``OPTIMIZERS``, each
+    contender trained with each, all interleaved in one run.
     """
     from .data import load_mnist
 
+    unknown = [name for name in optimizers if name not in OPTIMIZERS]
+    if unknown or not optimizers:
+        raise ValueError(f"optimizers: {unknown or 'none given'}; choose from {', '.join(OPTIMIZERS)}")
+    optimizers = list(dict.fromkeys(optimizers))
     log = log or (lambda line: None)
     threads = threads or nnkern.get_num_threads()
     set_threads(threads)
@@ -473,7 +497,7 @@ def run(
     networks = [
         _time_network(network, names, (x_train, y_train), (x_test[:test_samples], y_test[:test_samples]),
                       samples=samples, repeats=repeats, warmup_batches=warmup_batches, seed=seed,
-                      peak_gflops=peak["gflops"], log=log)
+                      peak_gflops=peak["gflops"], log=log, optimizers=optimizers)
         for network in networks
     ]
     return {
@@ -489,7 +513,7 @@ def run(
             "warmup_batches": warmup_batches,
             "learning_rate": LEARNING_RATE,
             "dtype": np.dtype(DTYPE).name,
-            "optimizer": "SGD",
+            "optimizers": {name: {"lr": OPTIMIZERS[name]} for name in optimizers},
             "seed": seed,
             "order": "interleaved",
             "flops_per_sample_formula": "4*sum(in*out) + 2*sum(in*out over the layers after the first)",
@@ -521,16 +545,23 @@ def format_header(result: dict) -> str:
 
 def format_table(network_result: dict) -> str:
     n = network_result
+    optimizers = list(dict.fromkeys(row["optimizer"] for row in n["results"]))
+    several = len(optimizers) > 1
     title = (f"{n['name']}, batch {n['batch_size']}, {n['samples_trained']} samples per repeat, "
-             f"SGD lr {LEARNING_RATE}, float32")
-    header = (f"{'contender':<10} {'samples/s':>11} {'vs numpy':>9} {'GFLOP/s':>8} {'of peak':>8} "
-              f"{'test acc':>9}  loss check")
+             + ", ".join(f"{'SGD' if o == 'sgd' else 'Adam'} lr {OPTIMIZERS[o]}" for o in optimizers)
+             + ", float32")
+    header = (f"{'contender':<10} {'optimizer':<9} " if several else f"{'contender':<10} ") + (
+        f"{'samples/s':>11} {'vs numpy':>9} {'GFLOP/s':>8} {'of peak':>8} {'test acc':>9}  "
+        + ("time vs SGD  " if several else "") + "loss check")
     lines = [title, header, "-" * len(header)]
     for row in n["results"]:
         ratio = "n/a" if row["ratio_to_reference"] is None else f"{row['ratio_to_reference']:.2f}x"
+        vs_sgd = "n/a" if row.get("time_vs_sgd") is None else f"{row['time_vs_sgd']:.3f}x"
         lines.append(
-            f"{row['contender']:<10} {row['samples_per_s']:>11,.0f} {ratio:>9} {row['gflops']:>8.2f} "
-            f"{row['fraction_of_peak']:>8.1%} {row['test_accuracy']:>9.4f}  {_loss_check(row)}"
+            (f"{row['contender']:<10} {row['optimizer']:<9} " if several else f"{row['contender']:<10} ")
+            + f"{row['samples_per_s']:>11,.0f} {ratio:>9} {row['gflops']:>8.2f} "
+            f"{row['fraction_of_peak']:>8.1%} {row['test_accuracy']:>9.4f}  "
+            + (f"{vs_sgd:>11}  " if several else "") + _loss_check(row)
         )
     for name, reason in n["failed"].items():
         lines.append(f"{name:<10} FAILED: {reason}")
@@ -559,7 +590,8 @@ def plot(result: dict, path) -> None:
     networks = result["networks"]
     fig, axes = plt.subplots(1, len(networks), figsize=(5 * len(networks), 4), squeeze=False)
     for ax, n in zip(axes[0], networks):
-        names = [r["contender"] for r in n["results"]]
+        several = len({r["optimizer"] for r in n["results"]}) > 1
+        names = [f"{r['contender']}\n{r['optimizer']}" if several else r["contender"] for r in n["results"]]
         rates = [r["samples_per_s"] for r in n["results"]]
         bars = ax.bar(names, rates, color=["grey" if r["kind"] != "backend" else "tab:blue" for r in n["results"]])
         for bar, row in zip(bars, n["results"]):
@@ -569,7 +601,8 @@ def plot(result: dict, path) -> None:
         ax.set_title(f"{n['name']} (batch {n['batch_size']})", fontsize=9)
         ax.set_ylabel("samples/s (median)")
     c = result["config"]
-    fig.suptitle(f"nnkern bench: MNIST training, {c['samples_per_repeat']} samples per repeat, SGD, float32, "
+    fig.suptitle(f"nnkern bench: MNIST training, {c['samples_per_repeat']} samples per repeat, "
+                 f"{', '.join(c['optimizers'])}, float32, "
                  f"{c['threads']} threads, {result['machine']['cpu']} (reference and PyTorch in grey)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -752,6 +785,13 @@ def run_cli(args) -> int:
         print(f"nnkern bench: error: --backends: {exc} (or torch)", file=sys.stderr)
         return 2
     settings = dict(QUICK) if getattr(args, "quick", False) else {}
+    optimizers = _names(getattr(args, "optimizers", None)) or ["sgd"]
+    unknown = [name for name in optimizers if name not in OPTIMIZERS]
+    if unknown:
+        print(f"nnkern bench: error: --optimizers: unknown {', '.join(unknown)}; choose from "
+              f"{', '.join(OPTIMIZERS)}", file=sys.stderr)
+        return 2
+    settings["optimizers"] = optimizers
     if getattr(args, "repeats", None) is not None:
         settings["repeats"] = args.repeats
     threads = getattr(args, "threads", None)

@@ -538,6 +538,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=_positive_int, help="threads for every kernel")
     bench.add_argument("--plot", metavar="PATH.png", help="write a chart of the results there")
     bench.add_argument("--profile", action="store_true", help="also profile a training step per layer")
+    bench.add_argument("--optimizers", metavar="NAME,...", default="sgd",
+                       help="sgd, adam or sgd,adam: each contender trains with each, interleaved in one run; "
+                            "with both, the table gives each contender's Adam epoch time against its SGD one "
+                            "(default: sgd)")
     bench.set_defaults(run=_bench)
 
     plot_opt = commands.add_parser("plot-optimizers", help="optimizer paths on x^2/20 + y^2 (PNG)")
