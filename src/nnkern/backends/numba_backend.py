@@ -39,12 +39,12 @@ def _gemm(a, b, trans_a, trans_b, out, bias, act, slope):
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
     row_updates = k <= GEMM_ROW_UPDATES_MAX_K
-    a_pack = np.empty(m * k if trans_a else 0, dtype=out.dtype)
+    a_pack = np.empty(m * k if trans_a and not row_updates else 0, dtype=out.dtype)
     b_pack = np.empty(k * n if row_updates == trans_b else 0, dtype=out.dtype)
-    spare_row = np.empty(n, dtype=out.dtype)
+    spare = np.empty(3 * n, dtype=out.dtype)
     has_bias = bias is not None
-    _k.gemm(a, trans_a, b, trans_b, out, bias if has_bias else spare_row, has_bias, act,
-            out.dtype.type(slope), a_pack, b_pack, spare_row, num_threads())
+    _k.gemm(a, trans_a, b, trans_b, out, bias if has_bias else spare, has_bias, act,
+            out.dtype.type(slope), a_pack, b_pack, spare, num_threads())
 
 
 def matmul(a, b, trans_a, trans_b, out):

@@ -429,38 +429,66 @@ def _gemm_tile(a_rows, i, m, b_cols, j, j_end, k0, k1, out, first):
 
 
 @_jit()
-def _bias_activation(out, j0, j1, bias, has_bias, act, slope):
-    """The linear epilogue on a finished column block (still in L2): + bias, then act."""
+def _bias_activation(out, j0, j1, bias, has_bias, act, slope, spare_row):
+    """The linear epilogue on a finished column block (still in L2): + bias, then act. Each
+    row segment goes through ``spare_row`` so that the activation never runs in place
+    (an in-place call defeats LLVM's vectorizer: its overlap check fails and the scalar,
+    branchy loop runs instead, several times slower)."""
     bias_block = bias[j0:j1]
+    tmp = spare_row[j0:j1]
     for r in range(out.shape[0]):
         row = out[r, j0:j1]
         if has_bias:
             for j in range(row.shape[0]):
-                row[j] += bias_block[j]
+                tmp[j] = row[j] + bias_block[j]
+        else:
+            for j in range(row.shape[0]):
+                tmp[j] = row[j]
         if act != IDENTITY:
-            activation(act, row, slope, row)
+            activation(act, tmp, slope, row)
+        else:
+            for j in range(row.shape[0]):
+                row[j] = tmp[j]
 
 
 @_jit()
-def _gemm_row_updates(a_rows, b_rows, out, spare_row, j0, j1):
-    """out[:, j0:j1] = a_rows @ b_rows[:, j0:j1] for a short k, where the dot products of
-    the tiles are too short to pay for their final horizontal sums. Two output rows at a
+def _gemm_row_updates(a, trans_a, b_rows, out, spare_rows, j0, j1):
+    """out[:, j0:j1] = op(a) @ b_rows[:, j0:j1] for a short k, where the dot products of
+    the tiles are too short to pay for their final horizontal sums. Four output rows at a
     time receive four rows of B at a time, vectorised along the output row (which stays in
-    L1). An odd last row is paired with ``spare_row``, whose result is thrown away."""
-    m, k = a_rows.shape
+    L1). op(a)'s scalars are read where they lie (a[p, i] when trans_a): no packing. Rows
+    past the last one go to the three rows of ``spare_rows`` (results thrown away), so that
+    every row is computed by the same code whatever the number of rows."""
+    m = out.shape[0]
+    k = a.shape[0] if trans_a else a.shape[1]
     k4 = k - k % 4
-    for i in range(0, m, 2):
-        i_next = min(i + 1, m - 1)
+    spare0 = spare_rows[0, j0:j1]
+    spare1 = spare_rows[1, j0:j1]
+    spare2 = spare_rows[2, j0:j1]
+    for i in range(0, m, 4):
+        i1 = min(i + 1, m - 1)
+        i2 = min(i + 2, m - 1)
+        i3 = min(i + 3, m - 1)
         c0 = out[i, j0:j1]
-        c1 = out[i_next, j0:j1] if i + 1 < m else spare_row[j0:j1]
-        a0 = a_rows[i]
-        a1 = a_rows[i_next]
+        c1 = out[i1, j0:j1] if i + 1 < m else spare0
+        c2 = out[i2, j0:j1] if i + 2 < m else spare1
+        c3 = out[i3, j0:j1] if i + 3 < m else spare2
         for j in range(c0.shape[0]):
             c0[j] = 0
             c1[j] = 0
+            c2[j] = 0
+            c3[j] = 0
         for p in range(0, k4, 4):
-            x00, x01, x02, x03 = a0[p], a0[p + 1], a0[p + 2], a0[p + 3]
-            x10, x11, x12, x13 = a1[p], a1[p + 1], a1[p + 2], a1[p + 3]
+            if trans_a:
+                x00, x01, x02, x03 = a[p, i], a[p + 1, i], a[p + 2, i], a[p + 3, i]
+                x10, x11, x12, x13 = a[p, i1], a[p + 1, i1], a[p + 2, i1], a[p + 3, i1]
+                x20, x21, x22, x23 = a[p, i2], a[p + 1, i2], a[p + 2, i2], a[p + 3, i2]
+                x30, x31, x32, x33 = a[p, i3], a[p + 1, i3], a[p + 2, i3], a[p + 3, i3]
+            else:
+                x00, x01, x02, x03 = a[i, p], a[i, p + 1], a[i, p + 2], a[i, p + 3]
+                x10, x11, x12, x13 = a[i1, p], a[i1, p + 1], a[i1, p + 2], a[i1, p + 3]
+                x20, x21, x22, x23 = a[i2, p], a[i2, p + 1], a[i2, p + 2], a[i2, p + 3]
+                x30, x31, x32, x33 = a[i3, p], a[i3, p + 1], a[i3, p + 2], a[i3, p + 3]
             b0 = b_rows[p, j0:j1]
             b1 = b_rows[p + 1, j0:j1]
             b2 = b_rows[p + 2, j0:j1]
@@ -469,25 +497,36 @@ def _gemm_row_updates(a_rows, b_rows, out, spare_row, j0, j1):
                 y0, y1, y2, y3 = b0[j], b1[j], b2[j], b3[j]
                 c0[j] += x00 * y0 + x01 * y1 + x02 * y2 + x03 * y3
                 c1[j] += x10 * y0 + x11 * y1 + x12 * y2 + x13 * y3
+                c2[j] += x20 * y0 + x21 * y1 + x22 * y2 + x23 * y3
+                c3[j] += x30 * y0 + x31 * y1 + x32 * y2 + x33 * y3
         for p in range(k4, k):
-            x0, x1 = a0[p], a1[p]
+            if trans_a:
+                x0, x1, x2, x3 = a[p, i], a[p, i1], a[p, i2], a[p, i3]
+            else:
+                x0, x1, x2, x3 = a[i, p], a[i1, p], a[i2, p], a[i3, p]
             b0 = b_rows[p, j0:j1]
             for j in range(c0.shape[0]):
-                c0[j] += x0 * b0[j]
-                c1[j] += x1 * b0[j]
+                y0 = b0[j]
+                c0[j] += x0 * y0
+                c1[j] += x1 * y0
+                c2[j] += x2 * y0
+                c3[j] += x3 * y0
 
 
 @_jit()
-def gemm_columns(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, j0, j1, bias,
-                  has_bias, act, slope):
+def gemm_columns(a, trans_a, b, trans_b, b_pack, row_updates, spare_rows, out, j0, j1, bias,
+                 has_bias, act, slope):
     """Columns [j0, j1) of the output: pack them if tiles need it (B columns; row updates
     read ``b_pack``, op(b) packed by the caller), compute them (tiles block by block over k
-    and over rows), then add the bias and apply act. Called for all columns, this is the one-thread
-    GEMM (no extra level of compiled code: each level costs compile time)."""
-    m, k = a_rows.shape
+    and over rows), then add the bias and apply act. Tiles read ``a`` as k-contiguous rows
+    (trans_a is False: the caller packed op(a)); row updates read a where it lies. Called
+    for all columns, this is the one-thread GEMM (no extra level of compiled code: each
+    level costs compile time). ``spare_rows``: (3, n) scratch."""
+    m = out.shape[0]
     if row_updates:
-        _gemm_row_updates(a_rows, b_pack, out, spare_row, j0, j1)
+        _gemm_row_updates(a, trans_a, b_pack, out, spare_rows, j0, j1)
     else:
+        k = a.shape[1]
         if trans_b:
             b_cols = b
         else:
@@ -500,47 +539,49 @@ def gemm_columns(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, j0, j1
                 i1 = min(i0 + GEMM_MC_ROWS, m)
                 for j in range(j0, j1, GEMM_TILE):
                     for i in range(i0, i1, GEMM_TILE):
-                        _gemm_tile(a_rows, i, m, b_cols, j, j1, k0, k1, out, k0 == 0)
+                        _gemm_tile(a, i, m, b_cols, j, j1, k0, k1, out, k0 == 0)
     if has_bias or act != IDENTITY:
-        _bias_activation(out, j0, j1, bias, has_bias, act, slope)
+        _bias_activation(out, j0, j1, bias, has_bias, act, slope, spare_rows[0])
 
 
 @_jit(parallel=True)
-def gemm_parallel(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, bias, has_bias, act,
-                  slope, block_cols):
+def gemm_parallel(a, trans_a, b, trans_b, b_pack, row_updates, spare_rows, out, bias, has_bias,
+                  act, slope, block_cols):
     """The column blocks spread over Numba's threads, each packing its own columns."""
     n = out.shape[1]
     n_blocks = (n + block_cols - 1) // block_cols
     for block in prange(n_blocks):
         j0 = block * block_cols
-        gemm_columns(a_rows, b, trans_b, b_pack, row_updates, spare_row, out, j0,
-                      min(j0 + block_cols, n), bias, has_bias, act, slope)
+        gemm_columns(a, trans_a, b, trans_b, b_pack, row_updates, spare_rows, out, j0,
+                     min(j0 + block_cols, n), bias, has_bias, act, slope)
 
 
 @_jit()
-def gemm(a, trans_a, b, trans_b, out, bias, has_bias, act, slope, a_pack, b_pack, spare_row,
+def gemm(a, trans_a, b, trans_b, out, bias, has_bias, act, slope, a_pack, b_pack, spare,
          num_threads):
     """out = act(op(a) @ op(b) + bias), the whole GEMM in one compiled call: picks the
     form (row updates up to GEMM_ROW_UPDATES_MAX_K, else tiles), packs what the form needs
     into the caller's flat scratch buffers and splits the columns over Numba's threads.
 
-    Scratch: ``a_pack`` >= m*k elements when trans_a; ``b_pack`` >= k*n elements unless b
-    is read as it is (row updates without trans_b, tiles with trans_b); ``spare_row`` >= n.
-    ``bias`` is never read unless ``has_bias`` (pass any array of the dtype).
+    Scratch: ``a_pack`` >= m*k elements when trans_a and tiles; ``b_pack`` >= k*n elements
+    unless b is read as it is (row updates without trans_b, tiles with trans_b); ``spare``
+    >= 3*n. ``bias`` is never read unless ``has_bias`` (pass any array of the dtype).
     ``num_threads``: at most Numba's current thread count (nnkern's, passed in because a
     kernel that asks Numba for it cannot be cached on disk)."""
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
-    # Both forms read k-contiguous rows of op(a): a transposed op(a) is packed once here.
-    # Row updates read rows of op(b) (short: packed here when b is transposed); tiles read
+    row_updates = k <= GEMM_ROW_UPDATES_MAX_K
+    # Tiles read k-contiguous rows of op(a): a transposed op(a) is packed once here. Row
+    # updates read rows of op(b) (short: packed here when b is transposed); tiles read
     # k-contiguous rows of op(b).T, packed per column block by gemm_columns unless b is
     # already op(b).T.
-    if trans_a:
-        a_rows = a_pack[:m * k].reshape((m, k))
-        pack_transposed(a, a_rows, 0, m)
+    if trans_a and not row_updates:
+        a_op = a_pack[:m * k].reshape((m, k))
+        pack_transposed(a, a_op, 0, m)
+        a_trans = False
     else:
-        a_rows = a
-    row_updates = k <= GEMM_ROW_UPDATES_MAX_K
+        a_op = a
+        a_trans = trans_a
     if row_updates and trans_b:
         packed_b = b_pack[:k * n].reshape((k, n))
         pack_transposed(b, packed_b, 0, k)
@@ -548,12 +589,13 @@ def gemm(a, trans_a, b, trans_b, out, bias, has_bias, act, slope, a_pack, b_pack
         packed_b = b
     else:
         packed_b = b_pack[:n * k].reshape((n, k))
+    spare_rows = spare[:3 * n].reshape((3, n))
     threads = min(num_threads, (n + GEMM_TILE - 1) // GEMM_TILE)
     if threads > 1 and m * n * k >= GEMM_PARALLEL_MIN_FLOPS:
         block_cols = (n + threads - 1) // threads
         block_cols = (block_cols + GEMM_TILE - 1) // GEMM_TILE * GEMM_TILE
-        gemm_parallel(a_rows, b, trans_b, packed_b, row_updates, spare_row, out, bias, has_bias,
-                      act, slope, block_cols)
+        gemm_parallel(a_op, a_trans, b, trans_b, packed_b, row_updates, spare_rows, out, bias,
+                      has_bias, act, slope, block_cols)
     else:
-        gemm_columns(a_rows, b, trans_b, packed_b, row_updates, spare_row, out, 0, n, bias,
-                     has_bias, act, slope)
+        gemm_columns(a_op, a_trans, b, trans_b, packed_b, row_updates, spare_rows, out, 0, n,
+                     bias, has_bias, act, slope)

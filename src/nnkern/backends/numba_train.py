@@ -69,9 +69,11 @@ def _update(rule, p, g, s0, s1, hyper, weight_decay):
 
 @_k._jit()
 def train_step(x, labels, bufs, table, slopes, rule, hyper, weight_decay, delta0, delta1,
-               a_pack, b_pack, spare_row, num_threads):
+               delta2, a_pack, b_pack, spare, num_threads):
     """One training step on (x, labels): returns (mean loss, rows whose first largest
-    logit is their label). x: (rows, fan_in) C-contiguous; labels int64 in range."""
+    logit is their label). x: (rows, fan_in) C-contiguous; labels int64 in range.
+    delta0-2: flat buffers of rows * the widest layer; the derivative mask reads one and
+    writes another (in place, LLVM would not vectorise it)."""
     rows = x.shape[0]
     n_layers = table.shape[0]
     dummy = bufs[0]
@@ -85,11 +87,11 @@ def train_step(x, labels, bufs, table, slopes, rule, hyper, weight_decay, delta0
         if table[l, KEEP_PREACT]:
             z = bufs[table[l, Z]][:rows * fan_out]
             _k.gemm(inp, False, w, False, z.reshape((rows, fan_out)), bufs[table[l, B]], True,
-                    IDENTITY, slopes[l], a_pack, b_pack, spare_row, num_threads)
+                    IDENTITY, slopes[l], a_pack, b_pack, spare, num_threads)
             _k.activation(act, z, slopes[l], h.reshape(-1))
         else:
             _k.gemm(inp, False, w, False, h, bufs[table[l, B]], True, act, slopes[l], a_pack,
-                    b_pack, spare_row, num_threads)
+                    b_pack, spare, num_threads)
         inp = h
 
     n_classes = table[n_layers - 1, FAN_OUT]
@@ -105,7 +107,7 @@ def train_step(x, labels, bufs, table, slopes, rule, hyper, weight_decay, delta0
         if best == labels[r]:
             correct += 1
 
-    current, spare = delta0, delta1
+    current, free0, free1 = delta0, delta1, delta2
     for l in range(n_layers - 1, -1, -1):  # backward, updating each layer once used
         fan_in, fan_out = table[l, FAN_IN], table[l, FAN_OUT]
         delta = current[:rows * fan_out].reshape((rows, fan_out))
@@ -117,16 +119,17 @@ def train_step(x, labels, bufs, table, slopes, rule, hyper, weight_decay, delta0
         gw = bufs[table[l, GW]].reshape((fan_in, fan_out))
         # dW = inp.T @ delta; db = column sums of delta
         _k.gemm(inp, True, delta, False, gw, dummy, False, IDENTITY, zero, a_pack, b_pack,
-                spare_row, num_threads)
+                spare, num_threads)
         _k.bias_grad(delta, bufs[table[l, GB]])
         if l > 0:  # delta for the layer below: (delta @ W.T) * act'(its z or h)
             below = l - 1
-            grad = spare[:rows * fan_in]
+            grad = free0[:rows * fan_in]
             _k.gemm(delta, False, w, True, grad.reshape((rows, fan_in)), dummy, False, IDENTITY,
-                    zero, a_pack, b_pack, spare_row, num_threads)
+                    zero, a_pack, b_pack, spare, num_threads)
             src = bufs[table[below, Z] if table[below, KEEP_PREACT] else table[below, H]]
-            _k.activation_grad(table[below, ACT], src[:rows * fan_in], grad, slopes[below], grad)
-            current, spare = spare, current
+            _k.activation_grad(table[below, ACT], src[:rows * fan_in], grad, slopes[below],
+                               free1[:rows * fan_in])
+            current, free0, free1 = free1, current, free0
         _update(rule, bufs[table[l, W]], bufs[table[l, GW]], bufs[table[l, W_S0]],
                 bufs[table[l, W_S1]], hyper, weight_decay)
         _update(rule, bufs[table[l, B]], bufs[table[l, GB]], bufs[table[l, B_S0]],
@@ -150,6 +153,7 @@ class FusedMLPStep:
         self.rule = int(rule)
         self.max_rows = int(max_rows)
         self.delta0, self.delta1 = delta0.reshape(-1), delta1.reshape(-1)
+        self.delta2 = np.empty_like(self.delta0)
         bufs = [np.zeros(1, dtype)]  # entry 0: the dummy for absent arrays
 
         def index(array):
@@ -178,10 +182,11 @@ class FusedMLPStep:
         self.table = table
         self.slopes = slopes
         self.hyper = np.zeros(HYPER_SIZE, dtype)
-        # GEMM scratch: op(a) packed for dW (fan_in x rows), op(b) packed (fan_in x fan_out)
+        # GEMM scratch (numba_kernels.gemm): op(a) packed for dW (fan_in x rows), op(b)
+        # packed (fan_in x fan_out), three spare rows
         self.a_pack = np.empty(self.max_rows * widest_in, dtype)
         self.b_pack = np.empty(widest_product, dtype)
-        self.spare_row = np.empty(widest, dtype)
+        self.spare = np.empty(3 * widest, dtype)
 
     def step(self, x, labels, lr, a, b, eps, weight_decay, t, num_threads):
         """One step on the batch (x, labels): returns (mean loss, number of rows whose
@@ -197,7 +202,7 @@ class FusedMLPStep:
         if self.rule == RULE_ADAM:
             hyper[STEP_SIZE], hyper[INV_SQRT_BC2] = _backend.adam_scalars(t, lr, a, b)
         loss, correct = train_step(x, labels, self.bufs, self.table, self.slopes, self.rule, hyper,
-                                   weight_decay != 0.0, self.delta0, self.delta1, self.a_pack,
-                                   self.b_pack, self.spare_row,
+                                   weight_decay != 0.0, self.delta0, self.delta1, self.delta2,
+                                   self.a_pack, self.b_pack, self.spare,
                                    min(num_threads, _backend.num_threads()))
         return loss, correct
