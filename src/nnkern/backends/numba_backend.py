@@ -38,7 +38,7 @@ def _gemm(a, b, trans_a, trans_b, out, bias, act, slope):
     """One compiled call (numba_kernels.gemm) with scratch buffers allocated here."""
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
-    row_updates = k <= GEMM_ROW_UPDATES_MAX_K
+    row_updates = _k._row_updates_pay(n, k, trans_b)
     a_pack = np.empty(m * k if trans_a and not row_updates else 0, dtype=out.dtype)
     b_pack = np.empty(k * n if row_updates == trans_b else 0, dtype=out.dtype)
     spare = np.empty(3 * n, dtype=out.dtype)

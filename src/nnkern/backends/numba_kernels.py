@@ -83,8 +83,8 @@ GEMM_MC_ROWS = 96
 # Below this many multiply-adds a GEMM runs on one thread: a parallel region costs more
 # than it saves, and leaves the other cores free for the BLAS or a second model.
 GEMM_PARALLEL_MIN_FLOPS = 1 << 19
-# Up to this k the GEMM updates whole output rows (see _gemm_row_updates); beyond it,
-# register tiles of dot products win.
+# Up to this k (twice it where op(b) needs no packing) the GEMM updates whole output rows
+# (see _gemm_row_updates, _row_updates_pay); beyond it, register tiles of dot products win.
 GEMM_ROW_UPDATES_MAX_K = 128
 
 
@@ -557,10 +557,20 @@ def gemm_parallel(a, trans_a, b, trans_b, b_pack, row_updates, spare_rows, out, 
 
 
 @_jit()
+def _row_updates_pay(n, k, trans_b):
+    """Whether row updates beat tiles (measured at the MNIST shapes, one thread): for k up
+    to GEMM_ROW_UPDATES_MAX_K unless the rows are narrow (n < 32) and k is long enough for
+    dot products (>= 32); up to twice that k when op(b) needs no packing."""
+    if n < 32:
+        return k < 32
+    return k <= GEMM_ROW_UPDATES_MAX_K or (k <= 2 * GEMM_ROW_UPDATES_MAX_K and not trans_b)
+
+
+@_jit()
 def gemm(a, trans_a, b, trans_b, out, bias, has_bias, act, slope, a_pack, b_pack, spare,
          num_threads):
     """out = act(op(a) @ op(b) + bias), the whole GEMM in one compiled call: picks the
-    form (row updates up to GEMM_ROW_UPDATES_MAX_K, else tiles), packs what the form needs
+    form (row updates or tiles, _row_updates_pay), packs what the form needs
     into the caller's flat scratch buffers and splits the columns over Numba's threads.
 
     Scratch: ``a_pack`` >= m*k elements when trans_a and tiles; ``b_pack`` >= k*n elements
@@ -570,7 +580,7 @@ def gemm(a, trans_a, b, trans_b, out, bias, has_bias, act, slope, a_pack, b_pack
     kernel that asks Numba for it cannot be cached on disk)."""
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
-    row_updates = k <= GEMM_ROW_UPDATES_MAX_K
+    row_updates = _row_updates_pay(n, k, trans_b)
     # Tiles read k-contiguous rows of op(a): a transposed op(a) is packed once here. Row
     # updates read rows of op(b) (short: packed here when b is transposed); tiles read
     # k-contiguous rows of op(b).T, packed per column block by gemm_columns unless b is

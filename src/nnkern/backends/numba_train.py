@@ -25,7 +25,7 @@ Arguments are validated by :mod:`nnkern.engine` before this module is reached.
 from __future__ import annotations
 
 import numpy as np
-from numba import typed
+from numba import prange, typed
 
 from . import ACTIVATION_CODES
 from . import numba_backend as _backend
@@ -65,6 +65,32 @@ def _update(rule, p, g, s0, s1, hyper, weight_decay):
     else:
         _k.adam_update(p, g, s0, s1, hyper[A], hyper[ONE_MINUS_A], hyper[B_], hyper[ONE_MINUS_B],
                        hyper[STEP_SIZE], hyper[INV_SQRT_BC2], hyper[EPS])
+
+
+# Below this many elements one thread updates a parameter (as in the Cython update rules):
+# a parallel region costs more than the memory pass it would split.
+UPDATE_PARALLEL_MIN = 1 << 15
+
+
+@_k._jit(parallel=True)
+def _update_parallel(rule, p, g, s0, s1, hyper, weight_decay, num_threads):
+    """_update on num_threads contiguous chunks, one per thread (elementwise rules: the
+    same numbers as one pass). Absent states are the 1-element dummy, never read."""
+    n = p.shape[0]
+    chunk = (n + num_threads - 1) // num_threads
+    for c in prange(num_threads):
+        lo = min(c * chunk, n)
+        hi = min(lo + chunk, n)
+        _update(rule, p[lo:hi], g[lo:hi], s0[lo:hi] if s0.shape[0] == n else s0,
+                s1[lo:hi] if s1.shape[0] == n else s1, hyper, weight_decay)
+
+
+@_k._jit()
+def _update_any(rule, p, g, s0, s1, hyper, weight_decay, num_threads):
+    if num_threads > 1 and p.shape[0] >= UPDATE_PARALLEL_MIN:
+        _update_parallel(rule, p, g, s0, s1, hyper, weight_decay, num_threads)
+    else:
+        _update(rule, p, g, s0, s1, hyper, weight_decay)
 
 
 @_k._jit()
@@ -130,10 +156,10 @@ def train_step(x, labels, bufs, table, slopes, rule, hyper, weight_decay, delta0
             _k.activation_grad(table[below, ACT], src[:rows * fan_in], grad, slopes[below],
                                free1[:rows * fan_in])
             current, free0, free1 = free1, current, free0
-        _update(rule, bufs[table[l, W]], bufs[table[l, GW]], bufs[table[l, W_S0]],
-                bufs[table[l, W_S1]], hyper, weight_decay)
-        _update(rule, bufs[table[l, B]], bufs[table[l, GB]], bufs[table[l, B_S0]],
-                bufs[table[l, B_S1]], hyper, weight_decay)
+        _update_any(rule, bufs[table[l, W]], bufs[table[l, GW]], bufs[table[l, W_S0]],
+                    bufs[table[l, W_S1]], hyper, weight_decay, num_threads)
+        _update_any(rule, bufs[table[l, B]], bufs[table[l, GB]], bufs[table[l, B_S0]],
+                    bufs[table[l, B_S1]], hyper, weight_decay, num_threads)
     return loss, correct
 
 
