@@ -98,3 +98,29 @@ def test_bad_labels_still_get_the_clear_error_with_fused_on(backend):
     y[5] = 99
     with pytest.raises(ValueError, match="label 99 .* out of range for 7 classes"):
         _model(nn.ReLU, np.float32, backend).fit(x, y, epochs=1, batch_size=16, optimizer=optim.SGD(lr=0.1), verbose=False)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_step_large_batch_and_wide_layers(backend, threads):
+    """Batches over 128 rows (the weight gradient's k: another GEMM form) and a weight of
+    more than 2**15 elements (updated on all threads), with Adam and weight decay."""
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((700, 150)), rng.integers(0, 5, 700)
+
+    def run(fused):
+        model = nn.Sequential(nn.Linear(150, 300, seed=0), nn.ReLU(), nn.Linear(300, 40, seed=1), nn.GELU(),
+                              nn.Linear(40, 5, seed=2), backend=backend, dtype=np.float64)
+        history = model.fit(x, y, epochs=2, batch_size=200, optimizer=optim.Adam(lr=1e-3, weight_decay=1e-4),
+                            seed=0, verbose=False, fused=fused)
+        return history.history["loss"], [p.copy() for p in model.parameters()]
+
+    before = nnkern.get_num_threads()
+    nnkern.set_num_threads(threads)
+    try:
+        (want_loss, want_params), (got_loss, got_params) = run(False), run(True)
+    finally:
+        nnkern.set_num_threads(before)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-10)
+    for got, want in zip(got_params, want_params):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
