@@ -44,7 +44,7 @@ def nnkern_bench_markdown(result: dict) -> list[str]:
         f"- {c['threads']} threads for every pool (nnkern, BLAS, PyTorch); repeats: {c['repeats']}, "
         f"contenders interleaved; median reported; {c['samples_per_repeat']} training samples per repeat, "
         f"accuracy on {c['test_samples']} test samples; "
-        + ", ".join(f"{name} lr {o['lr']}" for name, o in c.get("optimizers", {"sgd": {"lr": c["learning_rate"]}}).items())
+        + ", ".join(f"{name} lr {o['lr']}" for name, o in (c.get("optimizers") or {"SGD": {"lr": c.get("learning_rate")}}).items())
         + f", {c['dtype']}",
         f"- sgemm peak measured in the same run: {peak['gflops']:.1f} GFLOP/s "
         f"(np.matmul float32 {peak['size']}^3, best of {peak['repeats']})",

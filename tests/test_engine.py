@@ -124,3 +124,25 @@ def test_fused_step_large_batch_and_wide_layers(backend, threads):
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-10)
     for got, want in zip(got_params, want_params):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("widths, batch", [((2, 16, 2), 64), ((64, 64, 40), 300), ((30, 20, 3), 1024)],
+                         ids=["tiny_layers_batch64", "batch300", "batch1024"])
+def test_fused_step_batches_larger_than_any_weight(backend, widths, batch):
+    """The weight gradient's packed operand (batch x fan_out) can outgrow every weight: the
+    step's work buffers are sized for both."""
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((batch + 37, widths[0])), rng.integers(0, widths[-1], batch + 37)
+
+    def run(fused):
+        model = nn.Sequential(nn.Linear(widths[0], widths[1], seed=0), nn.Sigmoid(),
+                              nn.Linear(widths[1], widths[2], seed=1), backend=backend, dtype=np.float64)
+        history = model.fit(x, y, epochs=1, batch_size=batch, optimizer=optim.SGD(lr=0.1), seed=0,
+                            verbose=False, fused=fused)
+        return history.history["loss"], [p.copy() for p in model.parameters()]
+
+    (want_loss, want_params), (got_loss, got_params) = run(False), run(True)
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-10)
+    for got, want in zip(got_params, want_params):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)

@@ -260,9 +260,11 @@ cdef class FusedMLPStep:
     cdef bint is_double
     cdef Py_ssize_t max_rows, largest_product
     cdef nnk_team team
+    cdef bint busy
 
     def __cinit__(self):
         self.team.shared[0] = self.team.shared[1] = NULL
+        self.busy = False
 
     def __dealloc__(self):
         free(self.team.shared[0])
@@ -300,6 +302,7 @@ cdef class FusedMLPStep:
                 shared_bytes = max(shared_bytes, nnk_team_shared_bytes_d(m, k) if is_double
                                    else nnk_team_shared_bytes_s(m, k))
         for slot in range(2):
+            free(self.team.shared[slot])
             self.team.shared[slot] = nnk_alloc(shared_bytes)
             if self.team.shared[slot] == NULL:
                 raise MemoryError(f"FusedMLPStep: could not allocate a {shared_bytes}-byte work buffer")
@@ -332,8 +335,16 @@ cdef class FusedMLPStep:
         else:
             xs = x
             call.x = &xs[0, 0]
-        with nogil:
-            nnk_team_run(&self.team, threads, _run_step_share, &call)
+        # one step at a time: two Python threads stepping one model would share the team's
+        # barrier (and race on every buffer)
+        if self.busy:
+            raise RuntimeError("FusedMLPStep: step() called from two threads at once on one model")
+        self.busy = True
+        try:
+            with nogil:
+                nnk_team_run(&self.team, threads, _run_step_share, &call)
+        finally:
+            self.busy = False
         if call.failed:
             raise MemoryError("FusedMLPStep: a GEMM work buffer could not be allocated")
         return call.loss, call.correct

@@ -286,6 +286,7 @@ static PLAN NNK_FN(nnk_plan_gemm)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, int max
     ptrdiff_t by_rows = nnk_ceil_div(row_panels, nt) * col_panels;
     plan.split_columns = by_columns < by_rows || (by_columns == by_rows && m <= n);
     plan.threads = (int)nnk_min(nt, plan.split_columns ? col_panels : row_panels);
+    if (plan.threads < 1) plan.threads = 1; /* an empty product */
     plan.whole = NNK_FN(nnk_choose_blocking)(m, nnk_ceil_div(n, plan.threads), k);
     plan.share_a = plan.threads > 1 && plan.split_columns && m <= plan.whole.mc &&
                    sizeof(T) * (size_t)(row_panels * MR * k) <= shared_bytes;

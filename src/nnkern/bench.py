@@ -267,8 +267,14 @@ class NnkernTrainer:
         self.fused_step = None
 
     def reset(self) -> None:
+        """Back to the initial weights and a fresh optimizer (state zeroed in place: the
+        fused step holds those arrays)."""
         for param, value in zip(self.model.parameters(), self.weights, strict=True):
             param[...] = value
+        for state in self.optimizer.state:
+            for array in state.values():
+                array[...] = 0
+        self.optimizer.t = 0
 
     def prepare(self, batches):
         """The batches as this trainer takes them (NumPy arrays: as they are); builds the
@@ -319,10 +325,12 @@ class TorchTrainer:
         self.optimizer = make(self.model.parameters(), lr=OPTIMIZERS[optimizer])
 
     def reset(self) -> None:
+        """Back to the initial weights and a fresh optimizer state."""
         with self.torch.no_grad():
             for param, value in zip(self.model.parameters(), self.weights, strict=True):
                 # torch keeps W as (out, in); ours is (in, out)
                 param.copy_(self.torch.from_numpy(value.T if value.ndim == 2 else value))
+        self.optimizer.state.clear()  # torch.optim initialises it again on the next step
 
     def prepare(self, batches):
         """The batches as tensors sharing the NumPy arrays' memory."""
@@ -475,6 +483,7 @@ def run(
     """
     from .data import load_mnist
 
+    optimizers = [optimizers] if isinstance(optimizers, str) else list(optimizers)
     unknown = [name for name in optimizers if name not in OPTIMIZERS]
     if unknown or not optimizers:
         raise ValueError(f"optimizers: {unknown or 'none given'}; choose from {', '.join(OPTIMIZERS)}")
@@ -511,7 +520,6 @@ def run(
             "samples_per_repeat": samples,
             "test_samples": test_samples,
             "warmup_batches": warmup_batches,
-            "learning_rate": LEARNING_RATE,
             "dtype": np.dtype(DTYPE).name,
             "optimizers": {name: {"lr": OPTIMIZERS[name]} for name in optimizers},
             "seed": seed,

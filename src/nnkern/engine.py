@@ -6,8 +6,11 @@ any nnkern optimizer, :func:`fused_train_step` returns a step function that runs
 loss, backward and the update of every parameter in one GIL-free call
 (kernels/cython/_cy_train.pyx, backends/numba_train.py) into preallocated buffers.
 ``Sequential.fit`` uses it automatically and falls back to the layer-by-layer path for
-anything else. The numbers
-are those of the layer-by-layer path (same kernels), to round-off.
+anything else. The parameters, losses and optimizer states are those of the layer-by-layer
+path (same kernels), to round-off. One difference: with weight decay, the layer path (and
+the numba step) add ``weight_decay * W`` into the gradient arrays before the update, while
+the Cython step folds it into the update and leaves the gradient arrays holding the loss's
+gradient alone.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ __all__ = ["fused_train_step"]
 # step() for both): kernels/cython/_cy_train.pyx and backends/numba_train.py.
 _ENGINES = {"cython": ".backends._cy_train", "numba": ".backends.numba_train"}
 
-# Optimizer class name -> (rule code of update_rules.pxd, hyperparameters passed as a, b)
+# Optimizer class name -> (rule code of kernels/cython/nnk_update.h, the same in the numba
+# step; hyperparameters passed as a, b)
 _RULES = {
     "SGD": (0, ("momentum", None)),
     "SGD+momentum": (1, ("momentum", None)),

@@ -201,7 +201,8 @@ class FusedMLPStep:
                                   (B_S0, b_state[0]), (B_S1, b_state[1])):
                 table[l, column] = index(array)
             slopes[l] = slope
-            widest_product = max(widest_product, w.size)
+            # op(b) packed: W (fan_in x fan_out), or delta for dW (rows x fan_out)
+            widest_product = max(widest_product, w.size, self.max_rows * w.shape[1])
             widest = max(widest, *w.shape)
             widest_in = max(widest_in, w.shape[0])
         self.bufs = typed.List(bufs)
@@ -209,7 +210,7 @@ class FusedMLPStep:
         self.slopes = slopes
         self.hyper = np.zeros(HYPER_SIZE, dtype)
         # GEMM scratch (numba_kernels.gemm): op(a) packed for dW (fan_in x rows), op(b)
-        # packed (fan_in x fan_out), three spare rows
+        # packed (W, or delta for dW), three spare rows
         self.a_pack = np.empty(self.max_rows * widest_in, dtype)
         self.b_pack = np.empty(widest_product, dtype)
         self.spare = np.empty(3 * widest, dtype)
