@@ -58,19 +58,18 @@ def _operands(rng, m, k, n, dtype, trans_a, trans_b):
 
 
 def _edge_shapes(dtype):
-    from nnkern.backends.numba_backend import GEMM_ROW_UPDATES_MAX_K as short_k
-
     k_ = _kernels()
-    tile, kc, mc = k_.GEMM_TILE, k_.GEMM_KC_BYTES // np.dtype(dtype).itemsize, k_.GEMM_MC_ROWS
+    mr, kc = k_.GEMM_MR, k_.GEMM_KC
+    nr = k_.GEMM_NR32 if np.dtype(dtype).itemsize == 4 else k_.GEMM_NR64
     return [
-        (tile - 1, kc - 1, tile + 1),
-        (tile + 1, kc, 2 * tile - 1),
-        (2 * tile + 1, kc + 1, 5),  # two k blocks, the second of length 1
-        (mc - 1, 3, mc + 1),
-        (mc + 1, 2 * kc + 3, 2 * tile + 2),  # three k blocks, two row blocks, parallel
-        (5, short_k, 7),  # the longest k done by row updates ...
-        (5, short_k + 1, 7),  # ... and the shortest done by tiles
-        (2 * mc + 3, short_k - 1, 41),  # row updates: odd rows, k % 4 != 0, parallel
+        (mr - 1, kc - 1, nr + 1),
+        (mr + 1, kc, 2 * nr - 1),
+        (2 * mr + 1, kc + 1, 5),  # two k blocks of 129 and 128
+        (mr, 3, nr),  # one whole tile
+        (mr + 1, 2 * kc + 3, 2 * nr + 2),  # three k blocks, edge tiles
+        (5, 1, 7),  # k = 1
+        (4 * mr + 3, 2 * kc, 4 * nr + 1),  # two whole k blocks, parallel (>= 2**19 FMAs)
+        (97, 31, 41),
     ]
 
 
@@ -90,9 +89,9 @@ def test_gemm_blocking_edges(threads, dtype, trans_a, trans_b):
 def test_linear_epilogue_after_the_last_k_block(threads, dtype, act, params):
     """The bias and the activation are applied once, after the last k block, on every
     tile including the partial ones."""
-    kc = _kernels().GEMM_KC_BYTES // np.dtype(dtype).itemsize
+    kc = _kernels().GEMM_KC
     rng = np.random.default_rng(11)
-    n, k, m = 97, kc + 5, 2 * _kernels().GEMM_TILE + 1
+    n, k, m = 97, kc + 5, 2 * _kernels().GEMM_NR32 + 1
     x = rng.standard_normal((n, k)).astype(dtype)
     w = (rng.standard_normal((k, m)) / np.sqrt(k)).astype(dtype)
     b = rng.standard_normal(m).astype(dtype)
@@ -244,7 +243,7 @@ PROPERTIES = settings(max_examples=40, deadline=None)
 
 def _gemm_dims():
     """Sizes near the tile and around zero remainders, and a few past the k block."""
-    tile = _kernels().GEMM_TILE
+    tile = _kernels().GEMM_MR
     return st.one_of(st.integers(1, 4 * tile + 1), st.integers(1, 80))
 
 

@@ -31,17 +31,16 @@ def num_threads() -> int:
 
 # The GEMM's form and threading thresholds live with the kernel (numba_kernels).
 GEMM_PARALLEL_MIN_FLOPS = _k.GEMM_PARALLEL_MIN_FLOPS
-GEMM_ROW_UPDATES_MAX_K = _k.GEMM_ROW_UPDATES_MAX_K
 
 
 def _gemm(a, b, trans_a, trans_b, out, bias, act, slope):
     """One compiled call (numba_kernels.gemm) with scratch buffers allocated here."""
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
-    row_updates = _k._row_updates_pay(n, k, trans_b)
-    a_pack = np.empty(m * k if trans_a and not row_updates else 0, dtype=out.dtype)
-    b_pack = np.empty(k * n if row_updates == trans_b else 0, dtype=out.dtype)
-    spare = np.empty(3 * n, dtype=out.dtype)
+    a_size, b_size, spare_size = _k.gemm_scratch_sizes(m, n, k)
+    a_pack = np.empty(a_size, dtype=out.dtype)
+    b_pack = np.empty(b_size, dtype=out.dtype)
+    spare = np.empty(spare_size, dtype=out.dtype)
     has_bias = bias is not None
     _k.gemm(a, trans_a, b, trans_b, out, bias if has_bias else spare, has_bias, act,
             out.dtype.type(slope), a_pack, b_pack, spare, num_threads())

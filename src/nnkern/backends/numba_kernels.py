@@ -5,26 +5,25 @@ C-contiguous arrays, and cached on disk (``cache=True``); importing this module 
 nothing. Arguments arrive validated by :mod:`nnkern.ops` (Numba does not bounds-check),
 and :mod:`nnkern.backends.numba_backend` hands over flat views and dtype-typed scalars.
 
-GEMM. Numba's LLVM pipeline runs the loop vectorizer but not the SLP vectorizer
-(``NUMBA_SLP_VECTORIZE`` is off by default), so a register tile of scalar accumulators
-laid out along the output row is never turned into vector code (measured: scalar FMAs
-only). Two forms that the loop vectorizer does handle:
+GEMM (``gemm``), Goto style. Numba's LLVM pipeline runs the loop vectorizer but not the
+SLP vectorizer, so a register tile of scalar accumulators never becomes vector code; the
+micro-kernel (``_micro_kernel``) is therefore an ``@intrinsic`` that emits the LLVM IR
+itself: a 6 x 16 float32 (6 x 8 float64) output tile held in twelve <8 x float>
+(<4 x double>) accumulators, each k step one broadcast of op(a) and two ``llvm.fma`` per
+row, no spills. Both operands are packed, which also absorbs the transposes: op(a) once
+into 6-row panels (``_pack_a``), op(b) per column block into 16-column (8) panels, k in
+blocks of at most ``GEMM_KC`` = 256 split evenly. Panels are zero padded; edge tiles go
+through a scratch tile and only their valid part is stored. Columns are split across
+threads in multiples of the panel width, each thread packing its own columns. The fused
+linear adds the bias and applies the activation to each finished column block. Each
+output is one summation order whatever the thread count or transposes (bit for bit).
 
-* dot-product tiles (k > 128, see numba_backend): both operands packed with k contiguous
-  (``A`` by rows, ``B`` transposed); a 3x3 tile of output dot products keeps nine vector
-  accumulators while LLVM vectorises and reassociates the k loop (6 loads per 9 FMAs; the
-  tile alone runs at ~0.9-1.0x OpenBLAS on one core at k = 784). Each output then needs a
-  horizontal sum, which short k cannot amortise;
-* row updates (short k, e.g. x.T @ dY with k = batch): two output rows at a time receive
-  four rows of B at a time, vectorised along the output row.
-
-Transposes are absorbed by packing: none when the operand is already laid out as the form
-reads it, one copy per operand otherwise. Edge tiles repeat the last valid row or column
-instead of padding, and store only the valid part. Blocking: k in blocks of
-``GEMM_KC_BYTES`` so that the six packed rows of a tile stay in L1, rows in blocks of
-``GEMM_MC_ROWS`` so that the A block stays in L2, and columns split across threads (each
-packs its own columns). The fused linear adds the bias and applies the activation to each
-finished column block while it is still in cache.
+Measured (one thread, vs np.matmul/OpenBLAS float32, 2-core AVX2 machine;
+``NNKERN_BENCH_THREADS=1 pytest benchmarks/ -m "not training and not large"
+-k "gemm and (numba or matmul)"``, ratio of the minimum times): x @ W (64x784)@(784x256)
+0.74x, (128x784)@(784x256) 0.79x, x.T @ dY (784x64)@(64x256) 0.93x, dY @ W.T
+(64x256)@(256x784) 0.76x (the dot-product tiles and row updates this replaced: 0.63-0.74x,
+slower at every shape measured, so they are gone).
 """
 
 from __future__ import annotations
@@ -33,7 +32,10 @@ import math
 
 import numba
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from . import ACTIVATION_CODES
 
@@ -74,18 +76,15 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _GELU_TANH_C = 0.044715
 BCE_CLAMP = 1e-12
 
-# GEMM blocking (see the module docstring): a k block of 4 KiB per packed row (all of
-# MNIST's k = 784 in float32) keeps the six rows a 3x3 tile reads (24 KiB) in a 32 KiB L1;
-# 96 rows of such a block (384 KiB) stay in a 512 KiB L2.
-GEMM_TILE = 3
-GEMM_KC_BYTES = 4096
-GEMM_MC_ROWS = 96
+# GEMM blocking (see the module docstring): MR x NR output tiles (NR = two AVX vectors:
+# 16 float32, 8 float64), k in blocks of at most GEMM_KC (a packed B panel of 16 KiB in L1).
+GEMM_MR = 6
+GEMM_NR32 = 16
+GEMM_NR64 = 8
+GEMM_KC = 256
 # Below this many multiply-adds a GEMM runs on one thread: a parallel region costs more
 # than it saves, and leaves the other cores free for the BLAS or a second model.
 GEMM_PARALLEL_MIN_FLOPS = 1 << 19
-# Up to this k (twice it where op(b) needs no packing) the GEMM updates whole output rows
-# (see _gemm_row_updates, _row_updates_pay); beyond it, register tiles of dot products win.
-GEMM_ROW_UPDATES_MAX_K = 128
 
 
 # ---------------------------------------------------------------------------------------
@@ -366,66 +365,120 @@ def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step
 
 
 # ---------------------------------------------------------------------------------------
-# GEMM: out = act(a_rows @ b_cols.T + bias), both operands with k contiguous
+# GEMM: out = act(op(a) @ op(b) + bias), packed panels and an LLVM vector micro-kernel
 # ---------------------------------------------------------------------------------------
 
 
-@_jit()
-def pack_transposed(src, dst, lo, hi):
-    """dst[lo:hi] = src[:, lo:hi].T, in 16x16 blocks so that both sides are walked a cache
-    line at a time. Each block is a pair of views indexed from 0, so that no index needs a
-    wraparound. Every caller passes whole C-contiguous arrays: one compiled version."""
-    rows = src.shape[0]
-    for r0 in range(0, rows, 16):
-        for c0 in range(lo, hi, 16):
-            block = src[r0:r0 + 16, c0:min(c0 + 16, hi)]
-            block_t = dst[c0:min(c0 + 16, hi), r0:r0 + 16]
-            for c in range(block.shape[1]):
-                for r in range(block.shape[0]):
-                    block_t[c, r] = block[r, c]
+@intrinsic
+def _micro_kernel(typingctx, a_pack, a_at, b_pack, b_at, kc, c, first):
+    """c[:MR, :NR] = (first) or += (else) sum over p < kc of
+    a_pack[a_at + p*MR + i] * b_pack[b_at + p*NR + j], with NR = 2 vectors of W lanes (W = 8
+    float32, 4 float64). The MR x 2 accumulators are LLVM vectors (12 of the 16 AVX2
+    registers) and every step is one broadcast of A and two fused multiply-adds per row.
+    ``c``: a 2D array whose rows are contiguous. Emitted as LLVM IR because Numba's
+    vectorizers never turn a register tile of scalars into this (see the module docstring)."""
+    dtype = c.dtype
+    signature = types.void(a_pack, a_at, b_pack, b_at, kc, c, first)
+
+    def codegen(context, builder, sig, args):
+        a_v, a_at_v, b_v, b_at_v, kc_v, c_v, first_v = args
+        flt = context.get_value_type(dtype)
+        lanes = 8 if dtype == types.float32 else 4
+        nr = 2 * lanes
+        i64 = ir.IntType(64)
+        vec = ir.VectorType(flt, lanes)
+        vec_ptr = vec.as_pointer()
+        a_arr = cgutils.create_struct_proxy(sig.args[0])(context, builder, value=a_v)
+        b_arr = cgutils.create_struct_proxy(sig.args[2])(context, builder, value=b_v)
+        c_arr = cgutils.create_struct_proxy(sig.args[5])(context, builder, value=c_v)
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in range(2)]
+                for _ in range(GEMM_MR)]
+        a_at_v = context.cast(builder, a_at_v, sig.args[1], types.int64)
+        b_at_v = context.cast(builder, b_at_v, sig.args[3], types.int64)
+        kc_v = context.cast(builder, kc_v, sig.args[4], types.int64)
+        name = "llvm.fma.v%d%s" % (lanes, "f32" if dtype == types.float32 else "f64")
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+                                             name)
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), None)
+        with cgutils.for_range(builder, kc_v) as loop:
+            p = loop.index
+            qa = builder.add(a_at_v, builder.mul(p, ir.Constant(i64, GEMM_MR)))
+            qb = builder.add(b_at_v, builder.mul(p, ir.Constant(i64, nr)))
+            b_row = builder.gep(b_arr.data, [qb])
+            bv = [builder.load(builder.bitcast(builder.gep(b_row, [ir.Constant(i64, lanes * h)]),
+                                               vec_ptr), align=dtype.bitwidth // 8)
+                  for h in range(2)]
+            for i in range(GEMM_MR):
+                x = builder.load(builder.gep(a_arr.data, [builder.add(qa, ir.Constant(i64, i))]))
+                xv = builder.insert_element(ir.Constant(vec, ir.Undefined), x,
+                                            ir.Constant(ir.IntType(32), 0))
+                xv = builder.shuffle_vector(xv, ir.Constant(vec, ir.Undefined), splat)
+                for h in range(2):
+                    builder.store(builder.call(fma, [xv, bv[h], builder.load(accs[i][h])]),
+                                  accs[i][h])
+        row_stride = cgutils.unpack_tuple(builder, c_arr.strides, 2)[0]
+        base = builder.bitcast(c_arr.data, ir.IntType(8).as_pointer())
+        rows = []
+        for i in range(GEMM_MR):
+            row = builder.bitcast(builder.gep(base, [builder.mul(row_stride, ir.Constant(i64, i))]),
+                                  flt.as_pointer())
+            rows.append([builder.bitcast(builder.gep(row, [ir.Constant(i64, lanes * h)]), vec_ptr)
+                         for h in range(2)])
+        align = dtype.bitwidth // 8
+        with builder.if_else(first_v) as (then, otherwise):
+            with then:
+                for i in range(GEMM_MR):
+                    for h in range(2):
+                        builder.store(builder.load(accs[i][h]), rows[i][h], align=align)
+            with otherwise:
+                for i in range(GEMM_MR):
+                    for h in range(2):
+                        old = builder.load(rows[i][h], align=align)
+                        builder.store(builder.fadd(old, builder.load(accs[i][h])), rows[i][h],
+                                      align=align)
+        return context.get_dummy_value()
+
+    return signature, codegen
 
 
 @_jit()
-def _gemm_tile(a_rows, i, m, b_cols, j, j_end, k0, k1, out, first):
-    """The 3x3 output tile at (i, j) over the k block [k0, k1): nine dot products whose k
-    loop LLVM vectorises. Rows past ``m`` and columns past ``j_end`` repeat the last valid
-    one (no padding, no branch in the loop) and are not stored. The first k block writes
-    the tile, the others add to it."""
-    # Slices of the k block, so that the loop index is known non-negative and Numba's
-    # wraparound of negative indices folds away (else the loads become gathers).
-    a0 = a_rows[i, k0:k1]
-    a1 = a_rows[min(i + 1, m - 1), k0:k1]
-    a2 = a_rows[min(i + 2, m - 1), k0:k1]
-    b0 = b_cols[j, k0:k1]
-    b1 = b_cols[min(j + 1, j_end - 1), k0:k1]
-    b2 = b_cols[min(j + 2, j_end - 1), k0:k1]
-    c00 = c01 = c02 = c10 = c11 = c12 = c20 = c21 = c22 = out.dtype.type(0)
-    for p in range(k1 - k0):
-        x0 = a0[p]
-        x1 = a1[p]
-        x2 = a2[p]
-        y0 = b0[p]
-        y1 = b1[p]
-        y2 = b2[p]
-        c00 += x0 * y0
-        c01 += x0 * y1
-        c02 += x0 * y2
-        c10 += x1 * y0
-        c11 += x1 * y1
-        c12 += x1 * y2
-        c20 += x2 * y0
-        c21 += x2 * y1
-        c22 += x2 * y2
-    tile = ((c00, c01, c02), (c10, c11, c12), (c20, c21, c22))
-    # constant trip counts: LLVM unrolls these and the tuple indices become registers
-    for r in range(GEMM_TILE):
-        if i + r < m:
-            for c in range(GEMM_TILE):
-                if j + c < j_end:
-                    if first:
-                        out[i + r, j + c] = tile[r][c]
-                    else:
-                        out[i + r, j + c] += tile[r][c]
+def _gemm_kc(k):
+    """The k block: k split evenly into blocks of at most GEMM_KC (0 when k is 0)."""
+    blocks = max((k + GEMM_KC - 1) // GEMM_KC, 1)
+    return (k + blocks - 1) // blocks
+
+
+@_jit()
+def _pack_a(a, trans_a, a_pack, m, k):
+    """op(a) into MR-row panels, k block by k block: the block at k0 (length kc) starts at
+    m_pad * k0, its panel ip at + ip*kc*MR, holding op(a)[ip*MR + r, k0 + p] at p*MR + r.
+    Rows past m are zeros."""
+    kc_max = _gemm_kc(k)
+    panels = (m + GEMM_MR - 1) // GEMM_MR
+    m_pad = panels * GEMM_MR
+    for k0 in range(0, k, kc_max):
+        k1 = min(k0 + kc_max, k)
+        kc = k1 - k0
+        for ip in range(panels):
+            i0 = ip * GEMM_MR
+            rows = min(GEMM_MR, m - i0)
+            base = m_pad * k0 + ip * kc * GEMM_MR
+            if trans_a:
+                for p in range(kc):
+                    src = a[k0 + p, i0:i0 + rows]
+                    dst = a_pack[base + p * GEMM_MR:base + (p + 1) * GEMM_MR]
+                    for r in range(rows):
+                        dst[r] = src[r]
+                    for r in range(rows, GEMM_MR):
+                        dst[r] = 0
+            else:
+                for r in range(rows):
+                    src = a[i0 + r, k0:k1]
+                    for p in range(kc):
+                        a_pack[base + p * GEMM_MR + r] = src[p]
+                for r in range(rows, GEMM_MR):
+                    for p in range(kc):
+                        a_pack[base + p * GEMM_MR + r] = 0
 
 
 @_jit()
@@ -452,160 +505,113 @@ def _bias_activation(out, j0, j1, bias, has_bias, act, slope, spare_row):
 
 
 @_jit()
-def _gemm_row_updates(a, trans_a, b_rows, out, spare_rows, j0, j1):
-    """out[:, j0:j1] = op(a) @ b_rows[:, j0:j1] for a short k, where the dot products of
-    the tiles are too short to pay for their final horizontal sums. Four output rows at a
-    time receive four rows of B at a time, vectorised along the output row (which stays in
-    L1). op(a)'s scalars are read where they lie (a[p, i] when trans_a): no packing. Rows
-    past the last one go to the three rows of ``spare_rows`` (results thrown away), so that
-    every row is computed by the same code whatever the number of rows."""
-    m = out.shape[0]
-    k = a.shape[0] if trans_a else a.shape[1]
-    k4 = k - k % 4
-    spare0 = spare_rows[0, j0:j1]
-    spare1 = spare_rows[1, j0:j1]
-    spare2 = spare_rows[2, j0:j1]
-    for i in range(0, m, 4):
-        i1 = min(i + 1, m - 1)
-        i2 = min(i + 2, m - 1)
-        i3 = min(i + 3, m - 1)
-        c0 = out[i, j0:j1]
-        c1 = out[i1, j0:j1] if i + 1 < m else spare0
-        c2 = out[i2, j0:j1] if i + 2 < m else spare1
-        c3 = out[i3, j0:j1] if i + 3 < m else spare2
-        for j in range(c0.shape[0]):
-            c0[j] = 0
-            c1[j] = 0
-            c2[j] = 0
-            c3[j] = 0
-        for p in range(0, k4, 4):
-            if trans_a:
-                x00, x01, x02, x03 = a[p, i], a[p + 1, i], a[p + 2, i], a[p + 3, i]
-                x10, x11, x12, x13 = a[p, i1], a[p + 1, i1], a[p + 2, i1], a[p + 3, i1]
-                x20, x21, x22, x23 = a[p, i2], a[p + 1, i2], a[p + 2, i2], a[p + 3, i2]
-                x30, x31, x32, x33 = a[p, i3], a[p + 1, i3], a[p + 2, i3], a[p + 3, i3]
+def gemm_columns(a_pack, b, trans_b, b_pack, spare, out, j0, j1, bias, has_bias, act, slope):
+    """Columns [j0, j1) of the output (j0 a multiple of NR), op(a) already packed by
+    _pack_a: for each k block, pack these columns of op(b) into NR-column panels (the block
+    at k0 starts at n_pad * k0, panel jp at + jp*kc*NR, op(b)[k0 + p, jp*NR + c] at
+    p*NR + c, columns past n zeros), run the micro-kernel on every MR x NR tile (partial
+    tiles through a scratch tile in ``spare``), then add the bias and apply act. Called for
+    all columns, this is the one-thread GEMM."""
+    m, n = out.shape
+    nr = GEMM_NR32 if out.itemsize == 4 else GEMM_NR64
+    k = b.shape[1] if trans_b else b.shape[0]
+    n_pad = (n + nr - 1) // nr * nr
+    m_pad = (m + GEMM_MR - 1) // GEMM_MR * GEMM_MR
+    tile = spare[n + j0 // nr * GEMM_MR * nr:n + (j0 // nr + 1) * GEMM_MR * nr].reshape(
+        (GEMM_MR, nr))
+    if k == 0:
+        for i in range(m):
+            for j in range(j0, j1):
+                out[i, j] = 0
+    kc_max = _gemm_kc(k)
+    for k0 in range(0, k, kc_max):
+        k1 = min(k0 + kc_max, k)
+        kc = k1 - k0
+        first = k0 == 0
+        for jt in range(j0, j1, nr):
+            cols = min(nr, j1 - jt)
+            base = n_pad * k0 + jt * kc
+            if trans_b:
+                for c in range(cols):
+                    src = b[jt + c, k0:k1]
+                    for p in range(kc):
+                        b_pack[base + p * nr + c] = src[p]
+                for c in range(cols, nr):
+                    for p in range(kc):
+                        b_pack[base + p * nr + c] = 0
             else:
-                x00, x01, x02, x03 = a[i, p], a[i, p + 1], a[i, p + 2], a[i, p + 3]
-                x10, x11, x12, x13 = a[i1, p], a[i1, p + 1], a[i1, p + 2], a[i1, p + 3]
-                x20, x21, x22, x23 = a[i2, p], a[i2, p + 1], a[i2, p + 2], a[i2, p + 3]
-                x30, x31, x32, x33 = a[i3, p], a[i3, p + 1], a[i3, p + 2], a[i3, p + 3]
-            b0 = b_rows[p, j0:j1]
-            b1 = b_rows[p + 1, j0:j1]
-            b2 = b_rows[p + 2, j0:j1]
-            b3 = b_rows[p + 3, j0:j1]
-            for j in range(c0.shape[0]):
-                y0, y1, y2, y3 = b0[j], b1[j], b2[j], b3[j]
-                c0[j] += x00 * y0 + x01 * y1 + x02 * y2 + x03 * y3
-                c1[j] += x10 * y0 + x11 * y1 + x12 * y2 + x13 * y3
-                c2[j] += x20 * y0 + x21 * y1 + x22 * y2 + x23 * y3
-                c3[j] += x30 * y0 + x31 * y1 + x32 * y2 + x33 * y3
-        for p in range(k4, k):
-            if trans_a:
-                x0, x1, x2, x3 = a[p, i], a[p, i1], a[p, i2], a[p, i3]
-            else:
-                x0, x1, x2, x3 = a[i, p], a[i1, p], a[i2, p], a[i3, p]
-            b0 = b_rows[p, j0:j1]
-            for j in range(c0.shape[0]):
-                y0 = b0[j]
-                c0[j] += x0 * y0
-                c1[j] += x1 * y0
-                c2[j] += x2 * y0
-                c3[j] += x3 * y0
-
-
-@_jit()
-def gemm_columns(a, trans_a, b, trans_b, b_pack, row_updates, spare_rows, out, j0, j1, bias,
-                 has_bias, act, slope):
-    """Columns [j0, j1) of the output: pack them if tiles need it (B columns; row updates
-    read ``b_pack``, op(b) packed by the caller), compute them (tiles block by block over k
-    and over rows), then add the bias and apply act. Tiles read ``a`` as k-contiguous rows
-    (trans_a is False: the caller packed op(a)); row updates read a where it lies. Called
-    for all columns, this is the one-thread GEMM (no extra level of compiled code: each
-    level costs compile time). ``spare_rows``: (3, n) scratch."""
-    m = out.shape[0]
-    if row_updates:
-        _gemm_row_updates(a, trans_a, b_pack, out, spare_rows, j0, j1)
-    else:
-        k = a.shape[1]
-        if trans_b:
-            b_cols = b
-        else:
-            b_cols = b_pack
-            pack_transposed(b, b_pack, j0, j1)
-        kc = max(GEMM_KC_BYTES // out.itemsize, 1)
-        for k0 in range(0, k, kc):
-            k1 = min(k0 + kc, k)
-            for i0 in range(0, m, GEMM_MC_ROWS):
-                i1 = min(i0 + GEMM_MC_ROWS, m)
-                for j in range(j0, j1, GEMM_TILE):
-                    for i in range(i0, i1, GEMM_TILE):
-                        _gemm_tile(a, i, m, b_cols, j, j1, k0, k1, out, k0 == 0)
+                for p in range(kc):
+                    src = b[k0 + p, jt:jt + cols]
+                    dst = b_pack[base + p * nr:base + (p + 1) * nr]
+                    for c in range(cols):
+                        dst[c] = src[c]
+                    for c in range(cols, nr):
+                        dst[c] = 0
+        for jt in range(j0, j1, nr):
+            cols = min(nr, j1 - jt)
+            b_at = n_pad * k0 + jt * kc
+            for i0 in range(0, m, GEMM_MR):
+                rows = min(GEMM_MR, m - i0)
+                a_at = m_pad * k0 + i0 * kc
+                if rows == GEMM_MR and cols == nr:
+                    _micro_kernel(a_pack, a_at, b_pack, b_at, kc, out[i0:i0 + GEMM_MR, jt:jt + nr],
+                                  first)
+                else:
+                    _micro_kernel(a_pack, a_at, b_pack, b_at, kc, tile, True)
+                    for r in range(rows):
+                        dst = out[i0 + r, jt:jt + cols]
+                        src = tile[r]
+                        if first:
+                            for c in range(cols):
+                                dst[c] = src[c]
+                        else:
+                            for c in range(cols):
+                                dst[c] += src[c]
     if has_bias or act != IDENTITY:
-        _bias_activation(out, j0, j1, bias, has_bias, act, slope, spare_rows[0])
+        _bias_activation(out, j0, j1, bias, has_bias, act, slope, spare[:n])
 
 
 @_jit(parallel=True)
-def gemm_parallel(a, trans_a, b, trans_b, b_pack, row_updates, spare_rows, out, bias, has_bias,
-                  act, slope, block_cols):
-    """The column blocks spread over Numba's threads, each packing its own columns."""
+def gemm_parallel(a_pack, b, trans_b, b_pack, spare, out, bias, has_bias, act, slope,
+                  block_cols):
+    """The column blocks (multiples of NR) spread over Numba's threads, each packing its
+    own columns of op(b) and using its own scratch tile."""
     n = out.shape[1]
     n_blocks = (n + block_cols - 1) // block_cols
     for block in prange(n_blocks):
         j0 = block * block_cols
-        gemm_columns(a, trans_a, b, trans_b, b_pack, row_updates, spare_rows, out, j0,
-                     min(j0 + block_cols, n), bias, has_bias, act, slope)
+        gemm_columns(a_pack, b, trans_b, b_pack, spare, out, j0, min(j0 + block_cols, n), bias,
+                     has_bias, act, slope)
 
 
-@_jit()
-def _row_updates_pay(n, k, trans_b):
-    """Whether row updates beat tiles (measured at the MNIST shapes, one thread): for k up
-    to GEMM_ROW_UPDATES_MAX_K unless the rows are narrow (n < 32) and k is long enough for
-    dot products (>= 32); up to twice that k when op(b) needs no packing."""
-    if n < 32:
-        return k < 32
-    return k <= GEMM_ROW_UPDATES_MAX_K or (k <= 2 * GEMM_ROW_UPDATES_MAX_K and not trans_b)
+def gemm_scratch_sizes(m, n, k):
+    """(a_pack, b_pack, spare) element counts that gemm needs for an (m x k) @ (k x n)
+    product, whatever the dtype and thread count (plain Python, for the callers)."""
+    m_pad = -(-m // GEMM_MR) * GEMM_MR
+    n_pad = -(-n // GEMM_NR32) * GEMM_NR32
+    return m_pad * k, n_pad * k, n + GEMM_MR * n_pad
 
 
 @_jit()
 def gemm(a, trans_a, b, trans_b, out, bias, has_bias, act, slope, a_pack, b_pack, spare,
          num_threads):
-    """out = act(op(a) @ op(b) + bias), the whole GEMM in one compiled call: picks the
-    form (row updates or tiles, _row_updates_pay), packs what the form needs
-    into the caller's flat scratch buffers and splits the columns over Numba's threads.
+    """out = act(op(a) @ op(b) + bias), the whole GEMM in one compiled call: packs op(a)
+    (_pack_a), then splits the columns over Numba's threads (gemm_columns packs op(b) and
+    runs the micro-kernel).
 
-    Scratch: ``a_pack`` >= m*k elements when trans_a and tiles; ``b_pack`` >= k*n elements
-    unless b is read as it is (row updates without trans_b, tiles with trans_b); ``spare``
-    >= 3*n. ``bias`` is never read unless ``has_bias`` (pass any array of the dtype).
+    Scratch (flat, of out's dtype): at least gemm_scratch_sizes(m, n, k) elements each.
+    ``bias`` is never read unless ``has_bias`` (pass any array of the dtype).
     ``num_threads``: at most Numba's current thread count (nnkern's, passed in because a
     kernel that asks Numba for it cannot be cached on disk)."""
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
-    row_updates = _row_updates_pay(n, k, trans_b)
-    # Tiles read k-contiguous rows of op(a): a transposed op(a) is packed once here. Row
-    # updates read rows of op(b) (short: packed here when b is transposed); tiles read
-    # k-contiguous rows of op(b).T, packed per column block by gemm_columns unless b is
-    # already op(b).T.
-    if trans_a and not row_updates:
-        a_op = a_pack[:m * k].reshape((m, k))
-        pack_transposed(a, a_op, 0, m)
-        a_trans = False
-    else:
-        a_op = a
-        a_trans = trans_a
-    if row_updates and trans_b:
-        packed_b = b_pack[:k * n].reshape((k, n))
-        pack_transposed(b, packed_b, 0, k)
-    elif row_updates or trans_b:
-        packed_b = b
-    else:
-        packed_b = b_pack[:n * k].reshape((n, k))
-    spare_rows = spare[:3 * n].reshape((3, n))
-    threads = min(num_threads, (n + GEMM_TILE - 1) // GEMM_TILE)
+    nr = GEMM_NR32 if out.itemsize == 4 else GEMM_NR64
+    _pack_a(a, trans_a, a_pack, m, k)
+    threads = min(num_threads, (n + nr - 1) // nr)
     if threads > 1 and m * n * k >= GEMM_PARALLEL_MIN_FLOPS:
         block_cols = (n + threads - 1) // threads
-        block_cols = (block_cols + GEMM_TILE - 1) // GEMM_TILE * GEMM_TILE
-        gemm_parallel(a_op, a_trans, b, trans_b, packed_b, row_updates, spare_rows, out, bias,
-                      has_bias, act, slope, block_cols)
+        block_cols = (block_cols + nr - 1) // nr * nr
+        gemm_parallel(a_pack, b, trans_b, b_pack, spare, out, bias, has_bias, act, slope,
+                      block_cols)
     else:
-        gemm_columns(a_op, a_trans, b, trans_b, packed_b, row_updates, spare_rows, out, 0, n,
-                     bias, has_bias, act, slope)
+        gemm_columns(a_pack, b, trans_b, b_pack, spare, out, 0, n, bias, has_bias, act, slope)

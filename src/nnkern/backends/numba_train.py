@@ -190,7 +190,7 @@ class FusedMLPStep:
 
         table = np.zeros((len(layers), TABLE_COLUMNS), np.int64)
         slopes = np.zeros(len(layers), dtype)
-        widest_product, widest, widest_in = 1, 1, 1
+        a_size, b_size, spare_size = 1, 1, 1
         for l, (w, b, gw, gb, act, slope, keep_preact, h, z, w_state, b_state) in enumerate(layers):
             w_state = tuple(w_state) + (None, None)
             b_state = tuple(b_state) + (None, None)
@@ -201,19 +201,22 @@ class FusedMLPStep:
                                   (B_S0, b_state[0]), (B_S1, b_state[1])):
                 table[l, column] = index(array)
             slopes[l] = slope
-            # op(b) packed: W (fan_in x fan_out), or delta for dW (rows x fan_out)
-            widest_product = max(widest_product, w.size, self.max_rows * w.shape[1])
-            widest = max(widest, *w.shape)
-            widest_in = max(widest_in, w.shape[0])
+            # the three GEMMs of the layer: forward, dW = inp.T @ delta, delta @ W.T
+            fan_in, fan_out = w.shape
+            for m, n, k in ((self.max_rows, fan_out, fan_in), (fan_in, fan_out, self.max_rows),
+                            (self.max_rows, fan_in, fan_out)):
+                sizes = _k.gemm_scratch_sizes(m, n, k)
+                a_size, b_size, spare_size = (max(a_size, sizes[0]), max(b_size, sizes[1]),
+                                              max(spare_size, sizes[2]))
         self.bufs = typed.List(bufs)
         self.table = table
         self.slopes = slopes
         self.hyper = np.zeros(HYPER_SIZE, dtype)
-        # GEMM scratch (numba_kernels.gemm): op(a) packed for dW (fan_in x rows), op(b)
-        # packed (W, or delta for dW), three spare rows
-        self.a_pack = np.empty(self.max_rows * widest_in, dtype)
-        self.b_pack = np.empty(widest_product, dtype)
-        self.spare = np.empty(3 * widest, dtype)
+        # GEMM scratch (numba_kernels.gemm): packed op(a), packed op(b), epilogue row and
+        # edge tiles, for the largest of the step's GEMMs
+        self.a_pack = np.empty(a_size, dtype)
+        self.b_pack = np.empty(b_size, dtype)
+        self.spare = np.empty(spare_size, dtype)
 
     def step(self, x, labels, lr, a, b, eps, weight_decay, t, num_threads):
         """One step on the batch (x, labels): returns (mean loss, number of rows whose
