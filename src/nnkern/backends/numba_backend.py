@@ -3,7 +3,8 @@
 Each function here maps the raw interface of :mod:`nnkern.backends` onto the compiled
 kernels: activation names to their integer codes, N-D arrays to flat views, Python floats to
 scalars of the arrays' dtype (so that float32 arithmetic stays float32, as in the NumPy
-reference), and the GEMM's operands to the layout its tiles read. Arguments arrive validated
+reference), and the GEMM's transposes and scratch buffers (numba_kernels.gemm packs both
+operands itself). Arguments arrive validated
 by :mod:`nnkern.ops`. Importing this module compiles nothing: each kernel is compiled on its
 first call for the dtype it is given, or loaded from Numba's on-disk cache.
 """
