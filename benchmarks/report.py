@@ -69,13 +69,16 @@ def nnkern_bench_markdown(result: dict) -> list[str]:
                          *(["epoch time vs SGD"] if several else []), "warm-up loss vs numpy"], rows,
                         "lrrrrr" + ("r" if several else "") + "l")
     for p in result.get("profile", []):
-        lines += ["", f"**Profile: {p['network']} on `{p['backend']}`**, batch {p['batch_size']}: "
+        fused = p.get("engine") == "fused step"
+        engine = f" ({p['engine']})" if "engine" in p else ""
+        lines += ["", f"**Profile: {p['network']} on `{p['backend']}`{engine}**, batch {p['batch_size']}: "
                       f"{p['step_s'] * 1e3:.3f} ms per step (mean of {p['steps']})", ""]
         rows = [[k["call"], f"{k['calls_per_step']:.0f}", f"{k['s_per_step'] * 1e3:.3f}", f"{k['fraction']:.1%}"]
                 for k in p["kernels"]]
-        rows.append(["other: Python, ops-layer checks, allocation", "", f"{p['other_s'] * 1e3:.3f}",
-                     f"{p['other_fraction']:.1%}"])
-        lines += _table(["kernel call", "calls", "ms/step", "of step"], rows, "lrrr")
+        other = ("other: the Python call, starting the threads" if fused
+                 else "other: Python, ops-layer checks, allocation")
+        rows.append([other, "", f"{p['other_s'] * 1e3:.3f}", f"{p['other_fraction']:.1%}"])
+        lines += _table(["phase" if fused else "kernel call", "calls", "ms/step", "of step"], rows, "lrrr")
     return lines
 
 

@@ -79,3 +79,35 @@ def test_split_step_is_deterministic(threads):
     assert first[0] == second[0]
     for a, b in zip(first[1], second[1]):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, lambda: nn.GELU()], ids=["relu", "gelu"])
+def test_profiled_step_times_every_phase_and_computes_the_same(threads, act):
+    from nnkern.engine import fused_train_step
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((64, WIDTHS[0])).astype(np.float32)
+    y = rng.integers(0, WIDTHS[-1], len(x))
+
+    def build():
+        layers = []
+        for i, (a, b) in enumerate(zip(WIDTHS, WIDTHS[1:])):
+            layers += [nn.Linear(a, b, seed=i)] + ([act()] if i < len(WIDTHS) - 2 else [])
+        model = nn.Sequential(*layers, backend="cython", dtype=np.float32)
+        opt = optim.Adam(model, lr=1e-3)
+        return model, fused_train_step(model, opt, nn.CrossEntropyLoss(), x, y, 64)
+
+    plain_model, plain = build()
+    timed_model, timed = build()
+    names = timed.phase_names()
+    # a forward phase per layer (two where the pre-activation is kept), the loss, a
+    # backward phase per layer, the last update
+    kept = 2 if act is not nn.ReLU else 0
+    assert len(names) == 2 * (len(WIDTHS) - 1) + 2 + kept
+    for _ in range(3):
+        loss, correct = plain(x, y)
+        timed_loss, timed_correct, phases = timed.profiled(x, y)
+        assert (timed_loss, timed_correct) == (loss, correct)
+        assert len(phases) == len(names) and all(seconds >= 0 for seconds in phases)
+    for a, b in zip(plain_model.parameters(), timed_model.parameters()):
+        np.testing.assert_array_equal(a, b)

@@ -25,6 +25,7 @@ from libc.math cimport exp, log
 from libc.stdint cimport int64_t
 
 from libc.stdlib cimport free
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from gemm cimport (nnk_gemm_team_s, nnk_gemm_team_d, nnk_epilogue_s, nnk_epilogue_d,
                    nnk_act_block_s, nnk_act_block_d, NNK_IDENTITY, nnk_team, nnk_team_run,
@@ -68,6 +69,11 @@ cdef struct StepPlan:
     LayerPlan layers[MAX_LAYERS]
 
 
+cdef enum:
+    # phase ends a step can mark: per layer its forward (and activation), its backward
+    MAX_MARKS = 3 * MAX_LAYERS + 4
+
+
 cdef struct StepCall:
     StepPlan *plan
     const void *x
@@ -77,6 +83,24 @@ cdef struct StepCall:
     double loss
     Py_ssize_t correct
     int failed
+    bint profiled  # thread 0 notes the time at which each phase ends
+    int n_marks
+    double marks[MAX_MARKS]
+
+
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline void _phase_end(StepCall *call, nnk_team *team, int thread) noexcept nogil:
+    """End a phase: every thread waits for the others; thread 0 notes the time when the
+    step is profiled."""
+    nnk_team_barrier(team)
+    if call.profiled and thread == 0:
+        call.marks[call.n_marks] = _now()
+        call.n_marks += 1
 
 
 cdef inline int _gemm(nnk_team *team, int thread, int slot, int trans_a, int trans_b, Py_ssize_t m,
@@ -186,7 +210,7 @@ cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x)
                         <real *>layer.w, layer.fan_out, out, layer.fan_out, <real *>layer.b,
                         NNK_IDENTITY if layer.keep_preact else layer.act, layer.slope,
                         <real *>NULL, 0, True)
-        nnk_team_barrier(team)
+        _phase_end(call, team, thread)
         if layer.keep_preact:
             nnk_partition(rows, team.size, thread, &lo, &hi)
             if real is float:
@@ -195,14 +219,14 @@ cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x)
             else:
                 nnk_act_block_d(layer.act, layer.slope, out + lo * layer.fan_out, layer.fan_out,
                                 <double *>layer.h + lo * layer.fan_out, layer.fan_out, hi - lo, layer.fan_out)
-            nnk_team_barrier(team)
+            _phase_end(call, team, thread)
         inp = <real *>layer.h
 
     if thread == 0:  # 64 x 10 or so: not worth splitting
         layer = &plan.layers[plan.n_layers - 1]
         call.loss = _softmax_cross_entropy(<real *>layer.h, call.labels, rows, layer.fan_out, delta,
                                            &call.correct)
-    nnk_team_barrier(team)
+    _phase_end(call, team, thread)
 
     for l in range(plan.n_layers - 1, -1, -1):  # backward, updating each layer once used
         layer = &plan.layers[l]
@@ -219,7 +243,7 @@ cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x)
             status |= _gemm(team, thread, 1, 0, 1, rows, layer.fan_in, layer.fan_out, delta,
                             layer.fan_out, <real *>layer.w, layer.fan_out, spare, layer.fan_in,
                             <real *>NULL, below.act, below.slope, src, layer.fan_in, True)
-        nnk_team_barrier(team)  # W and delta read for the last time; dW, db complete
+        _phase_end(call, team, thread)  # W and delta read for the last time; dW, db complete
         swap = delta
         delta = spare
         spare = swap
@@ -308,12 +332,52 @@ cdef class FusedMLPStep:
                 raise MemoryError(f"FusedMLPStep: could not allocate a {shared_bytes}-byte work buffer")
         self.team.shared_bytes = shared_bytes
 
-    def step(self, x, const int64_t[::1] labels, double lr, double a, double b, double eps,
-             double weight_decay, long t, int num_threads):
+    def step(self, x, labels, double lr, double a, double b, double eps, double weight_decay,
+             long t, int num_threads):
         """One step on the batch (x, labels): returns (mean loss, number of rows whose
         largest logit is their label). x: (rows, fan_in) C-contiguous, rows <= max_rows."""
-        cdef Py_ssize_t rows = labels.shape[0]
         cdef StepCall call
+        call.profiled = False
+        self._run(&call, x, labels, lr, a, b, eps, weight_decay, t, num_threads)
+        return call.loss, call.correct
+
+    def step_profiled(self, x, labels, double lr, double a, double b, double eps,
+                      double weight_decay, long t, int num_threads):
+        """As step(), also returning the seconds of each phase of the step (in the order
+        of phase_names(); the last one runs from the last barrier to the end of the
+        parallel region: the last layer's update)."""
+        cdef StepCall call
+        cdef int i
+        call.profiled = True
+        self._run(&call, x, labels, lr, a, b, eps, weight_decay, t, num_threads)
+        return call.loss, call.correct, [call.marks[i + 1] - call.marks[i] for i in range(call.n_marks - 1)]
+
+    def phase_names(self):
+        """What each phase of a step does, as step_profiled() times them."""
+        cdef int l
+        cdef LayerPlan *lp
+        names = []
+        for l in range(self.plan.n_layers):
+            lp = &self.plan.layers[l]
+            names.append(f"forward layer {l + 1}: x @ W ({lp.fan_in}x{lp.fan_out}) + b"
+                         + ("" if lp.keep_preact else ", activation"))
+            if lp.keep_preact:
+                names.append(f"activation of layer {l + 1} (pre-activation kept)")
+        names.append("softmax-cross-entropy")
+        for l in range(self.plan.n_layers - 1, -1, -1):
+            lp = &self.plan.layers[l]
+            what = f"backward layer {l + 1}: dW ({lp.fan_in}x{lp.fan_out}), db"
+            if l > 0:
+                what += ", dX * act'"
+            if l < self.plan.n_layers - 1:
+                what += f"; update of layer {l + 2}"
+            names.append(what)
+        names.append("update of layer 1")
+        return names
+
+    cdef _run(self, StepCall *call, x, const int64_t[::1] labels, double lr, double a, double b,
+              double eps, double weight_decay, long t, int num_threads):
+        cdef Py_ssize_t rows = labels.shape[0]
         cdef const float[:, ::1] xs
         cdef const double[:, ::1] xd
         # a model too small to split runs on one thread: no region, no barriers
@@ -329,6 +393,7 @@ cdef class FusedMLPStep:
         call.loss = 0.0
         call.correct = 0
         call.failed = 0
+        call.n_marks = 0
         if self.is_double:
             xd = x
             call.x = &xd[0, 0]
@@ -342,9 +407,14 @@ cdef class FusedMLPStep:
         self.busy = True
         try:
             with nogil:
-                nnk_team_run(&self.team, threads, _run_step_share, &call)
+                if call.profiled:
+                    call.marks[0] = _now()
+                    call.n_marks = 1
+                nnk_team_run(&self.team, threads, _run_step_share, call)
+                if call.profiled:
+                    call.marks[call.n_marks] = _now()
+                    call.n_marks += 1
         finally:
             self.busy = False
         if call.failed:
             raise MemoryError("FusedMLPStep: a GEMM work buffer could not be allocated")
-        return call.loss, call.correct

@@ -731,9 +731,33 @@ def profile_model(model, xb, yb, optimizer, loss="cross_entropy", *, steps: int 
     return profile_step(lambda: model.train_step(xb, yb, optimizer, loss), model.backend, steps, warmup)
 
 
+def profile_fused_step(step, xb, yb, *, steps: int = 50, warmup: int = 5) -> dict:
+    """Where a fused training step's time goes, phase by phase: ``step`` is a function from
+    :func:`nnkern.engine.fused_train_step` that can time its phases (``step.profiled``).
+    The same structure as :func:`profile_step`, each phase standing for a kernel call;
+    "other" is the time outside the compiled step (the Python call, starting the threads)."""
+    for _ in range(warmup):
+        step(xb, yb)
+    names = step.phase_names()
+    totals = [0.0] * len(names)
+    start = time.perf_counter()
+    for _ in range(steps):
+        phases = step.profiled(xb, yb)[2]
+        if len(phases) != len(names):
+            raise RuntimeError(f"fused step timed {len(phases)} phases, named {len(names)}")
+        totals = [total + seconds for total, seconds in zip(totals, phases)]
+    step_s = (time.perf_counter() - start) / steps
+    kernels = [{"call": name, "calls_per_step": 1, "s_per_step": total / steps, "fraction": total / steps / step_s}
+               for name, total in zip(names, totals)]
+    other = step_s - sum(k["s_per_step"] for k in kernels)
+    return {"steps": steps, "step_s": step_s, "kernels": kernels, "other_s": other, "other_fraction": other / step_s}
+
+
 def profile_networks(*, backends=None, networks=NETWORKS, steps: int = 50, threads: int | None = None,
                      seed: int = 0) -> list[dict]:
-    """:func:`profile_step` of a training step of each network on each backend."""
+    """:func:`profile_step` of a training step of each network on each backend (layer by
+    layer, kernel by kernel), and :func:`profile_fused_step` of the fused step where the
+    backend's can time its phases."""
     from .data import load_mnist
 
     set_threads(threads or nnkern.get_num_threads())
@@ -746,7 +770,14 @@ def profile_networks(*, backends=None, networks=NETWORKS, steps: int = 50, threa
             trainer = NnkernTrainer(backend, network, initial_weights(network, seed))
             trainer.reset()
             profile = profile_model(trainer.model, xb, yb, trainer.optimizer, trainer.loss, steps=steps)
-            profiles.append({"network": network.name, "batch_size": network.batch_size, **profile})
+            profiles.append({"network": network.name, "batch_size": network.batch_size,
+                             "engine": "layer by layer", **profile})
+            trainer.prepare([(xb, yb)])  # builds the fused step, where the backend has one
+            fused = trainer.fused_step
+            if fused is not None and hasattr(fused, "profiled"):
+                trainer.reset()
+                profiles.append({"network": network.name, "batch_size": network.batch_size, "backend": backend,
+                                 "engine": "fused step", **profile_fused_step(fused, xb, yb, steps=steps)})
     return profiles
 
 
@@ -754,14 +785,18 @@ def format_profile(profile: dict) -> str:
     """A profile as a text table (``network`` and ``batch_size`` are shown when present, as
     :func:`profile_networks` adds them)."""
     where = f"{profile['network']} on {profile['backend']}" if "network" in profile else profile["backend"]
+    if "engine" in profile:
+        where += f" ({profile['engine']})"
+    fused = profile.get("engine") == "fused step"
     batch = f"batch {profile['batch_size']}, " if "batch_size" in profile else ""
     lines = [f"{where}: {profile['step_s'] * 1e3:.3f} ms per step ({batch}mean of {profile['steps']} steps)"]
-    lines.append(f"  {'kernel call':<58} {'calls':>5} {'ms/step':>8} {'of step':>8}")
+    width = max(58, *(len(k["call"]) for k in profile["kernels"]))
+    lines.append(f"  {'phase' if fused else 'kernel call':<{width}} {'calls':>5} {'ms/step':>8} {'of step':>8}")
     for k in profile["kernels"]:
-        lines.append(f"  {k['call']:<58} {k['calls_per_step']:>5.0f} {k['s_per_step'] * 1e3:>8.3f} "
+        lines.append(f"  {k['call']:<{width}} {k['calls_per_step']:>5.0f} {k['s_per_step'] * 1e3:>8.3f} "
                      f"{k['fraction']:>8.1%}")
-    lines.append(f"  {'other (Python, ops-layer checks, allocation)':<58} {'':>5} "
-                 f"{profile['other_s'] * 1e3:>8.3f} {profile['other_fraction']:>8.1%}")
+    other = "other (the Python call, starting the threads)" if fused else "other (Python, ops-layer checks, allocation)"
+    lines.append(f"  {other:<{width}} {'':>5} {profile['other_s'] * 1e3:>8.3f} {profile['other_fraction']:>8.1%}")
     return "\n".join(lines)
 
 

@@ -84,7 +84,11 @@ def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
     ``model`` in one compiled call, or None when this model, loss, optimizer or data
     needs the layer-by-layer path. The whole data set (x, y) is checked here once (x of
     the model's input width, y integer labels in range), so the compiled step can trust
-    every batch of it."""
+    every batch of it.
+
+    On the "cython" backend the function also has ``step.profiled(xb, yb) -> (loss,
+    correct, seconds per phase)`` and ``step.phase_names()``: the same step, timing each
+    of its phases (what ``nnkern bench --profile`` reports for the fused engine)."""
     from . import nn
 
     if model.backend not in _ENGINES or not isinstance(loss, nn.CrossEntropyLoss):
@@ -120,13 +124,19 @@ def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
     a_name, b_name = rule[1]
     hyper = optimizer.hyperparameters
 
-    def step(xb, yb):
+    def run(method, xb, yb):
         xb = np.ascontiguousarray(xb, dtype=dtype)
         yb = np.ascontiguousarray(yb, dtype=np.int64)
         optimizer.t += 1
-        return fused.step(xb, yb, hyper["lr"], hyper[a_name] if a_name else 0.0,
-                          hyper[b_name] if b_name else 0.0, hyper.get("eps", 0.0),
-                          hyper.get("weight_decay", 0.0), optimizer.t, get_num_threads())
+        return method(xb, yb, hyper["lr"], hyper[a_name] if a_name else 0.0,
+                      hyper[b_name] if b_name else 0.0, hyper.get("eps", 0.0),
+                      hyper.get("weight_decay", 0.0), optimizer.t, get_num_threads())
+
+    def step(xb, yb):
+        return run(fused.step, xb, yb)
 
     step.logits = layers[-1][7]  # the last batch's logits (first rows of this buffer)
+    if hasattr(fused, "step_profiled"):  # the Cython step times its phases on request
+        step.profiled = lambda xb, yb: run(fused.step_profiled, xb, yb)
+        step.phase_names = fused.phase_names
     return step
