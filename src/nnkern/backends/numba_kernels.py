@@ -449,6 +449,31 @@ def _gemm_kc(k):
 
 
 @_jit()
+def _pack_panel(src, k_along_rows, start, count, k0, k1, width, dst, base):
+    """One packed panel: dst[base + p*width + c] = line c of the operand at k0 + p, for the
+    ``count`` lines from ``start`` (zeros up to ``width``). The operand's k runs along its
+    rows (line c is src[k0:k1, start + c]) or along its columns (src[start + c, k0:k1]); the
+    loops read src contiguously either way."""
+    kc = k1 - k0
+    if k_along_rows:
+        for p in range(kc):
+            line = src[k0 + p, start:start + count]
+            out = dst[base + p * width:base + (p + 1) * width]
+            for c in range(count):
+                out[c] = line[c]
+            for c in range(count, width):
+                out[c] = 0
+    else:
+        for c in range(count):
+            line = src[start + c, k0:k1]
+            for p in range(kc):
+                dst[base + p * width + c] = line[p]
+        for c in range(count, width):
+            for p in range(kc):
+                dst[base + p * width + c] = 0
+
+
+@_jit()
 def _pack_a(a, trans_a, a_pack, m, k):
     """op(a) into MR-row panels, k block by k block: the block at k0 (length kc) starts at
     m_pad * k0, its panel ip at + ip*kc*MR, holding op(a)[ip*MR + r, k0 + p] at p*MR + r.
@@ -461,24 +486,8 @@ def _pack_a(a, trans_a, a_pack, m, k):
         kc = k1 - k0
         for ip in range(panels):
             i0 = ip * GEMM_MR
-            rows = min(GEMM_MR, m - i0)
-            base = m_pad * k0 + ip * kc * GEMM_MR
-            if trans_a:
-                for p in range(kc):
-                    src = a[k0 + p, i0:i0 + rows]
-                    dst = a_pack[base + p * GEMM_MR:base + (p + 1) * GEMM_MR]
-                    for r in range(rows):
-                        dst[r] = src[r]
-                    for r in range(rows, GEMM_MR):
-                        dst[r] = 0
-            else:
-                for r in range(rows):
-                    src = a[i0 + r, k0:k1]
-                    for p in range(kc):
-                        a_pack[base + p * GEMM_MR + r] = src[p]
-                for r in range(rows, GEMM_MR):
-                    for p in range(kc):
-                        a_pack[base + p * GEMM_MR + r] = 0
+            _pack_panel(a, trans_a, i0, min(GEMM_MR, m - i0), k0, k1, GEMM_MR, a_pack,
+                        m_pad * k0 + ip * kc * GEMM_MR)
 
 
 @_jit()
@@ -530,23 +539,7 @@ def gemm_columns(a_pack, b, trans_b, b_pack, spare, out, j0, j1, bias, has_bias,
         first = k0 == 0
         for jt in range(j0, j1, nr):
             cols = min(nr, j1 - jt)
-            base = n_pad * k0 + jt * kc
-            if trans_b:
-                for c in range(cols):
-                    src = b[jt + c, k0:k1]
-                    for p in range(kc):
-                        b_pack[base + p * nr + c] = src[p]
-                for c in range(cols, nr):
-                    for p in range(kc):
-                        b_pack[base + p * nr + c] = 0
-            else:
-                for p in range(kc):
-                    src = b[k0 + p, jt:jt + cols]
-                    dst = b_pack[base + p * nr:base + (p + 1) * nr]
-                    for c in range(cols):
-                        dst[c] = src[c]
-                    for c in range(cols, nr):
-                        dst[c] = 0
+            _pack_panel(b, not trans_b, jt, cols, k0, k1, nr, b_pack, n_pad * k0 + jt * kc)
         for jt in range(j0, j1, nr):
             cols = min(nr, j1 - jt)
             b_at = n_pad * k0 + jt * kc
