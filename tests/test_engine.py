@@ -146,3 +146,24 @@ def test_fused_step_batches_larger_than_any_weight(backend, widths, batch):
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-10)
     for got, want in zip(got_params, want_params):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_fit_says_when_the_numba_step_may_compile(capsys):
+    """A first compilation of the numba step takes most of a minute: verbose fit says so
+    before it starts, in a process that has not compiled it yet; the cython step never."""
+    x, y = _data()
+    for backend in [b for b in ("cython", "numba") if b in nnkern.available_backends()]:
+        model = _model(nn.ReLU, np.float32, backend)
+        step = fused_train_step(model, optim.SGD(model, lr=0.1), nn.CrossEntropyLoss(), x, y, 16)
+        if backend == "cython":
+            assert step.first_call_note is None
+            continue
+        from nnkern.backends import numba_train
+
+        assert (step.first_call_note is None) == bool(numba_train.train_step.signatures)
+        model.fit(x.astype(np.float32), y, epochs=1, batch_size=16, optimizer=optim.SGD(lr=0.1))
+        printed = capsys.readouterr().out
+        assert (step.first_call_note is not None) == ("numba: compiling the training step" in printed)
+        assert numba_train.train_step.signatures  # compiled (or loaded) now: no note any more
+        again = fused_train_step(model, optim.SGD(model, lr=0.1), nn.CrossEntropyLoss(), x, y, 16)
+        assert again.first_call_note is None

@@ -136,6 +136,12 @@ def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
         return run(fused.step, xb, yb)
 
     step.logits = layers[-1][7]  # the last batch's logits (first rows of this buffer)
+    # Numba compiles the step on its first call in a process unless its disk cache has it;
+    # a first compilation takes most of a minute, which fit(verbose=True) says beforehand.
+    compiled = getattr(engine, "train_step", None)
+    step.first_call_note = (
+        "numba: compiling the training step, or loading it from Numba's cache (a first "
+        "compilation takes about a minute, once)" if compiled is not None and not compiled.signatures else None)
     if hasattr(fused, "step_profiled"):  # the Cython step times its phases on request
         step.profiled = lambda xb, yb: run(fused.step_profiled, xb, yb)
         step.phase_names = fused.phase_names

@@ -905,6 +905,8 @@ class Sequential:
         optimizer = self._bound_optimizer(optimizer)
         loader = DataLoader(x, y, batch_size, shuffle=shuffle, seed=seed)
         fused_step = fused_train_step(self, optimizer, loss, x, y, batch_size) if fused else None
+        if verbose and fused_step is not None and fused_step.first_call_note:
+            print(fused_step.first_call_note, flush=True)
         self.loss = loss
         callbacks = [*callbacks, *([_EpochPrinter(epochs)] if verbose else [])]
         history = History()
