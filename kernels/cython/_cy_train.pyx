@@ -384,28 +384,28 @@ cdef class FusedMLPStep:
         cdef int threads = num_threads if self.largest_product >= NNK_TEAM_PARALLEL_MIN_MNK else 1
         if rows == 0 or rows > self.max_rows:
             raise ValueError(f"FusedMLPStep: batch of {rows} rows, expected 1..{self.max_rows}")
-        self.plan.lr, self.plan.a, self.plan.b, self.plan.eps = lr, a, b, eps
-        self.plan.weight_decay, self.plan.t = weight_decay, t
-        call.plan = &self.plan
-        call.labels = &labels[0]
-        call.rows = rows
-        call.is_double = self.is_double
-        call.loss = 0.0
-        call.correct = 0
-        call.failed = 0
-        call.n_marks = 0
-        if self.is_double:
-            xd = x
-            call.x = &xd[0, 0]
-        else:
-            xs = x
-            call.x = &xs[0, 0]
         # one step at a time: two Python threads stepping one model would share the team's
-        # barrier (and race on every buffer)
+        # barrier and its plan (and race on every buffer); checked before the plan changes
         if self.busy:
             raise RuntimeError("FusedMLPStep: step() called from two threads at once on one model")
         self.busy = True
         try:
+            self.plan.lr, self.plan.a, self.plan.b, self.plan.eps = lr, a, b, eps
+            self.plan.weight_decay, self.plan.t = weight_decay, t
+            call.plan = &self.plan
+            call.labels = &labels[0]
+            call.rows = rows
+            call.is_double = self.is_double
+            call.loss = 0.0
+            call.correct = 0
+            call.failed = 0
+            call.n_marks = 0
+            if self.is_double:
+                xd = x
+                call.x = &xd[0, 0]
+            else:
+                xs = x
+                call.x = &xs[0, 0]
             with nogil:
                 if call.profiled:
                     call.marks[0] = _now()

@@ -455,6 +455,16 @@ def _time_network(network: Network, names: list[str], train, test, *, samples: i
     }
 
 
+def checked_optimizers(optimizers) -> list[str]:
+    """``optimizers`` (a name or names from ``OPTIMIZERS``) as a list without repeats;
+    ValueError names the unknown ones."""
+    optimizers = [optimizers] if isinstance(optimizers, str) else list(optimizers)
+    unknown = [name for name in optimizers if name not in OPTIMIZERS]
+    if unknown or not optimizers:
+        raise ValueError(f"unknown {', '.join(unknown) or 'none given'}; choose from {', '.join(OPTIMIZERS)}")
+    return list(dict.fromkeys(optimizers))
+
+
 def run(
     *,
     backends=None,
@@ -483,11 +493,7 @@ def run(
     """
     from .data import load_mnist
 
-    optimizers = [optimizers] if isinstance(optimizers, str) else list(optimizers)
-    unknown = [name for name in optimizers if name not in OPTIMIZERS]
-    if unknown or not optimizers:
-        raise ValueError(f"optimizers: {unknown or 'none given'}; choose from {', '.join(OPTIMIZERS)}")
-    optimizers = list(dict.fromkeys(optimizers))
+    optimizers = checked_optimizers(optimizers)
     log = log or (lambda line: None)
     threads = threads or nnkern.get_num_threads()
     set_threads(threads)
@@ -828,13 +834,11 @@ def run_cli(args) -> int:
         print(f"nnkern bench: error: --backends: {exc} (or torch)", file=sys.stderr)
         return 2
     settings = dict(QUICK) if getattr(args, "quick", False) else {}
-    optimizers = _names(getattr(args, "optimizers", None)) or ["sgd"]
-    unknown = [name for name in optimizers if name not in OPTIMIZERS]
-    if unknown:
-        print(f"nnkern bench: error: --optimizers: unknown {', '.join(unknown)}; choose from "
-              f"{', '.join(OPTIMIZERS)}", file=sys.stderr)
+    try:
+        settings["optimizers"] = checked_optimizers(_names(getattr(args, "optimizers", None)) or ["sgd"])
+    except ValueError as exc:
+        print(f"nnkern bench: error: --optimizers: {exc}", file=sys.stderr)
         return 2
-    settings["optimizers"] = optimizers
     if getattr(args, "repeats", None) is not None:
         settings["repeats"] = args.repeats
     threads = getattr(args, "threads", None)
