@@ -127,11 +127,13 @@ def test_fused_step_large_batch_and_wide_layers(backend, threads):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("widths, batch", [((2, 16, 2), 64), ((64, 64, 40), 300), ((30, 20, 3), 1024)],
-                         ids=["tiny_layers_batch64", "batch300", "batch1024"])
+@pytest.mark.parametrize("widths, batch", [((2, 16, 2), 64), ((64, 64, 40), 300), ((30, 20, 3), 1024),
+                                           ((300, 24, 3), 1024)],
+                         ids=["tiny_layers_batch64", "batch300", "batch1024", "batch1024_wide_input"])
 def test_fused_step_batches_larger_than_any_weight(backend, widths, batch):
     """The weight gradient's packed operand (batch x fan_out) can outgrow every weight: the
-    step's work buffers are sized for both."""
+    step's work buffers are sized for both. The last case's first weight gradient takes
+    several K and M blocks (the update fused into it runs once per finished block)."""
     rng = np.random.default_rng(2)
     x, y = rng.standard_normal((batch + 37, widths[0])), rng.integers(0, widths[-1], batch + 37)
 

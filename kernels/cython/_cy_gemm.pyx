@@ -12,6 +12,8 @@ from libc.stdlib cimport free
 from gemm cimport (
     nnk_alloc,
     nnk_epilogue_d,
+    nnk_epilogue_of_d,
+    nnk_epilogue_of_s,
     nnk_epilogue_s,
     nnk_gemm_d,
     nnk_gemm_packed_b_d,
@@ -59,19 +61,11 @@ def linear(const real[:, ::1] x, const real[:, ::1] w, const real[::1] bias, int
     cdef nnk_epilogue_d ep_d
     with nogil:
         if real is float:
-            ep_s.bias = &bias[0]
-            ep_s.act = act
-            ep_s.slope = <float>slope
-            ep_s.grad_src = NULL
-            ep_s.ld_grad_src = 0
+            ep_s = nnk_epilogue_of_s(&bias[0], act, <float>slope, NULL, 0)
             status = nnk_gemm_s(False, False, m, n, k, &x[0, 0], k, &w[0, 0], n, &out[0, 0], n,
                                 &ep_s, num_threads)
         else:
-            ep_d.bias = &bias[0]
-            ep_d.act = act
-            ep_d.slope = slope
-            ep_d.grad_src = NULL
-            ep_d.ld_grad_src = 0
+            ep_d = nnk_epilogue_of_d(&bias[0], act, slope, NULL, 0)
             status = nnk_gemm_d(False, False, m, n, k, &x[0, 0], k, &w[0, 0], n, &out[0, 0], n,
                                 &ep_d, num_threads)
     _check(status)
@@ -90,19 +84,11 @@ def matmul_act_grad(const real[:, ::1] a, const real[:, ::1] b, bint trans_a, bi
     cdef nnk_epilogue_d ep_d
     with nogil:
         if real is float:
-            ep_s.bias = NULL
-            ep_s.act = act
-            ep_s.slope = <float>slope
-            ep_s.grad_src = &grad_src[0, 0]
-            ep_s.ld_grad_src = n
+            ep_s = nnk_epilogue_of_s(NULL, act, <float>slope, &grad_src[0, 0], n)
             status = nnk_gemm_s(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
                                 b.shape[1], &out[0, 0], n, &ep_s, num_threads)
         else:
-            ep_d.bias = NULL
-            ep_d.act = act
-            ep_d.slope = slope
-            ep_d.grad_src = &grad_src[0, 0]
-            ep_d.ld_grad_src = n
+            ep_d = nnk_epilogue_of_d(NULL, act, slope, &grad_src[0, 0], n)
             status = nnk_gemm_d(trans_a, trans_b, m, n, k, &a[0, 0], a.shape[1], &b[0, 0],
                                 b.shape[1], &out[0, 0], n, &ep_d, num_threads)
     _check(status)
@@ -167,19 +153,11 @@ def linear_packed(const real[:, ::1] a, PackedB b, bint trans_a, const real[::1]
     cdef nnk_epilogue_d ep_d
     with nogil:
         if real is float:
-            ep_s.bias = &bias[0] if bias is not None else NULL
-            ep_s.act = act
-            ep_s.slope = <float>slope
-            ep_s.grad_src = NULL
-            ep_s.ld_grad_src = 0
+            ep_s = nnk_epilogue_of_s(&bias[0] if bias is not None else NULL, act, <float>slope, NULL, 0)
             status = nnk_gemm_packed_b_s(trans_a, m, n, k, &a[0, 0], a.shape[1], <float *>b.data,
                                          &out[0, 0], n, &ep_s, num_threads)
         else:
-            ep_d.bias = &bias[0] if bias is not None else NULL
-            ep_d.act = act
-            ep_d.slope = slope
-            ep_d.grad_src = NULL
-            ep_d.ld_grad_src = 0
+            ep_d = nnk_epilogue_of_d(&bias[0] if bias is not None else NULL, act, slope, NULL, 0)
             status = nnk_gemm_packed_b_d(trans_a, m, n, k, &a[0, 0], a.shape[1], <double *>b.data,
                                          &out[0, 0], n, &ep_d, num_threads)
     _check(status)

@@ -9,7 +9,14 @@ preallocated for the largest batch.
 The arithmetic is that of the separate kernels: the same GEMM and epilogues (gemm.pxd)
 and the same update rules (update_rules.pxd), so a step equals the layer-by-layer path
 to round-off. Layer l's weights are updated as soon as the gradient flowing to layer l-1
-has been computed from them, which is the last time the step reads them.
+has been computed from them, which is the last time the step reads them; the first layer's
+(no gradient flows below it) inside its weight-gradient product, block by finished block
+while the gradient is still in cache (the GEMM's block_done hook). Each bias is updated by
+the thread that has just summed its columns of the gradient.
+
+Sparse input: when most of x is zero (MNIST's pixels: 81%), the first layer's two products
+with x, the forward and the weight gradient, run over x's nonzeros only (nnk_sparse_impl.h,
+indexed once per step), with the same sums to round-off.
 
 Threads: the whole step is one parallel region (nnk_team_run). Its threads split every
 phase (each product's columns or rows, the bias sums' columns, the updates' elements)
@@ -22,16 +29,23 @@ Arguments are validated by nnkern.engine before this module is reached.
 """
 
 from libc.math cimport exp, log
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 
 from libc.stdlib cimport free
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from gemm cimport (nnk_gemm_team_s, nnk_gemm_team_d, nnk_epilogue_s, nnk_epilogue_d,
+                   nnk_epilogue_of_s, nnk_epilogue_of_d,
                    nnk_act_block_s, nnk_act_block_d, NNK_IDENTITY, nnk_team, nnk_team_run,
                    nnk_team_barrier, nnk_flag_set, nnk_partition, nnk_alloc,
-                   nnk_team_shared_bytes_s, nnk_team_shared_bytes_d, NNK_TEAM_PARALLEL_MIN_MNK)
+                   nnk_team_shared_bytes_s, nnk_team_shared_bytes_d, NNK_TEAM_PARALLEL_MIN_MNK,
+                   nnk_sparse_index_rows_s, nnk_sparse_index_rows_d, nnk_sparse_index_columns_s,
+                   nnk_sparse_index_columns_d, nnk_sparse_linear_s, nnk_sparse_linear_d,
+                   nnk_sparse_weight_grad_s, nnk_sparse_weight_grad_d)
 from update_rules cimport real, apply_update
+
+# The first layer can read only the nonzeros of its input (FusedMLPStep's sparse_input).
+SPARSE_INPUT = True
 
 cdef enum:
     MAX_LAYERS = 64
@@ -59,6 +73,15 @@ cdef struct LayerPlan:
     void *b_state1
 
 
+cdef struct SparseInput:
+    # The first layer's input x as index lists (nnk_sparse_impl.h): the nonzero columns of
+    # each row (stride fan_in) and the rows of each column (stride: the batch's rows).
+    int32_t *cols
+    int32_t *row_count
+    int32_t *rows_of
+    int32_t *col_count
+
+
 cdef struct StepPlan:
     int n_layers
     int rule
@@ -66,6 +89,8 @@ cdef struct StepPlan:
     long t
     void *delta0
     void *delta1
+    bint sparse_input  # the first layer reads only x's nonzeros
+    SparseInput sparse
     LayerPlan layers[MAX_LAYERS]
 
 
@@ -101,33 +126,6 @@ cdef inline void _phase_end(StepCall *call, nnk_team *team, int thread) noexcept
     if call.profiled and thread == 0:
         call.marks[call.n_marks] = _now()
         call.n_marks += 1
-
-
-cdef inline int _gemm(nnk_team *team, int thread, int slot, int trans_a, int trans_b, Py_ssize_t m,
-                      Py_ssize_t n, Py_ssize_t k, const real *a, Py_ssize_t lda, const real *b,
-                      Py_ssize_t ldb, real *c, Py_ssize_t ldc, const real *bias, int act,
-                      double slope, const real *grad_src, Py_ssize_t ld_grad_src,
-                      bint with_epilogue) noexcept nogil:
-    """This thread's share of a product split over the team (every thread calls it); two
-    products in one phase use different shared-buffer slots."""
-    cdef nnk_epilogue_s ep_s
-    cdef nnk_epilogue_d ep_d
-    if real is float:
-        ep_s.bias = bias
-        ep_s.act = act
-        ep_s.slope = <float>slope
-        ep_s.grad_src = grad_src
-        ep_s.ld_grad_src = ld_grad_src
-        return nnk_gemm_team_s(team, thread, slot, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc,
-                               &ep_s if with_epilogue else NULL)
-    else:
-        ep_d.bias = bias
-        ep_d.act = act
-        ep_d.slope = slope
-        ep_d.grad_src = grad_src
-        ep_d.ld_grad_src = ld_grad_src
-        return nnk_gemm_team_d(team, thread, slot, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc,
-                               &ep_d if with_epilogue else NULL)
 
 
 cdef inline double _softmax_cross_entropy(const real *logits, const int64_t *labels,
@@ -175,6 +173,16 @@ cdef inline void _column_sums(const real *x, Py_ssize_t rows, Py_ssize_t cols, P
             out[j] += x[i * cols + j]
 
 
+cdef inline void _update_elements(const StepPlan *plan, real *p, const real *g, void *s0, void *s1,
+                                  Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """The update of elements [lo, hi) of one parameter p (gradient g, states s0, s1 or
+    NULL), on this thread."""
+    if hi > lo:
+        apply_update(plan.rule, p + lo, g + lo, <real *>s0 + lo if s0 != NULL else NULL,
+                     <real *>s1 + lo if s1 != NULL else NULL, hi - lo, plan.lr, plan.a, plan.b,
+                     plan.eps, plan.t, plan.weight_decay, 1)
+
+
 cdef inline void _update_share(StepPlan *plan, nnk_team *team, int thread, real *p, real *g,
                                void *s0, void *s1, Py_ssize_t n, int owner) noexcept nogil:
     """This thread's part of one parameter's update: an equal slice of a large parameter,
@@ -184,9 +192,107 @@ cdef inline void _update_share(StepPlan *plan, nnk_team *team, int thread, real 
         nnk_partition(n, team.size, thread, &lo, &hi)
     elif thread != owner % team.size:
         return
-    apply_update(plan.rule, p + lo, g + lo, <real *>s0 + lo if s0 != NULL else NULL,
-                 <real *>s1 + lo if s1 != NULL else NULL, hi - lo, plan.lr, plan.a, plan.b,
-                 plan.eps, plan.t, plan.weight_decay, 1)
+    _update_elements(plan, p, g, s0, s1, lo, hi)
+
+
+cdef struct BlockUpdate:
+    const StepPlan *plan
+    const LayerPlan *layer
+
+
+cdef inline void _update_block(const BlockUpdate *update, real *block, Py_ssize_t ldc, Py_ssize_t rows,
+                               Py_ssize_t cols) noexcept nogil:
+    """Update the weights whose gradient `block` (rows x cols of the layer's gW, row stride
+    ldc) has just been finished: one pass when the block spans whole rows, else row by row."""
+    cdef const LayerPlan *layer = update.layer
+    cdef Py_ssize_t start = block - <real *>layer.gw, i
+    if cols == ldc:
+        cols *= rows
+        rows = 1
+    for i in range(rows):
+        _update_elements(update.plan, <real *>layer.w, <real *>layer.gw, layer.w_state0, layer.w_state1,
+                         start + i * ldc, start + i * ldc + cols)
+
+
+cdef void _update_block_s(void *update, float *block, Py_ssize_t ldc, Py_ssize_t rows,
+                          Py_ssize_t cols) noexcept nogil:
+    _update_block(<BlockUpdate *>update, block, ldc, rows, cols)
+
+
+cdef void _update_block_d(void *update, double *block, Py_ssize_t ldc, Py_ssize_t rows,
+                          Py_ssize_t cols) noexcept nogil:
+    _update_block(<BlockUpdate *>update, block, ldc, rows, cols)
+
+
+cdef inline int _gemm(nnk_team *team, int thread, int slot, int trans_a, int trans_b, Py_ssize_t m,
+                      Py_ssize_t n, Py_ssize_t k, const real *a, Py_ssize_t lda, const real *b,
+                      Py_ssize_t ldb, real *c, Py_ssize_t ldc, const real *bias, int act,
+                      double slope, const real *grad_src, Py_ssize_t ld_grad_src,
+                      BlockUpdate *update) noexcept nogil:
+    """This thread's share of a product split over the team (every thread calls it); two
+    products in one phase use different shared-buffer slots. update: NULL, or the weights
+    c is the gradient of, updated block by block as the product finishes them."""
+    cdef nnk_epilogue_s ep_s
+    cdef nnk_epilogue_d ep_d
+    if real is float:
+        ep_s = nnk_epilogue_of_s(bias, act, <float>slope, grad_src, ld_grad_src)
+        if update != NULL:
+            ep_s.block_done = _update_block_s
+            ep_s.block_context = update
+        return nnk_gemm_team_s(team, thread, slot, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, &ep_s)
+    else:
+        ep_d = nnk_epilogue_of_d(bias, act, slope, grad_src, ld_grad_src)
+        if update != NULL:
+            ep_d.block_done = _update_block_d
+            ep_d.block_context = update
+        return nnk_gemm_team_d(team, thread, slot, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, &ep_d)
+
+
+cdef inline void _sparse_forward(StepPlan *plan, nnk_team *team, int thread, const real *x, Py_ssize_t rows,
+                                 real *out) noexcept nogil:
+    """This thread's rows of the first layer's forward from x's nonzeros: index them, then
+    out = act(x @ W + b) (the activation left out where the pre-activation is kept)."""
+    cdef LayerPlan *layer = &plan.layers[0]
+    cdef SparseInput *sp = &plan.sparse
+    cdef Py_ssize_t lo, hi
+    cdef int act = NNK_IDENTITY if layer.keep_preact else layer.act
+    nnk_partition(rows, team.size, thread, &lo, &hi)
+    if real is float:
+        nnk_sparse_index_rows_s(x, layer.fan_in, layer.fan_in, lo, hi, sp.cols, sp.row_count)
+        nnk_sparse_linear_s(lo, hi, layer.fan_out, layer.fan_in, x, layer.fan_in, sp.cols, sp.row_count,
+                            <float *>layer.w, layer.fan_out, <float *>layer.b, act, <float>layer.slope,
+                            out, layer.fan_out)
+    else:
+        nnk_sparse_index_rows_d(x, layer.fan_in, layer.fan_in, lo, hi, sp.cols, sp.row_count)
+        nnk_sparse_linear_d(lo, hi, layer.fan_out, layer.fan_in, x, layer.fan_in, sp.cols, sp.row_count,
+                            <double *>layer.w, layer.fan_out, <double *>layer.b, act, layer.slope,
+                            out, layer.fan_out)
+
+
+cdef inline void _sparse_weight_grad(StepPlan *plan, nnk_team *team, int thread, const real *x,
+                                     Py_ssize_t rows, const real *delta, BlockUpdate *update) noexcept nogil:
+    """This thread's rows of the first layer's dW = x.T @ delta from x's nonzeros (indexed
+    by every thread in the forward phase), W updated block by block as they finish."""
+    cdef LayerPlan *layer = &plan.layers[0]
+    cdef SparseInput *sp = &plan.sparse
+    cdef Py_ssize_t lo, hi
+    cdef nnk_epilogue_s ep_s
+    cdef nnk_epilogue_d ep_d
+    nnk_partition(layer.fan_in, team.size, thread, &lo, &hi)
+    if real is float:
+        ep_s = nnk_epilogue_of_s(NULL, NNK_IDENTITY, 0, NULL, 0)
+        ep_s.block_done = _update_block_s
+        ep_s.block_context = update
+        nnk_sparse_index_columns_s(rows, layer.fan_in, sp.cols, sp.row_count, lo, hi, sp.rows_of, sp.col_count)
+        nnk_sparse_weight_grad_s(lo, hi, rows, layer.fan_out, x, layer.fan_in, sp.rows_of, sp.col_count,
+                                 delta, layer.fan_out, <float *>layer.gw, layer.fan_out, &ep_s)
+    else:
+        ep_d = nnk_epilogue_of_d(NULL, NNK_IDENTITY, 0, NULL, 0)
+        ep_d.block_done = _update_block_d
+        ep_d.block_context = update
+        nnk_sparse_index_columns_d(rows, layer.fan_in, sp.cols, sp.row_count, lo, hi, sp.rows_of, sp.col_count)
+        nnk_sparse_weight_grad_d(lo, hi, rows, layer.fan_out, x, layer.fan_in, sp.rows_of, sp.col_count,
+                                 delta, layer.fan_out, <double *>layer.gw, layer.fan_out, &ep_d)
 
 
 cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x) noexcept nogil:
@@ -202,14 +308,18 @@ cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x)
     cdef real *spare = <real *>plan.delta1
     cdef real *swap
     cdef const real *src
+    cdef BlockUpdate first_layer_update
 
     for l in range(plan.n_layers):  # forward: h = act(inp @ W + b), fused in the GEMM
         layer = &plan.layers[l]
         out = <real *>(layer.z if layer.keep_preact else layer.h)
-        status |= _gemm(team, thread, 0, 0, 0, rows, layer.fan_out, layer.fan_in, inp, layer.fan_in,
-                        <real *>layer.w, layer.fan_out, out, layer.fan_out, <real *>layer.b,
-                        NNK_IDENTITY if layer.keep_preact else layer.act, layer.slope,
-                        <real *>NULL, 0, True)
+        if l == 0 and plan.sparse_input:
+            _sparse_forward(plan, team, thread, x, rows, out)
+        else:
+            status |= _gemm(team, thread, 0, 0, 0, rows, layer.fan_out, layer.fan_in, inp, layer.fan_in,
+                            <real *>layer.w, layer.fan_out, out, layer.fan_out, <real *>layer.b,
+                            NNK_IDENTITY if layer.keep_preact else layer.act, layer.slope,
+                            <real *>NULL, 0, NULL)
         _phase_end(call, team, thread)
         if layer.keep_preact:
             nnk_partition(rows, team.size, thread, &lo, &hi)
@@ -228,29 +338,36 @@ cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x)
                                            &call.correct)
     _phase_end(call, team, thread)
 
+    first_layer_update.plan = plan
+    first_layer_update.layer = &plan.layers[0]
     for l in range(plan.n_layers - 1, -1, -1):  # backward, updating each layer once used
         layer = &plan.layers[l]
         inp = x if l == 0 else <real *>plan.layers[l - 1].h
-        # dW = inp.T @ delta; db = column sums of delta
-        status |= _gemm(team, thread, 0, 1, 0, layer.fan_in, layer.fan_out, rows, inp, layer.fan_in,
-                        delta, layer.fan_out, <real *>layer.gw, layer.fan_out, <real *>NULL,
-                        NNK_IDENTITY, 0.0, <real *>NULL, 0, False)
+        # dW = inp.T @ delta (the first layer's W updated as its blocks finish)
+        if l == 0 and plan.sparse_input:
+            _sparse_weight_grad(plan, team, thread, x, rows, delta, &first_layer_update)
+        else:
+            status |= _gemm(team, thread, 0, 1, 0, layer.fan_in, layer.fan_out, rows, inp, layer.fan_in,
+                            delta, layer.fan_out, <real *>layer.gw, layer.fan_out, <real *>NULL,
+                            NNK_IDENTITY, 0.0, <real *>NULL, 0, &first_layer_update if l == 0 else NULL)
+        # db = column sums of delta, and b's update, over this thread's columns
         nnk_partition(layer.fan_out, team.size, thread, &lo, &hi)
         _column_sums(delta, rows, layer.fan_out, lo, hi, <real *>layer.gb)
-        if l > 0:  # delta for the layer below: (delta @ W.T) * act'(its z or h)
-            below = &plan.layers[l - 1]
-            src = <real *>(below.z if below.keep_preact else below.h)
-            status |= _gemm(team, thread, 1, 0, 1, rows, layer.fan_in, layer.fan_out, delta,
-                            layer.fan_out, <real *>layer.w, layer.fan_out, spare, layer.fan_in,
-                            <real *>NULL, below.act, below.slope, src, layer.fan_in, True)
-        _phase_end(call, team, thread)  # W and delta read for the last time; dW, db complete
+        _update_elements(plan, <real *>layer.b, <real *>layer.gb, layer.b_state0, layer.b_state1, lo, hi)
+        if l == 0:
+            break  # the parallel region's end joins the threads
+        # delta for the layer below: (delta @ W.T) * act'(its z or h)
+        below = &plan.layers[l - 1]
+        src = <real *>(below.z if below.keep_preact else below.h)
+        status |= _gemm(team, thread, 1, 0, 1, rows, layer.fan_in, layer.fan_out, delta,
+                        layer.fan_out, <real *>layer.w, layer.fan_out, spare, layer.fan_in,
+                        <real *>NULL, below.act, below.slope, src, layer.fan_in, NULL)
+        _phase_end(call, team, thread)  # W and delta read for the last time; dW complete
         swap = delta
         delta = spare
         spare = swap
         _update_share(plan, team, thread, <real *>layer.w, <real *>layer.gw, layer.w_state0,
-                      layer.w_state1, layer.fan_in * layer.fan_out, 2 * l)
-        _update_share(plan, team, thread, <real *>layer.b, <real *>layer.gb, layer.b_state0,
-                      layer.b_state1, layer.fan_out, 2 * l + 1)
+                      layer.w_state1, layer.fan_in * layer.fan_out, l)
     if status != 0:
         nnk_flag_set(&call.failed)
 
@@ -277,6 +394,8 @@ cdef class FusedMLPStep:
     layer, arrays C-contiguous of one dtype, h (and z where kept) of shape
     (max_rows, fan_out), the states tuples of 0-2 arrays; ``delta0``/``delta1``: two
     buffers of max_rows * max width. The object keeps every array alive.
+    ``sparse_input``: the first layer reads only the nonzeros of x (nnk_sparse_impl.h),
+    which pays when most of x is zero (nnkern.engine decides from the data set).
     """
 
     cdef StepPlan plan
@@ -288,13 +407,20 @@ cdef class FusedMLPStep:
 
     def __cinit__(self):
         self.team.shared[0] = self.team.shared[1] = NULL
+        self.plan.sparse.cols = self.plan.sparse.row_count = NULL
+        self.plan.sparse.rows_of = self.plan.sparse.col_count = NULL
         self.busy = False
 
     def __dealloc__(self):
         free(self.team.shared[0])
         free(self.team.shared[1])
+        free(self.plan.sparse.cols)
+        free(self.plan.sparse.row_count)
+        free(self.plan.sparse.rows_of)
+        free(self.plan.sparse.col_count)
 
-    def __init__(self, layers, delta0, delta1, int rule, bint is_double, Py_ssize_t max_rows):
+    def __init__(self, layers, delta0, delta1, int rule, bint is_double, Py_ssize_t max_rows,
+                 bint sparse_input=False):
         if not 0 < len(layers) <= MAX_LAYERS:
             raise ValueError(f"FusedMLPStep: {len(layers)} layers, supported 1..{MAX_LAYERS}")
         self.arrays = (layers, delta0, delta1)
@@ -331,6 +457,23 @@ cdef class FusedMLPStep:
             if self.team.shared[slot] == NULL:
                 raise MemoryError(f"FusedMLPStep: could not allocate a {shared_bytes}-byte work buffer")
         self.team.shared_bytes = shared_bytes
+        self.plan.sparse_input = sparse_input
+        if sparse_input:
+            self._allocate_sparse_index(self.plan.layers[0].fan_in, max_rows)
+
+    cdef _allocate_sparse_index(self, Py_ssize_t fan_in, Py_ssize_t max_rows):
+        cdef SparseInput *sp = &self.plan.sparse
+        cdef size_t index = sizeof(int32_t) * fan_in * max_rows
+        free(sp.cols)
+        free(sp.row_count)
+        free(sp.rows_of)
+        free(sp.col_count)
+        sp.cols = <int32_t *>nnk_alloc(index)
+        sp.row_count = <int32_t *>nnk_alloc(sizeof(int32_t) * max_rows)
+        sp.rows_of = <int32_t *>nnk_alloc(index)
+        sp.col_count = <int32_t *>nnk_alloc(sizeof(int32_t) * fan_in)
+        if sp.cols == NULL or sp.row_count == NULL or sp.rows_of == NULL or sp.col_count == NULL:
+            raise MemoryError(f"FusedMLPStep: could not allocate the {2 * index}-byte index of a sparse input")
 
     def step(self, x, labels, double lr, double a, double b, double eps, double weight_decay,
              long t, int num_threads):
@@ -345,7 +488,7 @@ cdef class FusedMLPStep:
                       double weight_decay, long t, int num_threads):
         """As step(), also returning the seconds of each phase of the step (in the order
         of phase_names(); the last one runs from the last barrier to the end of the
-        parallel region: the last layer's update)."""
+        parallel region: the first layer's backward and update)."""
         cdef StepCall call
         cdef int i
         call.profiled = True
@@ -360,19 +503,20 @@ cdef class FusedMLPStep:
         for l in range(self.plan.n_layers):
             lp = &self.plan.layers[l]
             names.append(f"forward layer {l + 1}: x @ W ({lp.fan_in}x{lp.fan_out}) + b"
-                         + ("" if lp.keep_preact else ", activation"))
+                         + ("" if lp.keep_preact else ", activation")
+                         + (" (x's nonzeros only)" if l == 0 and self.plan.sparse_input else ""))
             if lp.keep_preact:
                 names.append(f"activation of layer {l + 1} (pre-activation kept)")
         names.append("softmax-cross-entropy")
         for l in range(self.plan.n_layers - 1, -1, -1):
             lp = &self.plan.layers[l]
-            what = f"backward layer {l + 1}: dW ({lp.fan_in}x{lp.fan_out}), db"
-            if l > 0:
-                what += ", dX * act'"
+            what = f"backward layer {l + 1}: dW ({lp.fan_in}x{lp.fan_out})"
+            if l == 0 and self.plan.sparse_input:
+                what += " from x's nonzeros"
+            what += " with W's update, db, b's update" if l == 0 else ", db, b's update, dX * act'"
             if l < self.plan.n_layers - 1:
-                what += f"; update of layer {l + 2}"
+                what += f"; W's update of layer {l + 2}"
             names.append(what)
-        names.append("update of layer 1")
         return names
 
     cdef _run(self, StepCall *call, x, const int64_t[::1] labels, double lr, double a, double b,

@@ -13,10 +13,17 @@
 #       (nnk_team.h), split over it; the team's shared buffer `slot` (nnk_team_shared_bytes_{s,d}
 #       of m and k) lets threads pack A together.
 # The gemm functions return 0, or -1 when a work buffer could not be allocated.
+#   nnk_sparse_*_{s,d}: the first layer of a network whose input is mostly zeros, touching
+#       only the nonzeros (index the rows, then forward; index the columns, then the weight
+#       gradient); see nnk_sparse_impl.h.
 #
-# Epilogue: bias (or NULL) added per column, then activation act; or, when grad_src is
-# not NULL, c *= act'(grad_src) (the backward mask, grad_src being the activation's input,
-# or its output for the activations nnk_grad_needs_output names).
+# Epilogue (made by nnk_epilogue_of_{s,d}): bias (or NULL) added per column, then activation
+# act; or, when grad_src is not NULL, c *= act'(grad_src) (the backward mask, grad_src being
+# the activation's input, or its output for the activations nnk_grad_needs_output names).
+# block_done, when set, is called with each finished block of c (see nnk_gemm.h).
+
+from libc.stdint cimport int32_t
+
 
 cdef extern from "nnk_act.h" nogil:
     enum:
@@ -62,12 +69,22 @@ cdef extern from "nnk_gemm.h" nogil:
         float slope
         const float *grad_src
         Py_ssize_t ld_grad_src
+        void (*block_done)(void *context, float *block, Py_ssize_t ldc, Py_ssize_t rows,
+                           Py_ssize_t cols) noexcept nogil
+        void *block_context
     ctypedef struct nnk_epilogue_d:
         const double *bias
         int act
         double slope
         const double *grad_src
         Py_ssize_t ld_grad_src
+        void (*block_done)(void *context, double *block, Py_ssize_t ldc, Py_ssize_t rows,
+                           Py_ssize_t cols) noexcept nogil
+        void *block_context
+    nnk_epilogue_s nnk_epilogue_of_s(const float *bias, int act, float slope,
+                                     const float *grad_src, Py_ssize_t ld_grad_src)
+    nnk_epilogue_d nnk_epilogue_of_d(const double *bias, int act, double slope,
+                                     const double *grad_src, Py_ssize_t ld_grad_src)
 
     void *nnk_alloc(size_t nbytes)
 
@@ -99,5 +116,32 @@ cdef extern from "nnk_gemm.h" nogil:
                         Py_ssize_t n, Py_ssize_t k, const double *a, Py_ssize_t lda,
                         const double *b, Py_ssize_t ldb, double *c, Py_ssize_t ldc,
                         const nnk_epilogue_d *ep)
+    # the sparse-input first layer (nnk_sparse_impl.h)
+    void nnk_sparse_index_rows_s(const float *x, Py_ssize_t ldx, Py_ssize_t k, Py_ssize_t r0,
+                                 Py_ssize_t r1, int32_t *cols, int32_t *row_count)
+    void nnk_sparse_index_rows_d(const double *x, Py_ssize_t ldx, Py_ssize_t k, Py_ssize_t r0,
+                                 Py_ssize_t r1, int32_t *cols, int32_t *row_count)
+    void nnk_sparse_index_columns_s(Py_ssize_t m, Py_ssize_t k, const int32_t *cols,
+                                    const int32_t *row_count, Py_ssize_t c0, Py_ssize_t c1,
+                                    int32_t *rows_of, int32_t *col_count)
+    void nnk_sparse_index_columns_d(Py_ssize_t m, Py_ssize_t k, const int32_t *cols,
+                                    const int32_t *row_count, Py_ssize_t c0, Py_ssize_t c1,
+                                    int32_t *rows_of, int32_t *col_count)
+    void nnk_sparse_linear_s(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n, Py_ssize_t k, const float *x,
+                             Py_ssize_t ldx, const int32_t *cols, const int32_t *row_count,
+                             const float *w, Py_ssize_t ldw, const float *bias, int act, float slope,
+                             float *out, Py_ssize_t ldo)
+    void nnk_sparse_linear_d(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n, Py_ssize_t k, const double *x,
+                             Py_ssize_t ldx, const int32_t *cols, const int32_t *row_count,
+                             const double *w, Py_ssize_t ldw, const double *bias, int act,
+                             double slope, double *out, Py_ssize_t ldo)
+    void nnk_sparse_weight_grad_s(Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t m, Py_ssize_t n,
+                                  const float *x, Py_ssize_t ldx, const int32_t *rows_of,
+                                  const int32_t *col_count, const float *delta, Py_ssize_t ld_delta,
+                                  float *gw, Py_ssize_t ldg, const nnk_epilogue_s *ep)
+    void nnk_sparse_weight_grad_d(Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t m, Py_ssize_t n,
+                                  const double *x, Py_ssize_t ldx, const int32_t *rows_of,
+                                  const int32_t *col_count, const double *delta, Py_ssize_t ld_delta,
+                                  double *gw, Py_ssize_t ldg, const nnk_epilogue_d *ep)
     size_t nnk_team_shared_bytes_s(Py_ssize_t m, Py_ssize_t k)
     size_t nnk_team_shared_bytes_d(Py_ssize_t m, Py_ssize_t k)

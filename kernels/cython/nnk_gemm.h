@@ -16,7 +16,9 @@
  *
  * Epilogue, applied to each output tile after its last K block while it is still in L1:
  *   + bias (per column), then act(.)           (forward of a fused linear layer), or
- *   * act'(grad_src)                            (backward mask: dY @ W.T times act'(x or y)).
+ *   * act'(grad_src)                            (backward mask: dY @ W.T times act'(x or y));
+ * then, per finished M block of a thread's slice, an optional hook (block_done) that
+ * consumes that block while it is still in cache (the fused step's weight update).
  *
  * Instruction sets: built with -march=native (or any -mavx2), the one variant for that CPU
  * is compiled. A portable x86-64 build compiles three variants (AVX-512, AVX2+FMA, SSE2)
@@ -28,6 +30,7 @@
 #define NNK_GEMM_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -57,7 +60,19 @@
                                   grad_src being the activation's input x, or its output y    \
                                   for the activations nnk_grad_needs_output() names */        \
         ptrdiff_t ld_grad_src; /* row stride of grad_src */                                    \
-    } nnk_epilogue_##S;
+        /* Called once per finished block of C (its last K block done, the above applied)    \
+           with the block's address, row stride and size, while it is still in cache: the     \
+           fused training step updates a weight there from its gradient. NULL: none. */       \
+        void (*block_done)(void *context, T *block, ptrdiff_t ldc, ptrdiff_t rows, ptrdiff_t cols); \
+        void *block_context;                                                                   \
+    } nnk_epilogue_##S;                                                                        \
+                                                                                               \
+    /* The epilogue with these fields and no block hook. */                                   \
+    static inline nnk_epilogue_##S nnk_epilogue_of_##S(const T *bias, int act, T slope,        \
+                                                       const T *grad_src, ptrdiff_t ld_grad_src) { \
+        nnk_epilogue_##S ep = {bias, act, slope, grad_src, ld_grad_src, NULL, NULL};           \
+        return ep;                                                                             \
+    }
 NNK_EPILOGUE_DEFINE(float, s)
 NNK_EPILOGUE_DEFINE(double, d)
 
@@ -78,6 +93,7 @@ NNK_EPILOGUE_DEFINE(double, d)
 #endif
 
 static inline ptrdiff_t nnk_min(ptrdiff_t a, ptrdiff_t b) { return a < b ? a : b; }
+static inline ptrdiff_t nnk_max(ptrdiff_t a, ptrdiff_t b) { return a > b ? a : b; }
 static inline ptrdiff_t nnk_round_up(ptrdiff_t x, ptrdiff_t unit) { return (x + unit - 1) / unit * unit; }
 static inline ptrdiff_t nnk_ceil_div(ptrdiff_t x, ptrdiff_t y) { return (x + y - 1) / y; }
 
@@ -234,6 +250,33 @@ static int nnk_isa_level(void) {
                                         T *c, ptrdiff_t ldc, const nnk_epilogue_##S *ep) {       \
         return NNK_CALL(nnk_gemm_team, S, (team, thread, slot, trans_a, trans_b, m, n, k, a,    \
                                            lda, b, ldb, c, ldc, ep));                            \
+    }                                                                                          \
+    static inline void nnk_sparse_index_rows_##S(const T *x, ptrdiff_t ldx, ptrdiff_t k,         \
+                                                 ptrdiff_t r0, ptrdiff_t r1, int32_t *cols,       \
+                                                 int32_t *row_count) {                            \
+        NNK_CALL(nnk_sparse_index_rows, S, (x, ldx, k, r0, r1, cols, row_count));                 \
+    }                                                                                          \
+    static inline void nnk_sparse_index_columns_##S(ptrdiff_t m, ptrdiff_t k, const int32_t *cols, \
+                                                    const int32_t *row_count, ptrdiff_t c0,      \
+                                                    ptrdiff_t c1, int32_t *rows_of,               \
+                                                    int32_t *col_count) {                         \
+        NNK_CALL(nnk_sparse_index_columns, S, (m, k, cols, row_count, c0, c1, rows_of, col_count)); \
+    }                                                                                          \
+    static inline void nnk_sparse_linear_##S(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n, ptrdiff_t k, \
+                                             const T *x, ptrdiff_t ldx, const int32_t *cols,      \
+                                             const int32_t *row_count, const T *w, ptrdiff_t ldw, \
+                                             const T *bias, int act, T slope, T *out,            \
+                                             ptrdiff_t ldo) {                                     \
+        NNK_CALL(nnk_sparse_linear, S, (r0, r1, n, k, x, ldx, cols, row_count, w, ldw, bias, act, \
+                                        slope, out, ldo));                                       \
+    }                                                                                          \
+    static inline void nnk_sparse_weight_grad_##S(ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t m,        \
+                                                  ptrdiff_t n, const T *x, ptrdiff_t ldx,         \
+                                                  const int32_t *rows_of, const int32_t *col_count, \
+                                                  const T *delta, ptrdiff_t ld_delta, T *gw,      \
+                                                  ptrdiff_t ldg, const nnk_epilogue_##S *ep) {    \
+        NNK_CALL(nnk_sparse_weight_grad, S, (c0, c1, m, n, x, ldx, rows_of, col_count, delta,    \
+                                             ld_delta, gw, ldg, ep));                             \
     }                                                                                          \
     static inline size_t nnk_team_shared_bytes_##S(ptrdiff_t m, ptrdiff_t k) {                 \
         return NNK_CALL(nnk_team_shared_bytes, S, (m, k));                                     \

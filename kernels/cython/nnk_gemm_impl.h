@@ -262,6 +262,7 @@ static void NNK_FN(nnk_gemm_slice)(int trans_a, int trans_b, ptrdiff_t m, ptrdif
                         NNK_FN(nnk_tile_epilogue)(ep, ct, ldc, ic + ir, jr, mr, nr);
                 }
             }
+            if (last && ep && ep->block_done) ep->block_done(ep->block_context, c + ic * ldc, ldc, mc, n);
         }
     }
 }

@@ -1,4 +1,5 @@
-/* Instantiates the float and double GEMM of nnk_gemm_impl.h for one instruction set:
+/* Instantiates the float and double GEMM of nnk_gemm_impl.h, and the sparse-input kernels
+ * of nnk_sparse_impl.h, for one instruction set:
  * included by nnk_gemm.h with NNK_ISA (the name suffix), NNK_VEC_BYTES and NNK_MR
  * defined, which it undefines again. Not a public header. */
 
@@ -8,6 +9,7 @@
 #define NNK_NR (2 * NNK_VEC_BYTES / 4)
 #define NNK_KC_TARGET NNK_KC_TARGET_S
 #include "nnk_gemm_impl.h"
+#include "nnk_sparse_impl.h"
 #undef NNK_T
 #undef NNK_TS
 #undef NNK_S
@@ -20,6 +22,7 @@
 #define NNK_NR (2 * NNK_VEC_BYTES / 8)
 #define NNK_KC_TARGET NNK_KC_TARGET_D
 #include "nnk_gemm_impl.h"
+#include "nnk_sparse_impl.h"
 #undef NNK_T
 #undef NNK_TS
 #undef NNK_S

@@ -11,18 +11,29 @@ path (same kernels), to round-off. One difference: with weight decay, the layer 
 the numba step) add ``weight_decay * W`` into the gradient arrays before the update, while
 the Cython step folds it into the update and leaves the gradient arrays holding the loss's
 gradient alone.
+
+Sparse input: when at most ``SPARSE_INPUT_MAX_DENSITY`` of the training data is nonzero
+(MNIST's pixels: 19%), the Cython step's first layer runs its two products with the input,
+the forward and the weight gradient, over the nonzeros only (the same sums without their
+zero terms). The environment variable ``NNKERN_SPARSE_INPUT`` overrides the choice: "0"
+never, "1" always, "auto" (the default) from the data's density.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 
 import numpy as np
 
 from ._threads import get_num_threads
 from .backends import ACTIVATION_CODES
 
-__all__ = ["fused_train_step"]
+__all__ = ["fused_train_step", "SPARSE_INPUT_MAX_DENSITY"]
+
+# The Cython step's first layer reads only the input's nonzeros when at most this fraction
+# of the training data is nonzero (benchmarks/sparse_input.py measures where that pays).
+SPARSE_INPUT_MAX_DENSITY = 0.3
 
 # Backend -> the module of its fused step (a FusedMLPStep class with one constructor and
 # step() for both): kernels/cython/_cy_train.pyx and backends/numba_train.py.
@@ -70,6 +81,16 @@ def _activation_spec(layer):
     if name == "gelu" and params.get("approximate") == "tanh":
         name = "gelu_tanh"
     return ACTIVATION_CODES[name], float(params.get("negative_slope", 0.0)), not layer.grad_from_output
+
+
+def _sparse_input(x) -> bool:
+    """Whether the first layer should read only the nonzeros of the data x."""
+    setting = os.environ.get("NNKERN_SPARSE_INPUT", "auto").strip().lower()
+    if setting not in ("auto", "0", "1"):
+        raise ValueError(f"NNKERN_SPARSE_INPUT must be 'auto', '0' or '1', got {setting!r}")
+    if setting != "auto":
+        return setting == "1"
+    return np.count_nonzero(x) <= SPARSE_INPUT_MAX_DENSITY * x.size
 
 
 def _rule(optimizer):
@@ -120,7 +141,9 @@ def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
         layers.append((linear.W, linear.b, linear.dW, linear.db, code, slope, keep_preact, h, z, *states))
     widest = max(max(linear.in_features, linear.out_features) for linear, _ in pairs)
     delta0, delta1 = np.empty(rows * widest, dtype), np.empty(rows * widest, dtype)
-    fused = engine.FusedMLPStep(layers, delta0, delta1, rule[0], dtype == np.float64, rows)
+    sparse = getattr(engine, "SPARSE_INPUT", False) and _sparse_input(x)
+    fused = engine.FusedMLPStep(layers, delta0, delta1, rule[0], dtype == np.float64, rows,
+                                **({"sparse_input": True} if sparse else {}))
     a_name, b_name = rule[1]
     hyper = optimizer.hyperparameters
 
@@ -136,6 +159,7 @@ def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
         return run(fused.step, xb, yb)
 
     step.logits = layers[-1][7]  # the last batch's logits (first rows of this buffer)
+    step.sparse_input = sparse
     # Numba compiles the step on its first call in a process unless its disk cache has it;
     # a first compilation takes most of a minute, which fit(verbose=True) says beforehand.
     compiled = getattr(engine, "train_step", None)

@@ -1,0 +1,165 @@
+/* The first layer of a network whose input is mostly zeros (MNIST: 19% of pixels are not
+ * zero), for one element type and instruction set; included by nnk_gemm_isa.h after
+ * nnk_gemm_impl.h, with the same macros defined. Not a public header.
+ *
+ * A dense product spends most of its multiply-adds on zeros there. These kernels list each
+ * input row's nonzero columns once per batch and then touch only those:
+ *   forward      out[i, :] = act(b + sum over nonzero x[i, k] of x[i, k] * W[k, :])
+ *   weight grad  dW[k, :]  = sum over rows i with x[i, k] != 0 of x[i, k] * delta[i, :]
+ * Each sum runs in the order of the dense product with the zero terms left out, so the
+ * results equal the dense path's to round-off. The row being summed lives in registers (up
+ * to CHUNK vectors at a time); each nonzero costs one broadcast and one multiply-add per
+ * vector, against the dense product's n / VLEN multiply-adds for every element.
+ *
+ * Index lists have a fixed stride, so threads fill them without counting first:
+ *   row lists     cols[i * k + 0 .. row_count[i]]   the nonzero columns of row i, ascending
+ *   column lists  rows_of[c * m + 0 .. col_count[c]] the rows whose column c is nonzero
+ */
+
+#define NNK_FN(name) NNK_PASTE(name, NNK_S)
+#define T NNK_T
+#define VEC NNK_FN(nnk_vec)
+#define VLEN ((ptrdiff_t)(NNK_VEC_BYTES / sizeof(T)))
+#define EPILOGUE NNK_PASTE(nnk_epilogue, NNK_TS)
+#define ACT_BLOCK NNK_PASTE(nnk_act_block, NNK_TS)
+/* Accumulator vectors per pass over a row's nonzeros: 12 of the 16 AVX2 registers (the
+ * rest hold the broadcast and loads); AVX-512 has 32. */
+#define CHUNK (NNK_VEC_BYTES == 64 ? 24 : 12)
+
+/* The nonzero columns of rows [r0, r1) of x (row stride ldx, k columns) into the row
+ * lists. Whole vectors of zeros are skipped with one test. */
+static void NNK_FN(nnk_sparse_index_rows)(const T *x, ptrdiff_t ldx, ptrdiff_t k, ptrdiff_t r0, ptrdiff_t r1,
+                                          int32_t *cols, int32_t *row_count) {
+    for (ptrdiff_t i = r0; i < r1; i++) {
+        const T *row = x + i * ldx;
+        int32_t *out = cols + i * k;
+        ptrdiff_t n = 0, j = 0;
+        for (; j + VLEN <= k; j += VLEN) {
+            VEC v = NNK_FN(nnk_loadu)(row + j);
+            int any = 0;
+#pragma GCC unroll 16
+            for (int l = 0; l < VLEN; l++) any |= v[l] != 0;
+            if (!any) continue;
+#pragma GCC unroll 16
+            for (int l = 0; l < VLEN; l++) {
+                out[n] = (int32_t)(j + l);
+                n += row[j + l] != 0;
+            }
+        }
+        for (; j < k; j++) {
+            out[n] = (int32_t)j;
+            n += row[j] != 0;
+        }
+        row_count[i] = (int32_t)n;
+    }
+}
+
+/* The column lists of columns [c0, c1), from the row lists of all m rows. */
+static void NNK_FN(nnk_sparse_index_columns)(ptrdiff_t m, ptrdiff_t k, const int32_t *cols,
+                                             const int32_t *row_count, ptrdiff_t c0, ptrdiff_t c1,
+                                             int32_t *rows_of, int32_t *col_count) {
+    for (ptrdiff_t c = c0; c < c1; c++) col_count[c] = 0;
+    for (ptrdiff_t i = 0; i < m; i++) {
+        const int32_t *list = cols + i * k;
+        ptrdiff_t lo = 0, hi = row_count[i];
+        while (lo < hi) { /* the first entry >= c0 (the list ascends) */
+            ptrdiff_t mid = (lo + hi) / 2;
+            if (list[mid] < c0) lo = mid + 1; else hi = mid;
+        }
+        for (ptrdiff_t e = lo; e < row_count[i] && list[e] < c1; e++) {
+            int32_t c = list[e];
+            rows_of[c * m + col_count[c]++] = (int32_t)i;
+        }
+    }
+}
+
+/* out[0 : vectors * VLEN] = start (NULL: 0) + sum over e < count of a_e * src_e, with
+ * a_e = scale[offset[e] * ld_scale] and src_e the row base + offset[e] * ld_src; the sum
+ * stays in registers (a function of its own, so that nothing around it competes for them).
+ * VECTORS > 0: that many vectors, fully unrolled; 0: `vectors` of them. */
+#define NNK_SPARSE_PASS_DEFINE(NAME, VECTORS)                                                 \
+    __attribute__((noinline)) static void NNK_FN(NAME)(                                      \
+        ptrdiff_t vectors, ptrdiff_t count, const int32_t *restrict offset,                    \
+        const T *restrict scale, ptrdiff_t ld_scale, const T *restrict base, ptrdiff_t ld_src, \
+        const T *restrict start, T *restrict out) {                                           \
+        const ptrdiff_t nv = (VECTORS) ? (VECTORS) : vectors;                                  \
+        VEC acc[CHUNK];                                                                        \
+        _Pragma("GCC unroll 32") for (ptrdiff_t v = 0; v < nv; v++)                           \
+            acc[v] = start ? NNK_FN(nnk_loadu)(start + v * VLEN) : (VEC){0};                   \
+        for (ptrdiff_t e = 0; e < count; e++) {                                                \
+            ptrdiff_t o = offset[e];                                                           \
+            T a = scale[o * ld_scale];                                                         \
+            const T *src = base + o * ld_src;                                                  \
+            _Pragma("GCC unroll 32") for (ptrdiff_t v = 0; v < nv; v++)                       \
+                acc[v] += a * NNK_FN(nnk_loadu)(src + v * VLEN);                               \
+        }                                                                                      \
+        _Pragma("GCC unroll 32") for (ptrdiff_t v = 0; v < nv; v++)                           \
+            NNK_FN(nnk_storeu)(out + v * VLEN, acc[v]);                                        \
+    }
+NNK_SPARSE_PASS_DEFINE(nnk_sparse_pass_chunk, CHUNK)
+NNK_SPARSE_PASS_DEFINE(nnk_sparse_pass_vectors, 0)
+#undef NNK_SPARSE_PASS_DEFINE
+
+/* out[0:n] = start[0:n] (start NULL: 0) + sum over e < count of a_e * src_e[0:n] (see
+ * above): one pass over the entries per CHUNK vectors of columns, then the last n % VLEN
+ * columns side by side. */
+static void NNK_FN(nnk_sparse_combine)(ptrdiff_t n, ptrdiff_t count, const int32_t *offset,
+                                       const T *scale, ptrdiff_t ld_scale, const T *base, ptrdiff_t ld_src,
+                                       const T *start, T *out) {
+    ptrdiff_t whole = n / VLEN * VLEN, j0 = 0;
+    while (j0 < whole) {
+        ptrdiff_t vectors = nnk_min(CHUNK, (whole - j0) / VLEN);
+        (vectors == CHUNK ? NNK_FN(nnk_sparse_pass_chunk) : NNK_FN(nnk_sparse_pass_vectors))(
+            vectors, count, offset, scale, ld_scale, base + j0, ld_src, start ? start + j0 : NULL, out + j0);
+        j0 += vectors * VLEN;
+    }
+    if (j0 < n) {
+        T acc[VLEN];
+        ptrdiff_t width = n - j0;
+        for (ptrdiff_t j = 0; j < width; j++) acc[j] = start ? start[j0 + j] : (T)0;
+        for (ptrdiff_t e = 0; e < count; e++) {
+            T a = scale[offset[e] * ld_scale];
+            const T *src = base + offset[e] * ld_src + j0;
+            for (ptrdiff_t j = 0; j < width; j++) acc[j] += a * src[j];
+        }
+        for (ptrdiff_t j = 0; j < width; j++) out[j0 + j] = acc[j];
+    }
+}
+
+/* Rows [r0, r1) of out (row stride ldo) = act(x @ w + bias), from the row lists of x:
+ * x is m x k (row stride ldx), w is k x n (row stride ldw); bias may be NULL. */
+static void NNK_FN(nnk_sparse_linear)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n, ptrdiff_t k, const T *x,
+                                      ptrdiff_t ldx, const int32_t *cols, const int32_t *row_count,
+                                      const T *w, ptrdiff_t ldw, const T *bias, int act, T slope, T *out,
+                                      ptrdiff_t ldo) {
+    for (ptrdiff_t i = r0; i < r1; i++) {
+        NNK_FN(nnk_sparse_combine)(n, row_count[i], cols + i * k, x + i * ldx, 1, w, ldw, bias, out + i * ldo);
+        if (act != NNK_IDENTITY) ACT_BLOCK(act, slope, out + i * ldo, ldo, out + i * ldo, ldo, 1, n);
+    }
+}
+
+/* Rows [c0, c1) of gw (row stride ldg) = x.T @ delta, from the column lists of x (m x k,
+ * row stride ldx); delta is m x n (row stride ld_delta). ep->block_done, when set, gets
+ * each finished block of rows. */
+static void NNK_FN(nnk_sparse_weight_grad)(ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t m, ptrdiff_t n, const T *x,
+                                           ptrdiff_t ldx, const int32_t *rows_of, const int32_t *col_count,
+                                           const T *delta, ptrdiff_t ld_delta, T *gw, ptrdiff_t ldg,
+                                           const EPILOGUE *ep) {
+    /* blocks of ~16 KiB: the update that follows finds them in L1 */
+    ptrdiff_t block = nnk_max(1, 16384 / (ptrdiff_t)sizeof(T) / nnk_max(n, 1));
+    for (ptrdiff_t b0 = c0; b0 < c1; b0 += block) {
+        ptrdiff_t b1 = nnk_min(c1, b0 + block);
+        for (ptrdiff_t c = b0; c < b1; c++)
+            NNK_FN(nnk_sparse_combine)(n, col_count[c], rows_of + c * m, x + c, ldx, delta, ld_delta, NULL,
+                                       gw + c * ldg);
+        if (ep && ep->block_done) ep->block_done(ep->block_context, gw + b0 * ldg, ldg, b1 - b0, n);
+    }
+}
+
+#undef NNK_FN
+#undef T
+#undef VEC
+#undef VLEN
+#undef EPILOGUE
+#undef ACT_BLOCK
+#undef CHUNK
