@@ -22,6 +22,11 @@
 #define VLEN ((ptrdiff_t)(NNK_VEC_BYTES / sizeof(T)))
 #define EPILOGUE NNK_PASTE(nnk_epilogue, NNK_TS)
 #define ACT_BLOCK NNK_PASTE(nnk_act_block, NNK_TS)
+/* What a blocked loop keeps in L1 at once (the per-core L1 data cache is 32 KiB). */
+#ifndef NNK_SPARSE_L1_BYTES
+#define NNK_SPARSE_L1_BYTES (16 * 1024)
+#endif
+
 /* Accumulator vectors per pass over a row's nonzeros: 12 of the 16 AVX2 registers (the
  * rest hold the broadcast and loads); AVX-512 has 32. */
 #define CHUNK (NNK_VEC_BYTES == 64 ? 24 : 12)
@@ -35,11 +40,12 @@ static void NNK_FN(nnk_sparse_index_rows)(const T *x, ptrdiff_t ldx, ptrdiff_t k
         int32_t *out = cols + i * k;
         ptrdiff_t n = 0, j = 0;
         for (; j + VLEN <= k; j += VLEN) {
-            VEC v = NNK_FN(nnk_loadu)(row + j);
-            int any = 0;
-#pragma GCC unroll 16
-            for (int l = 0; l < VLEN; l++) any |= v[l] != 0;
-            if (!any) continue;
+            /* all zero (+0 or -0): no bit but the signs set */
+            uint64_t words[NNK_VEC_BYTES / 8], bits = 0;
+            __builtin_memcpy(words, row + j, sizeof words);
+#pragma GCC unroll 8
+            for (int l = 0; l < NNK_VEC_BYTES / 8; l++) bits |= words[l];
+            if ((bits & (sizeof(T) == 4 ? 0x7fffffff7fffffffULL : 0x7fffffffffffffffULL)) == 0) continue;
 #pragma GCC unroll 16
             for (int l = 0; l < VLEN; l++) {
                 out[n] = (int32_t)(j + l);
@@ -101,11 +107,13 @@ NNK_SPARSE_PASS_DEFINE(nnk_sparse_pass_vectors, 0)
 #undef NNK_SPARSE_PASS_DEFINE
 
 /* out[0:n] = start[0:n] (start NULL: 0) + sum over e < count of a_e * src_e[0:n] (see
- * above): one pass over the entries per CHUNK vectors of columns, then the last n % VLEN
- * columns side by side. */
+ * above): one pass over the entries per CHUNK vectors of columns, then one for the last
+ * n % VLEN columns in a vector whose load runs past the end of each row src_e (into the next
+ * row: only the first lanes are kept). base holds src_elements readable elements; entries
+ * whose row is too near its end for that are added one element at a time. */
 static void NNK_FN(nnk_sparse_combine)(ptrdiff_t n, ptrdiff_t count, const int32_t *offset,
                                        const T *scale, ptrdiff_t ld_scale, const T *base, ptrdiff_t ld_src,
-                                       const T *start, T *out) {
+                                       ptrdiff_t src_elements, const T *start, T *out) {
     ptrdiff_t whole = n / VLEN * VLEN, j0 = 0;
     while (j0 < whole) {
         ptrdiff_t vectors = nnk_min(CHUNK, (whole - j0) / VLEN);
@@ -113,17 +121,20 @@ static void NNK_FN(nnk_sparse_combine)(ptrdiff_t n, ptrdiff_t count, const int32
             vectors, count, offset, scale, ld_scale, base + j0, ld_src, start ? start + j0 : NULL, out + j0);
         j0 += vectors * VLEN;
     }
-    if (j0 < n) {
-        T acc[VLEN];
-        ptrdiff_t width = n - j0;
-        for (ptrdiff_t j = 0; j < width; j++) acc[j] = start ? start[j0 + j] : (T)0;
-        for (ptrdiff_t e = 0; e < count; e++) {
-            T a = scale[offset[e] * ld_scale];
-            const T *src = base + offset[e] * ld_src + j0;
-            for (ptrdiff_t j = 0; j < width; j++) acc[j] += a * src[j];
-        }
-        for (ptrdiff_t j = 0; j < width; j++) out[j0 + j] = acc[j];
+    if (j0 == n) return;
+    ptrdiff_t width = n - j0, e = 0;
+    T lanes[VLEN] __attribute__((aligned(64)));
+    for (ptrdiff_t j = 0; j < VLEN; j++) lanes[j] = start && j < width ? start[j0 + j] : (T)0;
+    VEC acc = *(VEC *)lanes;
+    for (; e < count && offset[e] * ld_src + j0 + VLEN <= src_elements; e++)
+        acc += scale[offset[e] * ld_scale] * NNK_FN(nnk_loadu)(base + offset[e] * ld_src + j0);
+    *(VEC *)lanes = acc;
+    for (; e < count; e++) { /* the rows at the very end of base (the list ascends) */
+        T a = scale[offset[e] * ld_scale];
+        const T *src = base + offset[e] * ld_src + j0;
+        for (ptrdiff_t j = 0; j < width; j++) lanes[j] += a * src[j];
     }
+    for (ptrdiff_t j = 0; j < width; j++) out[j0 + j] = lanes[j];
 }
 
 /* Rows [r0, r1) of out (row stride ldo) = act(x @ w + bias), from the row lists of x:
@@ -132,10 +143,16 @@ static void NNK_FN(nnk_sparse_linear)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n, p
                                       ptrdiff_t ldx, const int32_t *cols, const int32_t *row_count,
                                       const T *w, ptrdiff_t ldw, const T *bias, int act, T slope, T *out,
                                       ptrdiff_t ldo) {
-    for (ptrdiff_t i = r0; i < r1; i++) {
-        NNK_FN(nnk_sparse_combine)(n, row_count[i], cols + i * k, x + i * ldx, 1, w, ldw, bias, out + i * ldo);
-        if (act != NNK_IDENTITY) ACT_BLOCK(act, slope, out + i * ldo, ldo, out + i * ldo, ldo, 1, n);
+    /* a window of columns at a time, all rows: a wide w's columns of one window stay in L2 */
+    const ptrdiff_t window = CHUNK * VLEN;
+    ptrdiff_t w_elements = (k - 1) * ldw + n;
+    for (ptrdiff_t j0 = 0, width; j0 < n; j0 += width) {
+        width = n - j0 < window + VLEN ? n - j0 : window; /* the last window takes the tail */
+        for (ptrdiff_t i = r0; i < r1; i++)
+            NNK_FN(nnk_sparse_combine)(width, row_count[i], cols + i * k, x + i * ldx, 1, w + j0, ldw,
+                                       w_elements - j0, bias ? bias + j0 : NULL, out + i * ldo + j0);
     }
+    if (act != NNK_IDENTITY && r1 > r0) ACT_BLOCK(act, slope, out + r0 * ldo, ldo, out + r0 * ldo, ldo, r1 - r0, n);
 }
 
 /* Rows [c0, c1) of gw (row stride ldg) = x.T @ delta, from the column lists of x (m x k,
@@ -145,13 +162,14 @@ static void NNK_FN(nnk_sparse_weight_grad)(ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t
                                            ptrdiff_t ldx, const int32_t *rows_of, const int32_t *col_count,
                                            const T *delta, ptrdiff_t ld_delta, T *gw, ptrdiff_t ldg,
                                            const EPILOGUE *ep) {
-    /* blocks of ~16 KiB: the update that follows finds them in L1 */
-    ptrdiff_t block = nnk_max(1, 16384 / (ptrdiff_t)sizeof(T) / nnk_max(n, 1));
+    ptrdiff_t delta_elements = (m - 1) * ld_delta + n;
+    /* blocks the update that follows finds in L1 */
+    ptrdiff_t block = nnk_max(1, NNK_SPARSE_L1_BYTES / (ptrdiff_t)sizeof(T) / nnk_max(n, 1));
     for (ptrdiff_t b0 = c0; b0 < c1; b0 += block) {
         ptrdiff_t b1 = nnk_min(c1, b0 + block);
         for (ptrdiff_t c = b0; c < b1; c++)
-            NNK_FN(nnk_sparse_combine)(n, col_count[c], rows_of + c * m, x + c, ldx, delta, ld_delta, NULL,
-                                       gw + c * ldg);
+            NNK_FN(nnk_sparse_combine)(n, col_count[c], rows_of + c * m, x + c, ldx, delta, ld_delta,
+                                       delta_elements, NULL, gw + c * ldg);
         if (ep && ep->block_done) ep->block_done(ep->block_context, gw + b0 * ldg, ldg, b1 - b0, n);
     }
 }
