@@ -23,6 +23,12 @@ def threads(request):
     nnkern.set_num_threads(before)
 
 
+@pytest.fixture
+def sparse_path(monkeypatch):
+    """The fused steps built in the test take the sparse-input path, whatever the data."""
+    monkeypatch.setenv("NNKERN_SPARSE_INPUT", "1")
+
+
 def _sparse_data(rows, width, density, classes, seed=0):
     """Inputs with about `density` of their entries nonzero, one row and one column all zero."""
     rng = np.random.default_rng(seed)
@@ -53,7 +59,7 @@ def _assert_same(got, want, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("hidden", [1, 5, 97, 300], ids=lambda n: f"hidden{n}")
-def test_sparse_first_layer_equals_layer_by_layer(threads, dtype, hidden):
+def test_sparse_first_layer_equals_layer_by_layer(sparse_path, threads, dtype, hidden):
     # 203 rows: 3 batches of 64, then 11; 150 inputs (not a multiple of any vector width)
     x, y = _sparse_data(203, 150, 0.2, 10)
     widths = (150, hidden, 10)
@@ -66,7 +72,7 @@ def test_sparse_first_layer_equals_layer_by_layer(threads, dtype, hidden):
 @pytest.mark.parametrize("make_optimizer", [lambda: optim.Adam(lr=1e-3, weight_decay=1e-4),
                                             lambda: optim.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3)],
                          ids=["adam_wd", "momentum_wd"])
-def test_sparse_first_layer_every_activation_and_stateful_optimizer(threads, act, make_optimizer):
+def test_sparse_first_layer_every_activation_and_stateful_optimizer(sparse_path, threads, act, make_optimizer):
     x, y = _sparse_data(203, 150, 0.2, 10, seed=1)
     widths = (150, 97, 61, 10)
     want = _train(x, y, widths, act, make_optimizer, np.float32, fused=False)
@@ -74,7 +80,7 @@ def test_sparse_first_layer_every_activation_and_stateful_optimizer(threads, act
     _assert_same(got, want, np.float32)
 
 
-def test_sparse_first_layer_with_a_batch_larger_than_the_input_width():
+def test_sparse_first_layer_with_a_batch_larger_than_the_input_width(sparse_path):
     """Batches of 300 rows: the column lists hold more rows than a row list holds columns."""
     x, y = _sparse_data(700, 40, 0.3, 5, seed=2)
     widths = (40, 33, 5)
@@ -113,9 +119,8 @@ def test_nnkern_sparse_input_overrides_the_choice(monkeypatch):
         _step(sparse_x, y)
 
 
-def test_dense_data_forced_through_the_sparse_path_still_trains_right(monkeypatch):
+def test_dense_data_forced_through_the_sparse_path_still_trains_right(sparse_path):
     """Every entry nonzero: the index lists are full; the numbers stay the dense path's."""
-    monkeypatch.setenv("NNKERN_SPARSE_INPUT", "1")
     rng = np.random.default_rng(4)
     x, y = rng.standard_normal((203, 150)), rng.integers(0, 10, 203)
     widths = (150, 97, 10)

@@ -33,7 +33,7 @@ __all__ = ["fused_train_step", "SPARSE_INPUT_MAX_DENSITY"]
 
 # The Cython step's first layer reads only the input's nonzeros when at most this fraction
 # of the training data is nonzero (benchmarks/sparse_input.py measures where that pays).
-SPARSE_INPUT_MAX_DENSITY = 0.3
+SPARSE_INPUT_MAX_DENSITY = 0.25
 
 # Backend -> the module of its fused step (a FusedMLPStep class with one constructor and
 # step() for both): kernels/cython/_cy_train.pyx and backends/numba_train.py.
