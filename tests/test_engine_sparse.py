@@ -1,4 +1,5 @@
-"""The fused Cython step's sparse-input first layer (kernels/cython/nnk_sparse_impl.h): on
+"""The fused steps' sparse-input first layer (kernels/cython/nnk_sparse_impl.h, and its
+Numba counterpart in backends/numba_train.py): on
 inputs that are mostly zeros it gives the numbers of the layer-by-layer path, for every
 thread count, dtype, optimizer and activation kind, first-layer widths that leave partial
 vectors and several register chunks, empty rows and empty columns; and the choice between
@@ -12,7 +13,13 @@ import pytest
 import nnkern
 from nnkern import engine, nn, optim
 
-pytestmark = pytest.mark.skipif("cython" not in nnkern.available_backends(), reason="needs the cython backend")
+BACKENDS = [b for b in ("cython", "numba") if b in nnkern.available_backends()]
+pytestmark = pytest.mark.skipif(not BACKENDS, reason="needs the cython or the numba backend")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
 
 
 @pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}threads")
@@ -38,13 +45,13 @@ def _sparse_data(rows, width, density, classes, seed=0):
     return x, rng.integers(0, classes, rows)
 
 
-def _train(x, y, widths, act, make_optimizer, dtype, fused, batch=64):
+def _train(x, y, widths, act, make_optimizer, dtype, fused, batch=64, backend="cython"):
     layers = []
     for i, (a, b) in enumerate(zip(widths, widths[1:])):
         layers.append(nn.Linear(a, b, seed=i))
         if i < len(widths) - 2:
             layers.append(act())
-    model = nn.Sequential(*layers, backend="cython", dtype=dtype)
+    model = nn.Sequential(*layers, backend=backend, dtype=dtype)
     history = model.fit(x.astype(dtype), y, epochs=2, batch_size=batch, optimizer=make_optimizer(), seed=3,
                         verbose=False, fused=fused)
     return history.history["loss"], [p.copy() for p in model.parameters()]
@@ -59,12 +66,12 @@ def _assert_same(got, want, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("hidden", [1, 5, 97, 300], ids=lambda n: f"hidden{n}")
-def test_sparse_first_layer_equals_layer_by_layer(sparse_path, threads, dtype, hidden):
+def test_sparse_first_layer_equals_layer_by_layer(sparse_path, backend, threads, dtype, hidden):
     # 203 rows: 3 batches of 64, then 11; 150 inputs (not a multiple of any vector width)
     x, y = _sparse_data(203, 150, 0.2, 10)
     widths = (150, hidden, 10)
-    want = _train(x, y, widths, nn.ReLU, lambda: optim.SGD(lr=0.1), dtype, fused=False)
-    got = _train(x, y, widths, nn.ReLU, lambda: optim.SGD(lr=0.1), dtype, fused=True)
+    want = _train(x, y, widths, nn.ReLU, lambda: optim.SGD(lr=0.1), dtype, fused=False, backend=backend)
+    got = _train(x, y, widths, nn.ReLU, lambda: optim.SGD(lr=0.1), dtype, fused=True, backend=backend)
     _assert_same(got, want, dtype)
 
 
@@ -72,39 +79,42 @@ def test_sparse_first_layer_equals_layer_by_layer(sparse_path, threads, dtype, h
 @pytest.mark.parametrize("make_optimizer", [lambda: optim.Adam(lr=1e-3, weight_decay=1e-4),
                                             lambda: optim.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3)],
                          ids=["adam_wd", "momentum_wd"])
-def test_sparse_first_layer_every_activation_and_stateful_optimizer(sparse_path, threads, act, make_optimizer):
+def test_sparse_first_layer_every_activation_and_stateful_optimizer(sparse_path, backend, threads, act,
+                                                                    make_optimizer):
     x, y = _sparse_data(203, 150, 0.2, 10, seed=1)
     widths = (150, 97, 61, 10)
-    want = _train(x, y, widths, act, make_optimizer, np.float32, fused=False)
-    got = _train(x, y, widths, act, make_optimizer, np.float32, fused=True)
+    want = _train(x, y, widths, act, make_optimizer, np.float32, fused=False, backend=backend)
+    got = _train(x, y, widths, act, make_optimizer, np.float32, fused=True, backend=backend)
     _assert_same(got, want, np.float32)
 
 
-def test_sparse_first_layer_with_a_batch_larger_than_the_input_width(sparse_path):
+def test_sparse_first_layer_with_a_batch_larger_than_the_input_width(sparse_path, backend):
     """Batches of 300 rows: the column lists hold more rows than a row list holds columns."""
     x, y = _sparse_data(700, 40, 0.3, 5, seed=2)
     widths = (40, 33, 5)
-    want = _train(x, y, widths, nn.ReLU, lambda: optim.SGD(lr=0.1), np.float64, fused=False, batch=300)
-    got = _train(x, y, widths, nn.ReLU, lambda: optim.SGD(lr=0.1), np.float64, fused=True, batch=300)
+    sgd = lambda: optim.SGD(lr=0.1)  # noqa: E731
+    want = _train(x, y, widths, nn.ReLU, sgd, np.float64, fused=False, batch=300, backend=backend)
+    got = _train(x, y, widths, nn.ReLU, sgd, np.float64, fused=True, batch=300, backend=backend)
     _assert_same(got, want, np.float64)
 
 
-def _step(x, y, widths=(150, 20, 10)):
+def _step(x, y, widths=(150, 20, 10), backend="cython"):
     model = nn.Sequential(nn.Linear(widths[0], widths[1], seed=0), nn.ReLU(), nn.Linear(widths[1], widths[2], seed=1),
-                          backend="cython", dtype=np.float32)
+                          backend=backend, dtype=np.float32)
     return engine.fused_train_step(model, optim.SGD(model, lr=0.1), nn.CrossEntropyLoss(), x.astype(np.float32),
                                    y, 64)
 
 
-def test_the_data_decides_between_sparse_and_dense(monkeypatch):
+def test_the_data_decides_between_sparse_and_dense(monkeypatch, backend):
     monkeypatch.delenv("NNKERN_SPARSE_INPUT", raising=False)
     sparse_x, y = _sparse_data(128, 150, 0.2, 10)
     dense_x = np.random.default_rng(0).standard_normal((128, 150))
     assert np.count_nonzero(sparse_x) <= engine.SPARSE_INPUT_MAX_DENSITY * sparse_x.size
-    assert _step(sparse_x, y).sparse_input
-    assert not _step(dense_x, y).sparse_input
-    assert "x's nonzeros" in _step(sparse_x, y).phase_names()[0]
-    assert "nonzeros" not in " ".join(_step(dense_x, y).phase_names())
+    assert _step(sparse_x, y, backend=backend).sparse_input
+    assert not _step(dense_x, y, backend=backend).sparse_input
+    if backend == "cython":  # the step that names its phases
+        assert "x's nonzeros" in _step(sparse_x, y).phase_names()[0]
+        assert "nonzeros" not in " ".join(_step(dense_x, y).phase_names())
 
 
 def test_nnkern_sparse_input_overrides_the_choice(monkeypatch):
@@ -119,11 +129,11 @@ def test_nnkern_sparse_input_overrides_the_choice(monkeypatch):
         _step(sparse_x, y)
 
 
-def test_dense_data_forced_through_the_sparse_path_still_trains_right(sparse_path):
+def test_dense_data_forced_through_the_sparse_path_still_trains_right(sparse_path, backend):
     """Every entry nonzero: the index lists are full; the numbers stay the dense path's."""
     rng = np.random.default_rng(4)
     x, y = rng.standard_normal((203, 150)), rng.integers(0, 10, 203)
     widths = (150, 97, 10)
-    want = _train(x, y, widths, nn.ReLU, lambda: optim.SGD(lr=0.1), np.float32, fused=False)
-    got = _train(x, y, widths, nn.ReLU, lambda: optim.SGD(lr=0.1), np.float32, fused=True)
+    want = _train(x, y, widths, nn.ReLU, lambda: optim.SGD(lr=0.1), np.float32, fused=False, backend=backend)
+    got = _train(x, y, widths, nn.ReLU, lambda: optim.SGD(lr=0.1), np.float32, fused=True, backend=backend)
     _assert_same(got, want, np.float32)

@@ -13,7 +13,7 @@ the Cython step folds it into the update and leaves the gradient arrays holding 
 gradient alone.
 
 Sparse input: when at most ``SPARSE_INPUT_MAX_DENSITY`` of the training data is nonzero
-(MNIST's pixels: 19%), the Cython step's first layer runs its two products with the input,
+(MNIST's pixels: 19%), the fused step's first layer runs its two products with the input,
 the forward and the weight gradient, over the nonzeros only (the same sums without their
 zero terms). The environment variable ``NNKERN_SPARSE_INPUT`` overrides the choice: "0"
 never, "1" always, "auto" (the default) from the data's density.
@@ -31,7 +31,7 @@ from .backends import ACTIVATION_CODES
 
 __all__ = ["fused_train_step", "SPARSE_INPUT_MAX_DENSITY"]
 
-# The Cython step's first layer reads only the input's nonzeros when at most this fraction
+# The fused step's first layer reads only the input's nonzeros when at most this fraction
 # of the training data is nonzero (benchmarks/sparse_input.py measures where that pays).
 SPARSE_INPUT_MAX_DENSITY = 0.25
 

@@ -14,6 +14,11 @@ therefore equals the layer-by-layer path to round-off. Layer l's parameters are 
 soon as the gradient flowing to layer l-1 has been computed from them, the last time the
 step reads them.
 
+Sparse input (``sparse_input``, chosen by :mod:`nnkern.engine` from the data): the first
+layer's forward and weight gradient run over the nonzeros of x only, listed once per step
+(the row lists, then the column lists), as the Cython step does (kernels/cython/
+nnk_sparse_impl.h): the same sums without their zero terms.
+
 Every array reaches the compiled step through one typed list of flat arrays (``bufs``)
 and an integer table of the layers (which entry of ``bufs`` holds what), so that one
 compiled specialisation per dtype serves every depth and width. Compilation is lazy (on
@@ -32,6 +37,9 @@ from . import numba_backend as _backend
 from . import numba_kernels as _k
 
 __all__ = ["FusedMLPStep", "train_step"]
+
+# The first layer can read only the nonzeros of its input (FusedMLPStep's sparse_input).
+SPARSE_INPUT = True
 
 # Columns of the layer table: sizes, activation, then indices into ``bufs`` (0: the dummy).
 FAN_IN, FAN_OUT, ACT, KEEP_PREACT, W, B, GW, GB, H, Z, W_S0, W_S1, B_S0, B_S1 = range(14)
@@ -93,13 +101,59 @@ def _update_any(rule, p, g, s0, s1, hyper, weight_decay, num_threads):
         _update(rule, p, g, s0, s1, hyper, weight_decay)
 
 
+@_k._jit(parallel=True)
+def _sparse_linear(x, w, bias, out, cols, row_count):
+    """out = x @ w + bias from the nonzeros of x, listing each row's nonzero columns first
+    (into cols, a row's list at stride fan_in, and row_count); rows split over threads."""
+    rows, k = x.shape
+    n = w.shape[1]
+    for i in prange(rows):
+        count = 0
+        for j in range(k):
+            cols[i * k + count] = j
+            if x[i, j] != 0:
+                count += 1
+        row_count[i] = count
+        for j in range(n):
+            out[i, j] = bias[j]
+        for e in range(count):
+            c = cols[i * k + e]
+            a = x[i, c]
+            for j in range(n):
+                out[i, j] += a * w[c, j]
+
+
+@_k._jit(parallel=True)
+def _sparse_weight_grad(x, delta, gw, cols, row_count, rows_of, col_count):
+    """gw = x.T @ delta from the nonzeros of x (the row lists of _sparse_linear), through
+    the column lists (rows_of at stride rows, col_count); gw's rows split over threads."""
+    rows, k = x.shape
+    n = delta.shape[1]
+    col_count[:] = 0
+    for i in range(rows):
+        for e in range(row_count[i]):
+            c = cols[i * k + e]
+            rows_of[c * rows + col_count[c]] = i
+            col_count[c] += 1
+    for c in prange(k):
+        for j in range(n):
+            gw[c, j] = 0
+        for e in range(col_count[c]):
+            i = rows_of[c * rows + e]
+            a = x[i, c]
+            for j in range(n):
+                gw[c, j] += a * delta[i, j]
+
+
 @_k._jit()
 def train_step(x, labels, bufs, table, slopes, rule, hyper, weight_decay, delta0, delta1,
-               delta2, a_pack, b_pack, spare, num_threads):
+               delta2, a_pack, b_pack, spare, sparse, cols, row_count, rows_of, col_count,
+               num_threads):
     """One training step on (x, labels): returns (mean loss, rows whose first largest
     logit is their label). x: (rows, fan_in) C-contiguous; labels int64 in range.
     delta0-2: flat buffers of rows * the widest layer; the derivative mask reads one and
-    writes another (in place, LLVM would not vectorise it)."""
+    writes another (in place, LLVM would not vectorise it). sparse: the first layer reads
+    only x's nonzeros, listed in cols, row_count, rows_of, col_count (int32)."""
     rows = x.shape[0]
     n_layers = table.shape[0]
     dummy = bufs[0]
@@ -110,7 +164,11 @@ def train_step(x, labels, bufs, table, slopes, rule, hyper, weight_decay, delta0
         fan_in, fan_out, act = table[l, FAN_IN], table[l, FAN_OUT], table[l, ACT]
         w = bufs[table[l, W]].reshape((fan_in, fan_out))
         h = bufs[table[l, H]][:rows * fan_out].reshape((rows, fan_out))
-        if table[l, KEEP_PREACT]:
+        if l == 0 and sparse:
+            pre = bufs[table[l, Z]][:rows * fan_out] if table[l, KEEP_PREACT] else h.reshape(-1)
+            _sparse_linear(inp, w, bufs[table[l, B]], pre.reshape((rows, fan_out)), cols, row_count)
+            _k.activation(act, pre, slopes[l], h.reshape(-1))
+        elif table[l, KEEP_PREACT]:
             z = bufs[table[l, Z]][:rows * fan_out]
             _k.gemm(inp, False, w, False, z.reshape((rows, fan_out)), bufs[table[l, B]], True,
                     IDENTITY, slopes[l], a_pack, b_pack, spare, num_threads)
@@ -144,8 +202,11 @@ def train_step(x, labels, bufs, table, slopes, rule, hyper, weight_decay, delta0
         w = bufs[table[l, W]].reshape((fan_in, fan_out))
         gw = bufs[table[l, GW]].reshape((fan_in, fan_out))
         # dW = inp.T @ delta; db = column sums of delta
-        _k.gemm(inp, True, delta, False, gw, dummy, False, IDENTITY, zero, a_pack, b_pack,
-                spare, num_threads)
+        if l == 0 and sparse:
+            _sparse_weight_grad(inp, delta, gw, cols, row_count, rows_of, col_count)
+        else:
+            _k.gemm(inp, True, delta, False, gw, dummy, False, IDENTITY, zero, a_pack, b_pack,
+                    spare, num_threads)
         _k.bias_grad(delta, bufs[table[l, GB]])
         if l > 0:  # delta for the layer below: (delta @ W.T) * act'(its z or h)
             below = l - 1
@@ -170,10 +231,12 @@ class FusedMLPStep:
     ``layers``: (W, b, gW, gb, act_code, slope, keep_preact, h, z, w_state, b_state) per
     layer, arrays C-contiguous of one dtype, h (and z where kept) of shape
     (max_rows, fan_out), the state tuples of 0-2 arrays; ``delta0``/``delta1``: two flat
-    buffers of max_rows * max width. The object keeps every array alive.
+    buffers of max_rows * max width. The object keeps every array alive. ``sparse_input``:
+    the first layer reads only the nonzeros of x.
     """
 
-    def __init__(self, layers, delta0, delta1, rule: int, is_double: bool, max_rows: int):
+    def __init__(self, layers, delta0, delta1, rule: int, is_double: bool, max_rows: int,
+                 sparse_input: bool = False):
         dtype = np.dtype(np.float64 if is_double else np.float32)
         self.dtype = dtype
         self.rule = int(rule)
@@ -217,6 +280,12 @@ class FusedMLPStep:
         self.a_pack = np.empty(a_size, dtype)
         self.b_pack = np.empty(b_size, dtype)
         self.spare = np.empty(spare_size, dtype)
+        # the sparse input's index lists (1-element placeholders when unused)
+        self.sparse_input = bool(sparse_input)
+        index = self.max_rows * int(table[0, FAN_IN]) if sparse_input else 1
+        self.cols, self.rows_of = np.empty(index, np.int32), np.empty(index, np.int32)
+        self.row_count = np.empty(self.max_rows if sparse_input else 1, np.int32)
+        self.col_count = np.empty(int(table[0, FAN_IN]) if sparse_input else 1, np.int32)
 
     def step(self, x, labels, lr, a, b, eps, weight_decay, t, num_threads):
         """One step on the batch (x, labels): returns (mean loss, number of rows whose
@@ -233,6 +302,7 @@ class FusedMLPStep:
             hyper[STEP_SIZE], hyper[INV_SQRT_BC2] = _backend.adam_scalars(t, lr, a, b)
         loss, correct = train_step(x, labels, self.bufs, self.table, self.slopes, self.rule, hyper,
                                    weight_decay != 0.0, self.delta0, self.delta1, self.delta2,
-                                   self.a_pack, self.b_pack, self.spare,
+                                   self.a_pack, self.b_pack, self.spare, self.sparse_input,
+                                   self.cols, self.row_count, self.rows_of, self.col_count,
                                    min(num_threads, _backend.num_threads()))
         return loss, correct
