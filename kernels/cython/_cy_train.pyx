@@ -23,7 +23,10 @@ phase (each product's columns or rows, the bias sums' columns, the updates' elem
 and meet at a spinning barrier (nnk_team.h) after each phase, instead of opening a
 region per product: at batch 64 a product takes 10-300 us, and waking sleeping threads
 for each one cost as much as the second core gained. Layer l's update runs after the
-barrier that ends its backward products, alongside the products of layer l-1.
+barrier that ends its backward products, alongside the products of layer l-1. The sparse
+first layer's two phases instead hand out small chunks of rows that each thread claims when
+it is done with the last (nnk_claim), so a thread slowed by another process on its core
+takes fewer.
 
 Arguments are validated by nnkern.engine before this module is reached.
 """
@@ -37,10 +40,10 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from gemm cimport (nnk_gemm_team_s, nnk_gemm_team_d, nnk_epilogue_s, nnk_epilogue_d,
                    nnk_epilogue_of_s, nnk_epilogue_of_d,
                    nnk_act_block_s, nnk_act_block_d, NNK_IDENTITY, nnk_team, nnk_team_run,
-                   nnk_team_barrier, nnk_flag_set, nnk_partition, nnk_alloc,
+                   nnk_team_barrier, nnk_flag_set, nnk_claim, nnk_partition, nnk_alloc,
                    nnk_team_shared_bytes_s, nnk_team_shared_bytes_d, NNK_TEAM_PARALLEL_MIN_MNK,
-                   nnk_sparse_index_rows_s, nnk_sparse_index_rows_d, nnk_sparse_index_columns_s,
-                   nnk_sparse_index_columns_d, nnk_sparse_linear_s, nnk_sparse_linear_d,
+                   nnk_sparse_index_rows_s, nnk_sparse_index_rows_d, nnk_sparse_index_columns,
+                   nnk_sparse_linear_s, nnk_sparse_linear_d,
                    nnk_sparse_weight_grad_s, nnk_sparse_weight_grad_d)
 from update_rules cimport real, apply_update
 
@@ -52,6 +55,10 @@ cdef enum:
     # A parameter with fewer elements is updated by one thread (its owner) while the
     # others update other parameters.
     UPDATE_SPLIT_MIN = 1 << 12
+    # The sparse first layer's work units, claimed by the threads as they go: rows of the
+    # forward, rows of the weight gradient (columns of x).
+    SPARSE_ROW_CHUNK = 8
+    SPARSE_COLUMN_CHUNK = 64
 
 
 cdef struct LayerPlan:
@@ -109,6 +116,7 @@ cdef struct StepCall:
     Py_ssize_t correct
     int failed
     bint profiled  # thread 0 notes the time at which each phase ends
+    int sparse_rows_claimed, sparse_columns_claimed  # work counters (nnk_claim)
     int n_marks
     double marks[MAX_MARKS]
 
@@ -248,51 +256,60 @@ cdef inline int _gemm(nnk_team *team, int thread, int slot, int trans_a, int tra
         return nnk_gemm_team_d(team, thread, slot, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, &ep_d)
 
 
-cdef inline void _sparse_forward(StepPlan *plan, nnk_team *team, int thread, const real *x, Py_ssize_t rows,
-                                 real *out) noexcept nogil:
-    """This thread's rows of the first layer's forward from x's nonzeros: index them, then
-    out = act(x @ W + b) (the activation left out where the pre-activation is kept)."""
-    cdef LayerPlan *layer = &plan.layers[0]
-    cdef SparseInput *sp = &plan.sparse
+cdef inline void _sparse_forward(StepCall *call, const real *x, real *out) noexcept nogil:
+    """The first layer's forward from x's nonzeros, SPARSE_ROW_CHUNK rows at a time as this
+    thread claims them: index the rows, then out = act(x @ W + b) (the activation left out
+    where the pre-activation is kept)."""
+    cdef LayerPlan *layer = &call.plan.layers[0]
+    cdef SparseInput *sp = &call.plan.sparse
     cdef Py_ssize_t lo, hi
     cdef int act = NNK_IDENTITY if layer.keep_preact else layer.act
-    nnk_partition(rows, team.size, thread, &lo, &hi)
-    if real is float:
-        nnk_sparse_index_rows_s(x, layer.fan_in, layer.fan_in, lo, hi, sp.cols, sp.row_count)
-        nnk_sparse_linear_s(lo, hi, layer.fan_out, layer.fan_in, x, layer.fan_in, sp.cols, sp.row_count,
-                            <float *>layer.w, layer.fan_out, <float *>layer.b, act, <float>layer.slope,
-                            out, layer.fan_out)
-    else:
-        nnk_sparse_index_rows_d(x, layer.fan_in, layer.fan_in, lo, hi, sp.cols, sp.row_count)
-        nnk_sparse_linear_d(lo, hi, layer.fan_out, layer.fan_in, x, layer.fan_in, sp.cols, sp.row_count,
-                            <double *>layer.w, layer.fan_out, <double *>layer.b, act, layer.slope,
-                            out, layer.fan_out)
+    while True:
+        lo = <Py_ssize_t>nnk_claim(&call.sparse_rows_claimed) * SPARSE_ROW_CHUNK
+        if lo >= call.rows:
+            return
+        hi = min(call.rows, lo + SPARSE_ROW_CHUNK)
+        if real is float:
+            nnk_sparse_index_rows_s(x, layer.fan_in, layer.fan_in, lo, hi, sp.cols, sp.row_count)
+            nnk_sparse_linear_s(lo, hi, layer.fan_out, layer.fan_in, x, layer.fan_in, sp.cols, sp.row_count,
+                                <float *>layer.w, layer.fan_out, <float *>layer.b, act, <float>layer.slope,
+                                out, layer.fan_out)
+        else:
+            nnk_sparse_index_rows_d(x, layer.fan_in, layer.fan_in, lo, hi, sp.cols, sp.row_count)
+            nnk_sparse_linear_d(lo, hi, layer.fan_out, layer.fan_in, x, layer.fan_in, sp.cols, sp.row_count,
+                                <double *>layer.w, layer.fan_out, <double *>layer.b, act, layer.slope,
+                                out, layer.fan_out)
 
 
-cdef inline void _sparse_weight_grad(StepPlan *plan, nnk_team *team, int thread, const real *x,
-                                     Py_ssize_t rows, const real *delta, BlockUpdate *update) noexcept nogil:
-    """This thread's rows of the first layer's dW = x.T @ delta from x's nonzeros (indexed
-    by every thread in the forward phase), W updated block by block as they finish."""
-    cdef LayerPlan *layer = &plan.layers[0]
-    cdef SparseInput *sp = &plan.sparse
-    cdef Py_ssize_t lo, hi
+cdef inline void _sparse_weight_grad(StepCall *call, const real *x, const real *delta,
+                                     BlockUpdate *update) noexcept nogil:
+    """The first layer's dW = x.T @ delta from x's nonzeros (listed by column during the
+    loss phase), SPARSE_COLUMN_CHUNK rows of dW at a time as this thread claims them; W
+    updated block by block as they finish."""
+    cdef LayerPlan *layer = &call.plan.layers[0]
+    cdef SparseInput *sp = &call.plan.sparse
+    cdef Py_ssize_t lo, hi, rows = call.rows
     cdef nnk_epilogue_s ep_s
     cdef nnk_epilogue_d ep_d
-    nnk_partition(layer.fan_in, team.size, thread, &lo, &hi)
     if real is float:
         ep_s = nnk_epilogue_of_s(NULL, NNK_IDENTITY, 0, NULL, 0)
         ep_s.block_done = _update_block_s
         ep_s.block_context = update
-        nnk_sparse_index_columns_s(rows, layer.fan_in, sp.cols, sp.row_count, lo, hi, sp.rows_of, sp.col_count)
-        nnk_sparse_weight_grad_s(lo, hi, rows, layer.fan_out, x, layer.fan_in, sp.rows_of, sp.col_count,
-                                 delta, layer.fan_out, <float *>layer.gw, layer.fan_out, &ep_s)
     else:
         ep_d = nnk_epilogue_of_d(NULL, NNK_IDENTITY, 0, NULL, 0)
         ep_d.block_done = _update_block_d
         ep_d.block_context = update
-        nnk_sparse_index_columns_d(rows, layer.fan_in, sp.cols, sp.row_count, lo, hi, sp.rows_of, sp.col_count)
-        nnk_sparse_weight_grad_d(lo, hi, rows, layer.fan_out, x, layer.fan_in, sp.rows_of, sp.col_count,
-                                 delta, layer.fan_out, <double *>layer.gw, layer.fan_out, &ep_d)
+    while True:
+        lo = <Py_ssize_t>nnk_claim(&call.sparse_columns_claimed) * SPARSE_COLUMN_CHUNK
+        if lo >= layer.fan_in:
+            return
+        hi = min(layer.fan_in, lo + SPARSE_COLUMN_CHUNK)
+        if real is float:
+            nnk_sparse_weight_grad_s(lo, hi, rows, layer.fan_out, x, layer.fan_in, sp.rows_of, sp.col_count,
+                                     delta, layer.fan_out, <float *>layer.gw, layer.fan_out, &ep_s)
+        else:
+            nnk_sparse_weight_grad_d(lo, hi, rows, layer.fan_out, x, layer.fan_in, sp.rows_of, sp.col_count,
+                                     delta, layer.fan_out, <double *>layer.gw, layer.fan_out, &ep_d)
 
 
 cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x) noexcept nogil:
@@ -314,7 +331,7 @@ cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x)
         layer = &plan.layers[l]
         out = <real *>(layer.z if layer.keep_preact else layer.h)
         if l == 0 and plan.sparse_input:
-            _sparse_forward(plan, team, thread, x, rows, out)
+            _sparse_forward(call, x, out)
         else:
             status |= _gemm(team, thread, 0, 0, 0, rows, layer.fan_out, layer.fan_in, inp, layer.fan_in,
                             <real *>layer.w, layer.fan_out, out, layer.fan_out, <real *>layer.b,
@@ -336,6 +353,9 @@ cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x)
         layer = &plan.layers[plan.n_layers - 1]
         call.loss = _softmax_cross_entropy(<real *>layer.h, call.labels, rows, layer.fan_out, delta,
                                            &call.correct)
+    if plan.sparse_input and thread == team.size - 1:  # meanwhile: x's column lists, for dW
+        nnk_sparse_index_columns(rows, plan.layers[0].fan_in, plan.sparse.cols, plan.sparse.row_count, 0,
+                                   plan.layers[0].fan_in, plan.sparse.rows_of, plan.sparse.col_count)
     _phase_end(call, team, thread)
 
     first_layer_update.plan = plan
@@ -345,7 +365,7 @@ cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x)
         inp = x if l == 0 else <real *>plan.layers[l - 1].h
         # dW = inp.T @ delta (the first layer's W updated as its blocks finish)
         if l == 0 and plan.sparse_input:
-            _sparse_weight_grad(plan, team, thread, x, rows, delta, &first_layer_update)
+            _sparse_weight_grad(call, x, delta, &first_layer_update)
         else:
             status |= _gemm(team, thread, 0, 1, 0, layer.fan_in, layer.fan_out, rows, inp, layer.fan_in,
                             delta, layer.fan_out, <real *>layer.gw, layer.fan_out, <real *>NULL,
@@ -544,6 +564,7 @@ cdef class FusedMLPStep:
             call.correct = 0
             call.failed = 0
             call.n_marks = 0
+            call.sparse_rows_claimed = call.sparse_columns_claimed = 0
             if self.is_double:
                 xd = x
                 call.x = &xd[0, 0]

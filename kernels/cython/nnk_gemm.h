@@ -161,6 +161,25 @@ static void nnk_team_run(nnk_team *team, int threads, nnk_team_fn fn, void *cont
     }
 }
 
+/* The sparse-input kernels' column lists (nnk_sparse_impl.h) of columns [c0, c1), from the
+ * row lists of all m rows (of any element type). */
+static void nnk_sparse_index_columns(ptrdiff_t m, ptrdiff_t k, const int32_t *cols, const int32_t *row_count,
+                                     ptrdiff_t c0, ptrdiff_t c1, int32_t *rows_of, int32_t *col_count) {
+    for (ptrdiff_t c = c0; c < c1; c++) col_count[c] = 0;
+    for (ptrdiff_t i = 0; i < m; i++) {
+        const int32_t *list = cols + i * k;
+        ptrdiff_t lo = 0, hi = row_count[i];
+        while (lo < hi) { /* the first entry >= c0 (the list ascends) */
+            ptrdiff_t mid = (lo + hi) / 2;
+            if (list[mid] < c0) lo = mid + 1; else hi = mid;
+        }
+        for (ptrdiff_t e = lo; e < row_count[i] && list[e] < c1; e++) {
+            int32_t c = list[e];
+            rows_of[c * m + col_count[c]++] = (int32_t)i;
+        }
+    }
+}
+
 #define NNK_PASTE2(a, b) a##_##b
 #define NNK_PASTE(a, b) NNK_PASTE2(a, b)
 
@@ -255,12 +274,6 @@ static int nnk_isa_level(void) {
                                                  ptrdiff_t r0, ptrdiff_t r1, int32_t *cols,       \
                                                  int32_t *row_count) {                            \
         NNK_CALL(nnk_sparse_index_rows, S, (x, ldx, k, r0, r1, cols, row_count));                 \
-    }                                                                                          \
-    static inline void nnk_sparse_index_columns_##S(ptrdiff_t m, ptrdiff_t k, const int32_t *cols, \
-                                                    const int32_t *row_count, ptrdiff_t c0,      \
-                                                    ptrdiff_t c1, int32_t *rows_of,               \
-                                                    int32_t *col_count) {                         \
-        NNK_CALL(nnk_sparse_index_columns, S, (m, k, cols, row_count, c0, c1, rows_of, col_count)); \
     }                                                                                          \
     static inline void nnk_sparse_linear_##S(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n, ptrdiff_t k, \
                                              const T *x, ptrdiff_t ldx, const int32_t *cols,      \

@@ -60,25 +60,6 @@ static void NNK_FN(nnk_sparse_index_rows)(const T *x, ptrdiff_t ldx, ptrdiff_t k
     }
 }
 
-/* The column lists of columns [c0, c1), from the row lists of all m rows. */
-static void NNK_FN(nnk_sparse_index_columns)(ptrdiff_t m, ptrdiff_t k, const int32_t *cols,
-                                             const int32_t *row_count, ptrdiff_t c0, ptrdiff_t c1,
-                                             int32_t *rows_of, int32_t *col_count) {
-    for (ptrdiff_t c = c0; c < c1; c++) col_count[c] = 0;
-    for (ptrdiff_t i = 0; i < m; i++) {
-        const int32_t *list = cols + i * k;
-        ptrdiff_t lo = 0, hi = row_count[i];
-        while (lo < hi) { /* the first entry >= c0 (the list ascends) */
-            ptrdiff_t mid = (lo + hi) / 2;
-            if (list[mid] < c0) lo = mid + 1; else hi = mid;
-        }
-        for (ptrdiff_t e = lo; e < row_count[i] && list[e] < c1; e++) {
-            int32_t c = list[e];
-            rows_of[c * m + col_count[c]++] = (int32_t)i;
-        }
-    }
-}
-
 /* out[0 : vectors * VLEN] = start (NULL: 0) + sum over e < count of a_e * src_e, with
  * a_e = scale[offset[e] * ld_scale] and src_e the row base + offset[e] * ld_src; the sum
  * stays in registers (a function of its own, so that nothing around it competes for them).

@@ -53,6 +53,11 @@ static inline void nnk_team_barrier(nnk_team *team) {
     }
 }
 
+/* Claim the next unit of work from a counter the team's threads share (starting at 0):
+ * returns its index. Threads that claim units as they finish them balance a phase by
+ * themselves when one runs slower (another process on its core). */
+static inline int nnk_claim(int *counter) { return __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED); }
+
 /* Set a flag any thread of a team may set (to 1) while others do too. */
 static inline void nnk_flag_set(int *flag) { __atomic_store_n(flag, 1, __ATOMIC_RELAXED); }
 
