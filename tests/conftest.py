@@ -32,3 +32,13 @@ def any_backend(request):
 def pytest_report_header(config):
     expected = os.environ.get("NNKERN_EXPECT_BACKENDS", "")
     return [f"nnkern backends available: {nnkern.available_backends()} (expected: {expected or 'unset'})"]
+
+
+@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}threads")
+def threads(request):
+    """Run with 1, 2 and 3 threads (3: more threads than this machine's cores, uneven
+    shares), then restore the count. Modules that need other counts define their own."""
+    before = nnkern.get_num_threads()
+    nnkern.set_num_threads(request.param)
+    yield request.param
+    nnkern.set_num_threads(before)

@@ -22,14 +22,6 @@ def backend(request):
     return request.param
 
 
-@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}threads")
-def threads(request):
-    before = nnkern.get_num_threads()
-    nnkern.set_num_threads(request.param)
-    yield request.param
-    nnkern.set_num_threads(before)
-
-
 @pytest.fixture
 def sparse_path(monkeypatch):
     """The fused steps built in the test take the sparse-input path, whatever the data."""

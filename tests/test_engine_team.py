@@ -26,14 +26,6 @@ OPTIMIZERS = {
 }
 
 
-@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n}threads")
-def threads(request):
-    before = nnkern.get_num_threads()
-    nnkern.set_num_threads(request.param)
-    yield request.param
-    nnkern.set_num_threads(before)
-
-
 def _train(act, make_optimizer, dtype, fused):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((203, WIDTHS[0])).astype(dtype)  # 3 batches of 64, then 11 rows

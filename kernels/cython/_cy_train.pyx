@@ -256,6 +256,15 @@ cdef inline int _gemm(nnk_team *team, int thread, int slot, int trans_a, int tra
         return nnk_gemm_team_d(team, thread, slot, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, &ep_d)
 
 
+cdef inline bint _claim_chunk(int *counter, Py_ssize_t chunk, Py_ssize_t total, Py_ssize_t *lo,
+                              Py_ssize_t *hi) noexcept nogil:
+    """Claim the next chunk [lo, hi) of range(total) from the team's shared counter; False
+    when none is left."""
+    lo[0] = <Py_ssize_t>nnk_claim(counter) * chunk
+    hi[0] = min(total, lo[0] + chunk)
+    return lo[0] < total
+
+
 cdef inline void _sparse_forward(StepCall *call, const real *x, real *out) noexcept nogil:
     """The first layer's forward from x's nonzeros, SPARSE_ROW_CHUNK rows at a time as this
     thread claims them: index the rows, then out = act(x @ W + b) (the activation left out
@@ -264,11 +273,7 @@ cdef inline void _sparse_forward(StepCall *call, const real *x, real *out) noexc
     cdef SparseInput *sp = &call.plan.sparse
     cdef Py_ssize_t lo, hi
     cdef int act = NNK_IDENTITY if layer.keep_preact else layer.act
-    while True:
-        lo = <Py_ssize_t>nnk_claim(&call.sparse_rows_claimed) * SPARSE_ROW_CHUNK
-        if lo >= call.rows:
-            return
-        hi = min(call.rows, lo + SPARSE_ROW_CHUNK)
+    while _claim_chunk(&call.sparse_rows_claimed, SPARSE_ROW_CHUNK, call.rows, &lo, &hi):
         if real is float:
             nnk_sparse_index_rows_s(x, layer.fan_in, layer.fan_in, lo, hi, sp.cols, sp.row_count)
             nnk_sparse_linear_s(lo, hi, layer.fan_out, layer.fan_in, x, layer.fan_in, sp.cols, sp.row_count,
@@ -299,11 +304,7 @@ cdef inline void _sparse_weight_grad(StepCall *call, const real *x, const real *
         ep_d = nnk_epilogue_of_d(NULL, NNK_IDENTITY, 0, NULL, 0)
         ep_d.block_done = _update_block_d
         ep_d.block_context = update
-    while True:
-        lo = <Py_ssize_t>nnk_claim(&call.sparse_columns_claimed) * SPARSE_COLUMN_CHUNK
-        if lo >= layer.fan_in:
-            return
-        hi = min(layer.fan_in, lo + SPARSE_COLUMN_CHUNK)
+    while _claim_chunk(&call.sparse_columns_claimed, SPARSE_COLUMN_CHUNK, layer.fan_in, &lo, &hi):
         if real is float:
             nnk_sparse_weight_grad_s(lo, hi, rows, layer.fan_out, x, layer.fan_in, sp.rows_of, sp.col_count,
                                      delta, layer.fan_out, <float *>layer.gw, layer.fan_out, &ep_s)
