@@ -85,11 +85,12 @@ NNK_EPILOGUE_DEFINE(double, d)
 #define NNK_L3_BUDGET (4 * 1024 * 1024)
 #endif
 /* Below this m*n*k one thread does the product: starting the team costs more. Inside a
- * running team (nnk_gemm_team_*), where a split costs only a spinning barrier, the bar is
- * lower. */
+ * running team (nnk_gemm_team_*) a split costs only a spinning barrier, but a product this
+ * small (a few microseconds on one core) still finishes sooner on one thread than it waits
+ * for a partner that the machine has slowed down. */
 #define NNK_GEMM_PARALLEL_MIN_MNK (1 << 17)
 #ifndef NNK_TEAM_PARALLEL_MIN_MNK
-#define NNK_TEAM_PARALLEL_MIN_MNK (1 << 15)
+#define NNK_TEAM_PARALLEL_MIN_MNK (1 << 18)
 #endif
 
 static inline ptrdiff_t nnk_min(ptrdiff_t a, ptrdiff_t b) { return a < b ? a : b; }
