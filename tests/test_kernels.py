@@ -177,6 +177,8 @@ def test_float_sigmoid_is_accurate_over_its_whole_range(fast_backend):
     normal = exact >= np.finfo(np.float32).tiny
     np.testing.assert_allclose(y[normal], exact[normal], rtol=4 * np.finfo(np.float32).eps)
     np.testing.assert_allclose(y[~normal], exact[~normal], rtol=0, atol=2 * np.finfo(np.float32).tiny)
+    nan = np.full(11, np.nan, np.float32)  # a vector and a tail
+    assert np.isnan(ops.activation("sigmoid", nan, backend=fast_backend)).all()
 
 
 # ---------------------------------------------------------------------------------------

@@ -45,7 +45,8 @@ from gemm cimport (nnk_gemm_team_s, nnk_gemm_team_d, nnk_epilogue_s, nnk_epilogu
                    nnk_sparse_index_rows_s, nnk_sparse_index_rows_d, nnk_sparse_index_columns,
                    nnk_sparse_linear_s, nnk_sparse_linear_d,
                    nnk_sparse_weight_grad_s, nnk_sparse_weight_grad_d)
-from update_rules cimport real, apply_update
+from update_rules cimport (real, apply_update, nnk_update_s, nnk_update_d, nnk_update_constants_s,
+                          nnk_update_constants_d, nnk_update_constants_for_s, nnk_update_constants_for_d)
 
 # The first layer can read only the nonzeros of its input (FusedMLPStep's sparse_input).
 SPARSE_INPUT = True
@@ -211,15 +212,30 @@ cdef struct BlockUpdate:
 cdef inline void _update_block(const BlockUpdate *update, real *block, Py_ssize_t ldc, Py_ssize_t rows,
                                Py_ssize_t cols) noexcept nogil:
     """Update the weights whose gradient `block` (rows x cols of the layer's gW, row stride
-    ldc) has just been finished: one pass when the block spans whole rows, else row by row."""
+    ldc) has just been finished: the rule's constants once (Adam's take two pow), then one
+    pass when the block spans whole rows, else row by row."""
+    cdef const StepPlan *plan = update.plan
     cdef const LayerPlan *layer = update.layer
-    cdef Py_ssize_t start = block - <real *>layer.gw, i
+    cdef Py_ssize_t offset, i
+    cdef real *s0
+    cdef real *s1
+    cdef nnk_update_constants_s cs
+    cdef nnk_update_constants_d cd
     if cols == ldc:
         cols *= rows
         rows = 1
+    if real is float:
+        cs = nnk_update_constants_for_s(plan.lr, plan.a, plan.b, plan.eps, plan.t, plan.weight_decay)
+    else:
+        cd = nnk_update_constants_for_d(plan.lr, plan.a, plan.b, plan.eps, plan.t, plan.weight_decay)
     for i in range(rows):
-        _update_elements(update.plan, <real *>layer.w, <real *>layer.gw, layer.w_state0, layer.w_state1,
-                         start + i * ldc, start + i * ldc + cols)
+        offset = block - <real *>layer.gw + i * ldc
+        s0 = <real *>layer.w_state0 + offset if layer.w_state0 != NULL else NULL
+        s1 = <real *>layer.w_state1 + offset if layer.w_state1 != NULL else NULL
+        if real is float:
+            nnk_update_s(plan.rule, <float *>layer.w + offset, <float *>layer.gw + offset, s0, s1, cols, &cs)
+        else:
+            nnk_update_d(plan.rule, <double *>layer.w + offset, <double *>layer.gw + offset, s0, s1, cols, &cd)
 
 
 cdef void _update_block_s(void *update, float *block, Py_ssize_t ldc, Py_ssize_t rows,

@@ -167,7 +167,7 @@ static inline float nnk_exp_nonpositive_s(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
+    int32_t bits = ((int32_t)(n == n ? n : 0.0f) + 127) << 23; /* NaN: p is NaN already; no NaN cast */
     float scale;
     __builtin_memcpy(&scale, &bits, sizeof scale);
     float value = p * scale; /* computed either way: a select, not a branch, vectorises */

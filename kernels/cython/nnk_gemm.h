@@ -17,8 +17,9 @@
  * Epilogue, applied to each output tile after its last K block while it is still in L1:
  *   + bias (per column), then act(.)           (forward of a fused linear layer), or
  *   * act'(grad_src)                            (backward mask: dY @ W.T times act'(x or y));
- * then, per finished M block of a thread's slice, an optional hook (block_done) that
- * consumes that block while it is still in cache (the fused step's weight update).
+ * then, per finished block of a thread's slice (an M block of the columns packed together),
+ * an optional hook (block_done) that consumes that block while it is still in cache (the
+ * fused step's weight update).
  *
  * Instruction sets: built with -march=native (or any -mavx2), the one variant for that CPU
  * is compiled. A portable x86-64 build compiles three variants (AVX-512, AVX2+FMA, SSE2)

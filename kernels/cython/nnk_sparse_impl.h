@@ -7,7 +7,8 @@
  *   forward      out[i, :] = act(b + sum over nonzero x[i, k] of x[i, k] * W[k, :])
  *   weight grad  dW[k, :]  = sum over rows i with x[i, k] != 0 of x[i, k] * delta[i, :]
  * Each sum runs in the order of the dense product with the zero terms left out, so the
- * results equal the dense path's to round-off. The row being summed lives in registers (up
+ * results equal the dense path's to round-off while W and the gradients are finite (a
+ * dense product's 0 * inf = NaN terms are among those left out). The row being summed lives in registers (up
  * to CHUNK vectors at a time); each nonzero costs one broadcast and one multiply-add per
  * vector, against the dense product's n / VLEN multiply-adds for every element.
  *

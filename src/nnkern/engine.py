@@ -15,7 +15,8 @@ gradient alone.
 Sparse input: when at most ``SPARSE_INPUT_MAX_DENSITY`` of the training data is nonzero
 (MNIST's pixels: 19%), the fused step's first layer runs its two products with the input,
 the forward and the weight gradient, over the nonzeros only (the same sums without their
-zero terms). The environment variable ``NNKERN_SPARSE_INPUT`` overrides the choice: "0"
+zero terms; once a weight or gradient is infinite or NaN, the dense products' 0 * inf = NaN
+terms are among those left out). The environment variable ``NNKERN_SPARSE_INPUT`` overrides the choice: "0"
 never, "1" always, "auto" (the default) from the data's density.
 """
 
