@@ -80,6 +80,21 @@ def test_sparse_first_layer_every_activation_and_stateful_optimizer(sparse_path,
     _assert_same(got, want, np.float32)
 
 
+def test_row_chains_carry_rows_through_every_layer(sparse_path, threads):
+    """A sparse first layer followed by small layers: each thread takes chunks of rows
+    through the whole forward and the loss (one phase); the numbers stay the layer path's,
+    including a last batch whose rows do not fill the last chunk."""
+    x, y = _sparse_data(203, 150, 0.2, 7, seed=5)
+    widths = (150, 40, 12, 7)
+    step = _step(x, y, widths=(150, 40, 7))
+    assert step.phase_names()[0].startswith("forward of every layer and the loss")
+    adam = lambda: optim.Adam(lr=1e-3, weight_decay=1e-4)  # noqa: E731
+    for dtype in (np.float32, np.float64):
+        want = _train(x, y, widths, nn.Sigmoid, adam, dtype, fused=False)
+        got = _train(x, y, widths, nn.Sigmoid, adam, dtype, fused=True)
+        _assert_same(got, want, dtype)
+
+
 def test_sparse_first_layer_with_a_batch_larger_than_the_input_width(sparse_path, backend):
     """Batches of 300 rows: the column lists hold more rows than a row list holds columns."""
     x, y = _sparse_data(700, 40, 0.3, 5, seed=2)

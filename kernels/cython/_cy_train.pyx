@@ -16,7 +16,10 @@ the thread that has just summed its columns of the gradient.
 
 Sparse input: when most of x is zero (MNIST's pixels: 81%), the first layer's two products
 with x, the forward and the weight gradient, run over x's nonzeros only (nnk_sparse_impl.h,
-indexed once per step), with the same sums to round-off.
+indexed once per step), with the same sums to round-off. When every later layer is small
+(below the size a team splits), the thread that claims a chunk of rows carries it through
+every layer and the loss in one phase (row chains): no barrier between the layers, and no
+other core reads those rows' activations until the backward pass.
 
 Threads: the whole step is one parallel region (nnk_team_run). Its threads split every
 phase (each product's columns or rows, the bias sums' columns, the updates' elements)
@@ -37,7 +40,7 @@ from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
-from gemm cimport (nnk_gemm_team_s, nnk_gemm_team_d, nnk_epilogue_s, nnk_epilogue_d,
+from gemm cimport (nnk_gemm_s, nnk_gemm_d, nnk_gemm_team_s, nnk_gemm_team_d, nnk_epilogue_s, nnk_epilogue_d,
                    nnk_epilogue_of_s, nnk_epilogue_of_d,
                    nnk_act_block_s, nnk_act_block_d, NNK_IDENTITY, nnk_team, nnk_team_run,
                    nnk_team_barrier, nnk_flag_set, nnk_claim, nnk_partition, nnk_alloc,
@@ -99,6 +102,12 @@ cdef struct StepPlan:
     void *delta1
     bint sparse_input  # the first layer reads only x's nonzeros
     SparseInput sparse
+    # Row chains (with sparse_input, when every later layer is small): the thread that
+    # claims a chunk of rows carries it through every layer and the loss, no barrier
+    # between; each chunk's loss and correct count land in chunk_loss / chunk_correct.
+    bint row_chain
+    double *chunk_loss
+    Py_ssize_t *chunk_correct
     LayerPlan layers[MAX_LAYERS]
 
 
@@ -139,11 +148,12 @@ cdef inline void _phase_end(StepCall *call, nnk_team *team, int thread) noexcept
 
 cdef inline double _softmax_cross_entropy(const real *logits, const int64_t *labels,
                                           Py_ssize_t rows, Py_ssize_t cols, real *delta,
-                                          Py_ssize_t *correct) noexcept nogil:
-    """Mean cross entropy of the rows' softmax against the labels; delta = (softmax -
-    onehot) / rows; correct = how many rows have their label as the (first) maximum."""
+                                          Py_ssize_t *correct, double inv_rows) noexcept nogil:
+    """The summed cross entropy of the rows' softmax against the labels; delta = (softmax -
+    onehot) * inv_rows (1 / the batch's rows); correct = how many rows have their label as
+    the (first) maximum."""
     cdef Py_ssize_t i, j, best
-    cdef double loss = 0.0, total, inv_rows = 1.0 / rows, scale
+    cdef double loss = 0.0, total, scale
     cdef real row_max
     cdef const real *z
     cdef real *d
@@ -168,7 +178,7 @@ cdef inline double _softmax_cross_entropy(const real *logits, const int64_t *lab
         d[labels[i]] -= <real>inv_rows
         if best == labels[i]:
             correct[0] += 1
-    return loss * inv_rows
+    return loss
 
 
 cdef inline void _column_sums(const real *x, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t lo,
@@ -281,14 +291,33 @@ cdef inline bint _claim_chunk(int *counter, Py_ssize_t chunk, Py_ssize_t total, 
     return lo[0] < total
 
 
-cdef inline void _sparse_forward(StepCall *call, const real *x, real *out) noexcept nogil:
+cdef inline int _chunk_layer(const LayerPlan *layer, const real *inp, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Rows [lo, hi) of a later layer's forward, h = act(inp @ W + b), on this thread alone."""
+    cdef nnk_epilogue_s ep_s
+    cdef nnk_epilogue_d ep_d
+    if real is float:
+        ep_s = nnk_epilogue_of_s(<float *>layer.b, layer.act, <float>layer.slope, NULL, 0)
+        return nnk_gemm_s(0, 0, hi - lo, layer.fan_out, layer.fan_in, inp + lo * layer.fan_in, layer.fan_in,
+                          <float *>layer.w, layer.fan_out, <float *>layer.h + lo * layer.fan_out, layer.fan_out,
+                          &ep_s, 1)
+    else:
+        ep_d = nnk_epilogue_of_d(<double *>layer.b, layer.act, layer.slope, NULL, 0)
+        return nnk_gemm_d(0, 0, hi - lo, layer.fan_out, layer.fan_in, inp + lo * layer.fan_in, layer.fan_in,
+                          <double *>layer.w, layer.fan_out, <double *>layer.h + lo * layer.fan_out, layer.fan_out,
+                          &ep_d, 1)
+
+
+cdef inline int _sparse_forward(StepCall *call, const real *x, real *out) noexcept nogil:
     """The first layer's forward from x's nonzeros, SPARSE_ROW_CHUNK rows at a time as this
     thread claims them: index the rows, then out = act(x @ W + b) (the activation left out
-    where the pre-activation is kept)."""
-    cdef LayerPlan *layer = &call.plan.layers[0]
-    cdef SparseInput *sp = &call.plan.sparse
+    where the pre-activation is kept). With row chains, each chunk then goes on through the
+    later layers and the loss (into delta0). Returns the products' status."""
+    cdef StepPlan *plan = call.plan
+    cdef LayerPlan *layer = &plan.layers[0]
+    cdef LayerPlan *last = &plan.layers[plan.n_layers - 1]
+    cdef SparseInput *sp = &plan.sparse
     cdef Py_ssize_t lo, hi
-    cdef int act = NNK_IDENTITY if layer.keep_preact else layer.act
+    cdef int act = NNK_IDENTITY if layer.keep_preact else layer.act, l, status = 0
     while _claim_chunk(&call.sparse_rows_claimed, SPARSE_ROW_CHUNK, call.rows, &lo, &hi):
         if real is float:
             nnk_sparse_index_rows_s(x, layer.fan_in, layer.fan_in, lo, hi, sp.cols, sp.row_count)
@@ -300,6 +329,14 @@ cdef inline void _sparse_forward(StepCall *call, const real *x, real *out) noexc
             nnk_sparse_linear_d(lo, hi, layer.fan_out, layer.fan_in, x, layer.fan_in, sp.cols, sp.row_count,
                                 <double *>layer.w, layer.fan_out, <double *>layer.b, act, layer.slope,
                                 out, layer.fan_out)
+        if plan.row_chain:
+            for l in range(1, plan.n_layers):
+                status |= _chunk_layer(&plan.layers[l], <real *>plan.layers[l - 1].h, lo, hi)
+            plan.chunk_loss[lo // SPARSE_ROW_CHUNK] = _softmax_cross_entropy(
+                <real *>last.h + lo * last.fan_out, call.labels + lo, hi - lo, last.fan_out,
+                <real *>plan.delta0 + lo * last.fan_out, &plan.chunk_correct[lo // SPARSE_ROW_CHUNK],
+                1.0 / call.rows)
+    return status
 
 
 cdef inline void _sparse_weight_grad(StepCall *call, const real *x, const real *delta,
@@ -329,6 +366,18 @@ cdef inline void _sparse_weight_grad(StepCall *call, const real *x, const real *
                                      delta, layer.fan_out, <double *>layer.gw, layer.fan_out, &ep_d)
 
 
+cdef inline void _chunk_loss_total(StepCall *call) noexcept nogil:
+    """The batch's mean loss and correct count from the row chains' per-chunk sums (summed
+    in chunk order: the same number whichever thread ran which chunk)."""
+    cdef Py_ssize_t c, chunks = (call.rows + SPARSE_ROW_CHUNK - 1) // SPARSE_ROW_CHUNK
+    cdef double total = 0.0
+    call.correct = 0
+    for c in range(chunks):
+        total += call.plan.chunk_loss[c]
+        call.correct += call.plan.chunk_correct[c]
+    call.loss = total * (1.0 / call.rows)
+
+
 cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x) noexcept nogil:
     """Thread `thread`'s part of one training step; every thread of the team runs it."""
     cdef StepPlan *plan = call.plan
@@ -348,7 +397,7 @@ cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x)
         layer = &plan.layers[l]
         out = <real *>(layer.z if layer.keep_preact else layer.h)
         if l == 0 and plan.sparse_input:
-            _sparse_forward(call, x, out)
+            status |= _sparse_forward(call, x, out)
         else:
             status |= _gemm(team, thread, 0, 0, 0, rows, layer.fan_out, layer.fan_in, inp, layer.fan_in,
                             <real *>layer.w, layer.fan_out, out, layer.fan_out, <real *>layer.b,
@@ -365,15 +414,23 @@ cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x)
                                 <double *>layer.h + lo * layer.fan_out, layer.fan_out, hi - lo, layer.fan_out)
             _phase_end(call, team, thread)
         inp = <real *>layer.h
+        if plan.row_chain:
+            break  # the row chunks went through every layer and the loss
 
-    if thread == 0:  # 64 x 10 or so: not worth splitting
+    if plan.row_chain:
+        if thread == 0:
+            _chunk_loss_total(call)
+    elif thread == 0:  # 64 x 10 or so: not worth splitting
         layer = &plan.layers[plan.n_layers - 1]
         call.loss = _softmax_cross_entropy(<real *>layer.h, call.labels, rows, layer.fan_out, delta,
-                                           &call.correct)
-    if plan.sparse_input and thread == team.size - 1:  # meanwhile: x's column lists, for dW
+                                           &call.correct, 1.0 / rows) * (1.0 / rows)
+    # x's column lists, for the first layer's dW: the last thread lists them while thread 0
+    # computes the loss or, with row chains, the last layer's small backward products
+    if plan.sparse_input and thread == team.size - 1:
         nnk_sparse_index_columns(rows, plan.layers[0].fan_in, plan.sparse.cols, plan.sparse.row_count, 0,
-                                   plan.layers[0].fan_in, plan.sparse.rows_of, plan.sparse.col_count)
-    _phase_end(call, team, thread)
+                                 plan.layers[0].fan_in, plan.sparse.rows_of, plan.sparse.col_count)
+    if not plan.row_chain:
+        _phase_end(call, team, thread)
 
     first_layer_update.plan = plan
     first_layer_update.layer = &plan.layers[0]
@@ -446,6 +503,8 @@ cdef class FusedMLPStep:
         self.team.shared[0] = self.team.shared[1] = NULL
         self.plan.sparse.cols = self.plan.sparse.row_count = NULL
         self.plan.sparse.rows_of = self.plan.sparse.col_count = NULL
+        self.plan.chunk_loss = NULL
+        self.plan.chunk_correct = NULL
         self.busy = False
 
     def __dealloc__(self):
@@ -455,6 +514,8 @@ cdef class FusedMLPStep:
         free(self.plan.sparse.row_count)
         free(self.plan.sparse.rows_of)
         free(self.plan.sparse.col_count)
+        free(self.plan.chunk_loss)
+        free(self.plan.chunk_correct)
 
     def __init__(self, layers, delta0, delta1, int rule, bint is_double, Py_ssize_t max_rows,
                  bint sparse_input=False):
@@ -495,6 +556,12 @@ cdef class FusedMLPStep:
                 raise MemoryError(f"FusedMLPStep: could not allocate a {shared_bytes}-byte work buffer")
         self.team.shared_bytes = shared_bytes
         self.plan.sparse_input = sparse_input
+        # row chains: every layer after the first small enough to run on one thread, and no
+        # activation that keeps its pre-activation (a phase of its own)
+        self.plan.row_chain = sparse_input and self.plan.n_layers > 1 and all(
+            not layers[i][6] for i in range(self.plan.n_layers)) and all(
+            max_rows * self.plan.layers[i].fan_in * self.plan.layers[i].fan_out < NNK_TEAM_PARALLEL_MIN_MNK
+            for i in range(1, self.plan.n_layers))
         if sparse_input:
             self._allocate_sparse_index(self.plan.layers[0].fan_in, max_rows)
 
@@ -509,7 +576,12 @@ cdef class FusedMLPStep:
         sp.row_count = <int32_t *>nnk_alloc(sizeof(int32_t) * max_rows)
         sp.rows_of = <int32_t *>nnk_alloc(index)
         sp.col_count = <int32_t *>nnk_alloc(sizeof(int32_t) * fan_in)
-        if sp.cols == NULL or sp.row_count == NULL or sp.rows_of == NULL or sp.col_count == NULL:
+        free(self.plan.chunk_loss)
+        free(self.plan.chunk_correct)
+        self.plan.chunk_loss = <double *>nnk_alloc(sizeof(double) * (max_rows // SPARSE_ROW_CHUNK + 1))
+        self.plan.chunk_correct = <Py_ssize_t *>nnk_alloc(sizeof(Py_ssize_t) * (max_rows // SPARSE_ROW_CHUNK + 1))
+        if (sp.cols == NULL or sp.row_count == NULL or sp.rows_of == NULL or sp.col_count == NULL
+                or self.plan.chunk_loss == NULL or self.plan.chunk_correct == NULL):
             raise MemoryError(f"FusedMLPStep: could not allocate the {2 * index}-byte index of a sparse input")
 
     def step(self, x, labels, double lr, double a, double b, double eps, double weight_decay,
@@ -537,14 +609,19 @@ cdef class FusedMLPStep:
         cdef int l
         cdef LayerPlan *lp
         names = []
-        for l in range(self.plan.n_layers):
+        if self.plan.row_chain:
+            names.append(f"forward of every layer and the loss, each thread carrying its chunks of rows "
+                         f"through (layer 1: x @ W ({self.plan.layers[0].fan_in}x{self.plan.layers[0].fan_out}) "
+                         f"from x's nonzeros)")
+        for l in range(0 if self.plan.row_chain else self.plan.n_layers):
             lp = &self.plan.layers[l]
             names.append(f"forward layer {l + 1}: x @ W ({lp.fan_in}x{lp.fan_out}) + b"
                          + ("" if lp.keep_preact else ", activation")
                          + (" (x's nonzeros only)" if l == 0 and self.plan.sparse_input else ""))
             if lp.keep_preact:
                 names.append(f"activation of layer {l + 1} (pre-activation kept)")
-        names.append("softmax-cross-entropy")
+        if not self.plan.row_chain:
+            names.append("softmax-cross-entropy")
         for l in range(self.plan.n_layers - 1, -1, -1):
             lp = &self.plan.layers[l]
             what = f"backward layer {l + 1}: dW ({lp.fan_in}x{lp.fan_out})"
