@@ -51,9 +51,6 @@ from gemm cimport (nnk_gemm_s, nnk_gemm_d, nnk_gemm_team_s, nnk_gemm_team_d, nnk
 from update_rules cimport (real, apply_update, nnk_update_s, nnk_update_d, nnk_update_constants_s,
                           nnk_update_constants_d, nnk_update_constants_for_s, nnk_update_constants_for_d)
 
-# The first layer can read only the nonzeros of its input (FusedMLPStep's sparse_input).
-SPARSE_INPUT = True
-
 cdef enum:
     MAX_LAYERS = 64
     # A parameter with fewer elements is updated by one thread (its owner) while the
@@ -427,8 +424,8 @@ cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x)
     # x's column lists, for the first layer's dW: the last thread lists them while thread 0
     # computes the loss or, with row chains, the last layer's small backward products
     if plan.sparse_input and thread == team.size - 1:
-        nnk_sparse_index_columns(rows, plan.layers[0].fan_in, plan.sparse.cols, plan.sparse.row_count, 0,
-                                 plan.layers[0].fan_in, plan.sparse.rows_of, plan.sparse.col_count)
+        nnk_sparse_index_columns(rows, plan.layers[0].fan_in, plan.sparse.cols, plan.sparse.row_count,
+                                 plan.sparse.rows_of, plan.sparse.col_count)
     if not plan.row_chain:
         _phase_end(call, team, thread)
 
@@ -559,7 +556,7 @@ cdef class FusedMLPStep:
         # row chains: every layer after the first small enough to run on one thread, and no
         # activation that keeps its pre-activation (a phase of its own)
         self.plan.row_chain = sparse_input and self.plan.n_layers > 1 and all(
-            not layers[i][6] for i in range(self.plan.n_layers)) and all(
+            not self.plan.layers[i].keep_preact for i in range(self.plan.n_layers)) and all(
             max_rows * self.plan.layers[i].fan_in * self.plan.layers[i].fan_out < NNK_TEAM_PARALLEL_MIN_MNK
             for i in range(1, self.plan.n_layers))
         if sparse_input:

@@ -163,19 +163,14 @@ static void nnk_team_run(nnk_team *team, int threads, nnk_team_fn fn, void *cont
     }
 }
 
-/* The sparse-input kernels' column lists (nnk_sparse_impl.h) of columns [c0, c1), from the
- * row lists of all m rows (of any element type). */
+/* The sparse-input kernels' column lists (nnk_sparse_impl.h) of all k columns, from the row
+ * lists of all m rows (of any element type); each list ascends. */
 static void nnk_sparse_index_columns(ptrdiff_t m, ptrdiff_t k, const int32_t *cols, const int32_t *row_count,
-                                     ptrdiff_t c0, ptrdiff_t c1, int32_t *rows_of, int32_t *col_count) {
-    for (ptrdiff_t c = c0; c < c1; c++) col_count[c] = 0;
+                                     int32_t *rows_of, int32_t *col_count) {
+    for (ptrdiff_t c = 0; c < k; c++) col_count[c] = 0;
     for (ptrdiff_t i = 0; i < m; i++) {
         const int32_t *list = cols + i * k;
-        ptrdiff_t lo = 0, hi = row_count[i];
-        while (lo < hi) { /* the first entry >= c0 (the list ascends) */
-            ptrdiff_t mid = (lo + hi) / 2;
-            if (list[mid] < c0) lo = mid + 1; else hi = mid;
-        }
-        for (ptrdiff_t e = lo; e < row_count[i] && list[e] < c1; e++) {
+        for (ptrdiff_t e = 0; e < row_count[i]; e++) {
             int32_t c = list[e];
             rows_of[c * m + col_count[c]++] = (int32_t)i;
         }

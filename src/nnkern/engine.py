@@ -142,9 +142,9 @@ def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
         layers.append((linear.W, linear.b, linear.dW, linear.db, code, slope, keep_preact, h, z, *states))
     widest = max(max(linear.in_features, linear.out_features) for linear, _ in pairs)
     delta0, delta1 = np.empty(rows * widest, dtype), np.empty(rows * widest, dtype)
-    sparse = getattr(engine, "SPARSE_INPUT", False) and _sparse_input(x)
+    sparse = _sparse_input(x)
     fused = engine.FusedMLPStep(layers, delta0, delta1, rule[0], dtype == np.float64, rows,
-                                **({"sparse_input": True} if sparse else {}))
+                                sparse_input=sparse)
     a_name, b_name = rule[1]
     hyper = optimizer.hyperparameters
 

@@ -38,9 +38,6 @@ from . import numba_kernels as _k
 
 __all__ = ["FusedMLPStep", "train_step"]
 
-# The first layer can read only the nonzeros of its input (FusedMLPStep's sparse_input).
-SPARSE_INPUT = True
-
 # Columns of the layer table: sizes, activation, then indices into ``bufs`` (0: the dummy).
 FAN_IN, FAN_OUT, ACT, KEEP_PREACT, W, B, GW, GB, H, Z, W_S0, W_S1, B_S0, B_S1 = range(14)
 TABLE_COLUMNS = 14
