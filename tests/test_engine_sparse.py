@@ -57,7 +57,7 @@ def _assert_same(got, want, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("hidden", [1, 5, 97, 300], ids=lambda n: f"hidden{n}")
+@pytest.mark.parametrize("hidden", [1, 5, 16, 44, 97, 300], ids=lambda n: f"hidden{n}")
 def test_sparse_first_layer_equals_layer_by_layer(sparse_path, backend, threads, dtype, hidden):
     # 203 rows: 3 batches of 64, then 11; 150 inputs (not a multiple of any vector width)
     x, y = _sparse_data(203, 150, 0.2, 10)

@@ -61,62 +61,86 @@ static void NNK_FN(nnk_sparse_index_rows)(const T *x, ptrdiff_t ldx, ptrdiff_t k
     }
 }
 
-/* out[0 : vectors * VLEN] = start (NULL: 0) + sum over e < count of a_e * src_e, with
- * a_e = scale[offset[e] * ld_scale] and src_e the row base + offset[e] * ld_src; the sum
- * stays in registers (a function of its own, so that nothing around it competes for them).
- * VECTORS > 0: that many vectors, fully unrolled; 0: `vectors` of them. */
-#define NNK_SPARSE_PASS_DEFINE(NAME, VECTORS)                                                 \
-    __attribute__((noinline)) static void NNK_FN(NAME)(                                      \
-        ptrdiff_t vectors, ptrdiff_t count, const int32_t *restrict offset,                    \
-        const T *restrict scale, ptrdiff_t ld_scale, const T *restrict base, ptrdiff_t ld_src, \
-        const T *restrict start, T *restrict out) {                                           \
-        const ptrdiff_t nv = (VECTORS) ? (VECTORS) : vectors;                                  \
-        VEC acc[CHUNK];                                                                        \
-        _Pragma("GCC unroll 32") for (ptrdiff_t v = 0; v < nv; v++)                           \
-            acc[v] = start ? NNK_FN(nnk_loadu)(start + v * VLEN) : (VEC){0};                   \
-        for (ptrdiff_t e = 0; e < count; e++) {                                                \
-            ptrdiff_t o = offset[e];                                                           \
-            T a = scale[o * ld_scale];                                                         \
-            const T *src = base + o * ld_src;                                                  \
-            _Pragma("GCC unroll 32") for (ptrdiff_t v = 0; v < nv; v++)                       \
-                acc[v] += a * NNK_FN(nnk_loadu)(src + v * VLEN);                               \
-        }                                                                                      \
-        _Pragma("GCC unroll 32") for (ptrdiff_t v = 0; v < nv; v++)                           \
-            NNK_FN(nnk_storeu)(out + v * VLEN, acc[v]);                                        \
+/* One pass over a list of entries: out[0 : VECTORS * VLEN + tail] = start (NULL: 0) + sum
+ * over e < count of a_e * src_e, with a_e = scale[offset[e] * ld_scale] and src_e the row
+ * base + offset[e] * ld_src. The sum stays in registers, so the width is a compile-time
+ * constant (a function per width, each alone so that nothing competes for the registers).
+ * TAIL: one more vector, of which the first `tail` lanes are kept; its loads run past the
+ * end of each row src_e into the next, so the entries from `safe` on (rows at the very end
+ * of base, where that would leave the array; the list ascends) add their tail lanes one
+ * element at a time. */
+#define NNK_SPARSE_PASS_DEFINE(VECTORS, TAIL)                                                   \
+    __attribute__((noinline)) static void NNK_FN(nnk_sparse_pass_##VECTORS##_##TAIL)(          \
+        ptrdiff_t tail, ptrdiff_t count, ptrdiff_t safe, const int32_t *restrict offset,        \
+        const T *restrict scale, ptrdiff_t ld_scale, const T *restrict base, ptrdiff_t ld_src,  \
+        const T *restrict start, T *restrict out) {                                             \
+        VEC acc[VECTORS + 1];                                                                   \
+        T lanes[VLEN] __attribute__((aligned(64)));                                             \
+        _Pragma("GCC unroll 32") for (ptrdiff_t v = 0; v < VECTORS; v++)                        \
+            acc[v] = start ? NNK_FN(nnk_loadu)(start + v * VLEN) : (VEC){0};                    \
+        if (TAIL) { /* not one masked load: with start NULL, AMD cores take a slow assist */    \
+            for (ptrdiff_t j = 0; j < VLEN; j++) lanes[j] = 0;                                  \
+            if (start)                                                                          \
+                for (ptrdiff_t j = 0; j < tail; j++) lanes[j] = start[VECTORS * VLEN + j];      \
+            acc[VECTORS] = *(VEC *)lanes;                                                       \
+        }                                                                                       \
+        ptrdiff_t e = 0;                                                                        \
+        for (; e < (TAIL ? safe : count); e++) {                                                \
+            ptrdiff_t o = offset[e];                                                            \
+            T a = scale[o * ld_scale];                                                          \
+            const T *src = base + o * ld_src;                                                   \
+            _Pragma("GCC unroll 32") for (ptrdiff_t v = 0; v < VECTORS + TAIL; v++)             \
+                acc[v] += a * NNK_FN(nnk_loadu)(src + v * VLEN);                                \
+        }                                                                                       \
+        if (TAIL) *(VEC *)lanes = acc[VECTORS];                                                 \
+        for (; e < count; e++) {                                                                \
+            ptrdiff_t o = offset[e];                                                            \
+            T a = scale[o * ld_scale];                                                          \
+            const T *src = base + o * ld_src;                                                   \
+            _Pragma("GCC unroll 32") for (ptrdiff_t v = 0; v < VECTORS; v++)                    \
+                acc[v] += a * NNK_FN(nnk_loadu)(src + v * VLEN);                                \
+            for (ptrdiff_t j = 0; j < tail; j++) lanes[j] += a * src[VECTORS * VLEN + j];       \
+        }                                                                                       \
+        _Pragma("GCC unroll 32") for (ptrdiff_t v = 0; v < VECTORS; v++)                        \
+            NNK_FN(nnk_storeu)(out + v * VLEN, acc[v]);                                         \
+        for (ptrdiff_t j = 0; j < tail; j++) out[VECTORS * VLEN + j] = lanes[j];                \
     }
-NNK_SPARSE_PASS_DEFINE(nnk_sparse_pass_chunk, CHUNK)
-NNK_SPARSE_PASS_DEFINE(nnk_sparse_pass_vectors, 0)
+#define NNK_SPARSE_PASS_PAIR(VECTORS) NNK_SPARSE_PASS_DEFINE(VECTORS, 0) NNK_SPARSE_PASS_DEFINE(VECTORS, 1)
+#define NNK_SPARSE_PASS_ENTRY(VECTORS) {NNK_FN(nnk_sparse_pass_##VECTORS##_0), NNK_FN(nnk_sparse_pass_##VECTORS##_1)},
+#define NNK_SPARSE_WIDTHS_AVX2(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12)
+#if NNK_VEC_BYTES == 64
+#define NNK_SPARSE_WIDTHS(X) NNK_SPARSE_WIDTHS_AVX2(X) X(13) X(14) X(15) X(16) X(17) X(18) X(19) X(20) X(21) X(22) X(23) X(24)
+#else
+#define NNK_SPARSE_WIDTHS(X) NNK_SPARSE_WIDTHS_AVX2(X)
+#endif
+NNK_SPARSE_PASS_DEFINE(0, 1)
+NNK_SPARSE_WIDTHS(NNK_SPARSE_PASS_PAIR)
+/* [vectors][has a tail] -> the pass of that width ([0][0]: nothing to do, never called) */
+static void (*const NNK_FN(nnk_sparse_passes)[CHUNK + 1][2])(ptrdiff_t, ptrdiff_t, ptrdiff_t, const int32_t *,
+                                                              const T *, ptrdiff_t, const T *, ptrdiff_t,
+                                                              const T *, T *) = {
+    {NULL, NNK_FN(nnk_sparse_pass_0_1)}, NNK_SPARSE_WIDTHS(NNK_SPARSE_PASS_ENTRY)};
 #undef NNK_SPARSE_PASS_DEFINE
+#undef NNK_SPARSE_PASS_PAIR
+#undef NNK_SPARSE_PASS_ENTRY
+#undef NNK_SPARSE_WIDTHS_AVX2
+#undef NNK_SPARSE_WIDTHS
 
 /* out[0:n] = start[0:n] (start NULL: 0) + sum over e < count of a_e * src_e[0:n] (see
- * above): one pass over the entries per CHUNK vectors of columns, then one for the last
- * n % VLEN columns in a vector whose load runs past the end of each row src_e (into the next
- * row: only the first lanes are kept). base holds src_elements readable elements; entries
- * whose row is too near its end for that are added one element at a time. */
+ * above), in passes of at most CHUNK vectors over the entries; the last n % VLEN columns
+ * join the last pass. base holds src_elements readable elements. */
 static void NNK_FN(nnk_sparse_combine)(ptrdiff_t n, ptrdiff_t count, const int32_t *offset,
                                        const T *scale, ptrdiff_t ld_scale, const T *base, ptrdiff_t ld_src,
                                        ptrdiff_t src_elements, const T *start, T *out) {
-    ptrdiff_t whole = n / VLEN * VLEN, j0 = 0;
-    while (j0 < whole) {
-        ptrdiff_t vectors = nnk_min(CHUNK, (whole - j0) / VLEN);
-        (vectors == CHUNK ? NNK_FN(nnk_sparse_pass_chunk) : NNK_FN(nnk_sparse_pass_vectors))(
-            vectors, count, offset, scale, ld_scale, base + j0, ld_src, start ? start + j0 : NULL, out + j0);
-        j0 += vectors * VLEN;
-    }
-    if (j0 == n) return;
-    ptrdiff_t width = n - j0, e = 0;
-    T lanes[VLEN] __attribute__((aligned(64)));
-    for (ptrdiff_t j = 0; j < VLEN; j++) lanes[j] = start && j < width ? start[j0 + j] : (T)0;
-    VEC acc = *(VEC *)lanes;
-    for (; e < count && offset[e] * ld_src + j0 + VLEN <= src_elements; e++)
-        acc += scale[offset[e] * ld_scale] * NNK_FN(nnk_loadu)(base + offset[e] * ld_src + j0);
-    *(VEC *)lanes = acc;
-    for (; e < count; e++) { /* the rows at the very end of base (the list ascends) */
-        T a = scale[offset[e] * ld_scale];
-        const T *src = base + offset[e] * ld_src + j0;
-        for (ptrdiff_t j = 0; j < width; j++) lanes[j] += a * src[j];
-    }
-    for (ptrdiff_t j = 0; j < width; j++) out[j0 + j] = lanes[j];
+    ptrdiff_t vectors = n / VLEN, tail = n % VLEN, j0 = 0;
+    for (; vectors > CHUNK; vectors -= CHUNK, j0 += CHUNK * VLEN)
+        NNK_FN(nnk_sparse_passes)[CHUNK][0](0, count, count, offset, scale, ld_scale, base + j0, ld_src,
+                                           start ? start + j0 : NULL, out + j0);
+    if (vectors == 0 && tail == 0) return;
+    ptrdiff_t safe = count, tail_at = j0 + vectors * VLEN;
+    while (tail && safe > 0 && offset[safe - 1] * ld_src + tail_at + VLEN > src_elements) safe--;
+    NNK_FN(nnk_sparse_passes)[vectors][tail != 0](tail, count, safe, offset, scale, ld_scale, base + j0, ld_src,
+                                                  start ? start + j0 : NULL, out + j0);
 }
 
 /* Rows [r0, r1) of out (row stride ldo) = act(x @ w + bias), from the row lists of x:
