@@ -105,6 +105,19 @@ def test_sparse_first_layer_with_a_batch_larger_than_the_input_width(sparse_path
     _assert_same(got, want, np.float64)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("inputs", [64, 130, 257], ids=lambda n: f"inputs{n}")
+def test_sparse_first_layer_input_widths_around_the_column_chunks(sparse_path, backend, threads, dtype, inputs):
+    """Inputs of one column chunk (64), and widths whose last chunk boundary falls after the
+    last whole vector (130, 257): each chunk's column lists come from the row splits."""
+    x, y = _sparse_data(150, inputs, 0.2, 7, seed=4)
+    widths = (inputs, 24, 7)
+    sgd = lambda: optim.SGD(lr=0.1)  # noqa: E731
+    want = _train(x, y, widths, nn.ReLU, sgd, dtype, fused=False, backend=backend)
+    got = _train(x, y, widths, nn.ReLU, sgd, dtype, fused=True, backend=backend)
+    _assert_same(got, want, dtype)
+
+
 def _step(x, y, widths=(150, 20, 10), backend="cython"):
     model = nn.Sequential(nn.Linear(widths[0], widths[1], seed=0), nn.ReLU(), nn.Linear(widths[1], widths[2], seed=1),
                           backend=backend, dtype=np.float32)

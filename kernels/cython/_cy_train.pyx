@@ -57,7 +57,7 @@ cdef enum:
     # others update other parameters.
     UPDATE_SPLIT_MIN = 1 << 12
     # The sparse first layer's work units, claimed by the threads as they go: rows of the
-    # forward, rows of the weight gradient (columns of x).
+    # forward, rows of the weight gradient (columns of x, each chunk with its column lists).
     SPARSE_ROW_CHUNK = 8
     SPARSE_COLUMN_CHUNK = 64
 
@@ -83,9 +83,11 @@ cdef struct LayerPlan:
 
 cdef struct SparseInput:
     # The first layer's input x as index lists (nnk_sparse_impl.h): the nonzero columns of
-    # each row (stride fan_in) and the rows of each column (stride: the batch's rows).
+    # each row (stride fan_in), where each row's list crosses every SPARSE_COLUMN_CHUNK
+    # columns, and the rows of each column (stride: the batch's rows).
     int32_t *cols
     int32_t *row_count
+    int32_t *splits
     int32_t *rows_of
     int32_t *col_count
 
@@ -317,12 +319,14 @@ cdef inline int _sparse_forward(StepCall *call, const real *x, real *out) noexce
     cdef int act = NNK_IDENTITY if layer.keep_preact else layer.act, l, status = 0
     while _claim_chunk(&call.sparse_rows_claimed, SPARSE_ROW_CHUNK, call.rows, &lo, &hi):
         if real is float:
-            nnk_sparse_index_rows_s(x, layer.fan_in, layer.fan_in, lo, hi, sp.cols, sp.row_count)
+            nnk_sparse_index_rows_s(x, layer.fan_in, layer.fan_in, lo, hi, sp.cols, sp.row_count,
+                                    SPARSE_COLUMN_CHUNK, sp.splits)
             nnk_sparse_linear_s(lo, hi, layer.fan_out, layer.fan_in, x, layer.fan_in, sp.cols, sp.row_count,
                                 <float *>layer.w, layer.fan_out, <float *>layer.b, act, <float>layer.slope,
                                 out, layer.fan_out)
         else:
-            nnk_sparse_index_rows_d(x, layer.fan_in, layer.fan_in, lo, hi, sp.cols, sp.row_count)
+            nnk_sparse_index_rows_d(x, layer.fan_in, layer.fan_in, lo, hi, sp.cols, sp.row_count,
+                                    SPARSE_COLUMN_CHUNK, sp.splits)
             nnk_sparse_linear_d(lo, hi, layer.fan_out, layer.fan_in, x, layer.fan_in, sp.cols, sp.row_count,
                                 <double *>layer.w, layer.fan_out, <double *>layer.b, act, layer.slope,
                                 out, layer.fan_out)
@@ -338,9 +342,9 @@ cdef inline int _sparse_forward(StepCall *call, const real *x, real *out) noexce
 
 cdef inline void _sparse_weight_grad(StepCall *call, const real *x, const real *delta,
                                      BlockUpdate *update) noexcept nogil:
-    """The first layer's dW = x.T @ delta from x's nonzeros (listed by column during the
-    loss phase), SPARSE_COLUMN_CHUNK rows of dW at a time as this thread claims them; W
-    updated block by block as they finish."""
+    """The first layer's dW = x.T @ delta from x's nonzeros, SPARSE_COLUMN_CHUNK rows of dW
+    at a time as this thread claims them: the chunk's column lists of x, then its rows of dW;
+    W updated block by block as they finish."""
     cdef LayerPlan *layer = &call.plan.layers[0]
     cdef SparseInput *sp = &call.plan.sparse
     cdef Py_ssize_t lo, hi, rows = call.rows
@@ -355,6 +359,8 @@ cdef inline void _sparse_weight_grad(StepCall *call, const real *x, const real *
         ep_d.block_done = _update_block_d
         ep_d.block_context = update
     while _claim_chunk(&call.sparse_columns_claimed, SPARSE_COLUMN_CHUNK, layer.fan_in, &lo, &hi):
+        nnk_sparse_index_columns(rows, layer.fan_in, sp.cols, sp.splits, SPARSE_COLUMN_CHUNK,
+                                 lo // SPARSE_COLUMN_CHUNK, sp.rows_of, sp.col_count)
         if real is float:
             nnk_sparse_weight_grad_s(lo, hi, rows, layer.fan_out, x, layer.fan_in, sp.rows_of, sp.col_count,
                                      delta, layer.fan_out, <float *>layer.gw, layer.fan_out, &ep_s)
@@ -421,11 +427,6 @@ cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x)
         layer = &plan.layers[plan.n_layers - 1]
         call.loss = _softmax_cross_entropy(<real *>layer.h, call.labels, rows, layer.fan_out, delta,
                                            &call.correct, 1.0 / rows) * (1.0 / rows)
-    # x's column lists, for the first layer's dW: the last thread lists them while thread 0
-    # computes the loss or, with row chains, the last layer's small backward products
-    if plan.sparse_input and thread == team.size - 1:
-        nnk_sparse_index_columns(rows, plan.layers[0].fan_in, plan.sparse.cols, plan.sparse.row_count,
-                                 plan.sparse.rows_of, plan.sparse.col_count)
     if not plan.row_chain:
         _phase_end(call, team, thread)
 
@@ -498,7 +499,7 @@ cdef class FusedMLPStep:
 
     def __cinit__(self):
         self.team.shared[0] = self.team.shared[1] = NULL
-        self.plan.sparse.cols = self.plan.sparse.row_count = NULL
+        self.plan.sparse.cols = self.plan.sparse.row_count = self.plan.sparse.splits = NULL
         self.plan.sparse.rows_of = self.plan.sparse.col_count = NULL
         self.plan.chunk_loss = NULL
         self.plan.chunk_correct = NULL
@@ -509,6 +510,7 @@ cdef class FusedMLPStep:
         free(self.team.shared[1])
         free(self.plan.sparse.cols)
         free(self.plan.sparse.row_count)
+        free(self.plan.sparse.splits)
         free(self.plan.sparse.rows_of)
         free(self.plan.sparse.col_count)
         free(self.plan.chunk_loss)
@@ -567,17 +569,20 @@ cdef class FusedMLPStep:
         cdef size_t index = sizeof(int32_t) * fan_in * max_rows
         free(sp.cols)
         free(sp.row_count)
+        free(sp.splits)
         free(sp.rows_of)
         free(sp.col_count)
         sp.cols = <int32_t *>nnk_alloc(index)
         sp.row_count = <int32_t *>nnk_alloc(sizeof(int32_t) * max_rows)
+        sp.splits = <int32_t *>nnk_alloc(sizeof(int32_t) * max_rows * (
+            (fan_in + SPARSE_COLUMN_CHUNK - 1) // SPARSE_COLUMN_CHUNK + 1))
         sp.rows_of = <int32_t *>nnk_alloc(index)
         sp.col_count = <int32_t *>nnk_alloc(sizeof(int32_t) * fan_in)
         free(self.plan.chunk_loss)
         free(self.plan.chunk_correct)
         self.plan.chunk_loss = <double *>nnk_alloc(sizeof(double) * (max_rows // SPARSE_ROW_CHUNK + 1))
         self.plan.chunk_correct = <Py_ssize_t *>nnk_alloc(sizeof(Py_ssize_t) * (max_rows // SPARSE_ROW_CHUNK + 1))
-        if (sp.cols == NULL or sp.row_count == NULL or sp.rows_of == NULL or sp.col_count == NULL
+        if (sp.cols == NULL or sp.row_count == NULL or sp.splits == NULL or sp.rows_of == NULL or sp.col_count == NULL
                 or self.plan.chunk_loss == NULL or self.plan.chunk_correct == NULL):
             raise MemoryError(f"FusedMLPStep: could not allocate the {2 * index}-byte index of a sparse input")
 

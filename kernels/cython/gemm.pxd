@@ -119,11 +119,13 @@ cdef extern from "nnk_gemm.h" nogil:
                         const nnk_epilogue_d *ep)
     # the sparse-input first layer (nnk_sparse_impl.h)
     void nnk_sparse_index_rows_s(const float *x, Py_ssize_t ldx, Py_ssize_t k, Py_ssize_t r0,
-                                 Py_ssize_t r1, int32_t *cols, int32_t *row_count)
+                                 Py_ssize_t r1, int32_t *cols, int32_t *row_count, Py_ssize_t chunk,
+                                 int32_t *splits)
     void nnk_sparse_index_rows_d(const double *x, Py_ssize_t ldx, Py_ssize_t k, Py_ssize_t r0,
-                                 Py_ssize_t r1, int32_t *cols, int32_t *row_count)
-    void nnk_sparse_index_columns(Py_ssize_t m, Py_ssize_t k, const int32_t *cols,
-                                  const int32_t *row_count, int32_t *rows_of, int32_t *col_count)
+                                 Py_ssize_t r1, int32_t *cols, int32_t *row_count, Py_ssize_t chunk,
+                                 int32_t *splits)
+    void nnk_sparse_index_columns(Py_ssize_t m, Py_ssize_t k, const int32_t *cols, const int32_t *splits,
+                                  Py_ssize_t chunk, Py_ssize_t s, int32_t *rows_of, int32_t *col_count)
     void nnk_sparse_linear_s(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n, Py_ssize_t k, const float *x,
                              Py_ssize_t ldx, const int32_t *cols, const int32_t *row_count,
                              const float *w, Py_ssize_t ldw, const float *bias, int act, float slope,

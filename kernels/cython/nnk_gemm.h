@@ -37,6 +37,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__x86_64__)
+#include <immintrin.h> /* the sparse row scan's compare-to-mask (nnk_sparse_impl.h) */
+#endif
 
 #include "nnk_act.h"
 #include "nnk_team.h"
@@ -163,14 +166,17 @@ static void nnk_team_run(nnk_team *team, int threads, nnk_team_fn fn, void *cont
     }
 }
 
-/* The sparse-input kernels' column lists (nnk_sparse_impl.h) of all k columns, from the row
- * lists of all m rows (of any element type); each list ascends. */
-static void nnk_sparse_index_columns(ptrdiff_t m, ptrdiff_t k, const int32_t *cols, const int32_t *row_count,
-                                     int32_t *rows_of, int32_t *col_count) {
-    for (ptrdiff_t c = 0; c < k; c++) col_count[c] = 0;
+/* The sparse-input kernels' column lists (nnk_sparse_impl.h) of columns [s * chunk,
+ * (s + 1) * chunk) (or to k), from the row lists and row splits of all m rows (of any
+ * element type); each list ascends. */
+__attribute__((noinline)) static void nnk_sparse_index_columns(ptrdiff_t m, ptrdiff_t k, const int32_t *cols,
+                                                               const int32_t *splits, ptrdiff_t chunk, ptrdiff_t s,
+                                                               int32_t *rows_of, int32_t *col_count) {
+    const ptrdiff_t chunks = nnk_ceil_div(k, chunk);
+    for (ptrdiff_t c = s * chunk; c < k && c < (s + 1) * chunk; c++) col_count[c] = 0;
     for (ptrdiff_t i = 0; i < m; i++) {
-        const int32_t *list = cols + i * k;
-        for (ptrdiff_t e = 0; e < row_count[i]; e++) {
+        const int32_t *list = cols + i * k, *split = splits + i * (chunks + 1);
+        for (ptrdiff_t e = split[s]; e < split[s + 1]; e++) {
             int32_t c = list[e];
             rows_of[c * m + col_count[c]++] = (int32_t)i;
         }
@@ -269,8 +275,9 @@ static int nnk_isa_level(void) {
     }                                                                                          \
     static inline void nnk_sparse_index_rows_##S(const T *x, ptrdiff_t ldx, ptrdiff_t k,         \
                                                  ptrdiff_t r0, ptrdiff_t r1, int32_t *cols,       \
-                                                 int32_t *row_count) {                            \
-        NNK_CALL(nnk_sparse_index_rows, S, (x, ldx, k, r0, r1, cols, row_count));                 \
+                                                 int32_t *row_count, ptrdiff_t chunk,             \
+                                                 int32_t *splits) {                               \
+        NNK_CALL(nnk_sparse_index_rows, S, (x, ldx, k, r0, r1, cols, row_count, chunk, splits));  \
     }                                                                                          \
     static inline void nnk_sparse_linear_##S(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n, ptrdiff_t k, \
                                              const T *x, ptrdiff_t ldx, const int32_t *cols,      \

@@ -14,7 +14,11 @@
  *
  * Index lists have a fixed stride, so threads fill them without counting first:
  *   row lists     cols[i * k + 0 .. row_count[i]]   the nonzero columns of row i, ascending
+ *   row splits    splits[i * (chunks + 1) + s]      where row i's list reaches column s * chunk
+ *                                                   (s = chunks: row_count[i])
  *   column lists  rows_of[c * m + 0 .. col_count[c]] the rows whose column c is nonzero
+ * The splits let each chunk of columns get its column lists (nnk_sparse_index_columns, in
+ * nnk_gemm.h) from the row lists without a search, on whichever thread takes that chunk.
  */
 
 #define NNK_FN(name) NNK_PASTE(name, NNK_S)
@@ -32,32 +36,52 @@
  * rest hold the broadcast and loads); AVX-512 has 32. */
 #define CHUNK (NNK_VEC_BYTES == 64 ? 24 : 12)
 
+/* Bit l set when element l of the VLEN at p is not zero (NaN is not zero): one compare
+ * into a mask where the instruction set has it. */
+static inline uint64_t NNK_FN(nnk_nonzero_lanes)(const T *p) {
+#if defined(__x86_64__) && NNK_VEC_BYTES == 64
+    return sizeof(T) == 4 ? _mm512_cmp_ps_mask(_mm512_loadu_ps((const float *)p), _mm512_setzero_ps(), _CMP_NEQ_UQ)
+                          : _mm512_cmp_pd_mask(_mm512_loadu_pd((const double *)p), _mm512_setzero_pd(), _CMP_NEQ_UQ);
+#elif defined(__x86_64__) && NNK_VEC_BYTES == 32
+    return sizeof(T) == 4
+               ? _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps((const float *)p), _mm256_setzero_ps(), _CMP_NEQ_UQ))
+               : _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd((const double *)p), _mm256_setzero_pd(), _CMP_NEQ_UQ));
+#elif defined(__x86_64__)
+    return sizeof(T) == 4 ? _mm_movemask_ps(_mm_cmpneq_ps(_mm_loadu_ps((const float *)p), _mm_setzero_ps()))
+                          : _mm_movemask_pd(_mm_cmpneq_pd(_mm_loadu_pd((const double *)p), _mm_setzero_pd()));
+#else
+    uint64_t mask = 0;
+    for (ptrdiff_t l = 0; l < VLEN; l++) mask |= (uint64_t)(p[l] != 0) << l;
+    return mask;
+#endif
+}
+
 /* The nonzero columns of rows [r0, r1) of x (row stride ldx, k columns) into the row
- * lists. Whole vectors of zeros are skipped with one test. */
+ * lists, and the row splits at every `chunk` columns (a multiple of VLEN). A vector of zeros
+ * costs one compare. */
 static void NNK_FN(nnk_sparse_index_rows)(const T *x, ptrdiff_t ldx, ptrdiff_t k, ptrdiff_t r0, ptrdiff_t r1,
-                                          int32_t *cols, int32_t *row_count) {
+                                          int32_t *cols, int32_t *row_count, ptrdiff_t chunk, int32_t *splits) {
+    const ptrdiff_t chunks = nnk_ceil_div(k, chunk);
     for (ptrdiff_t i = r0; i < r1; i++) {
         const T *row = x + i * ldx;
-        int32_t *out = cols + i * k;
+        int32_t *out = cols + i * k, *split = splits + i * (chunks + 1);
         ptrdiff_t n = 0, j = 0;
         for (; j + VLEN <= k; j += VLEN) {
-            /* all zero (+0 or -0): no bit but the signs set */
-            uint64_t words[NNK_VEC_BYTES / 8], bits = 0;
-            __builtin_memcpy(words, row + j, sizeof words);
-#pragma GCC unroll 8
-            for (int l = 0; l < NNK_VEC_BYTES / 8; l++) bits |= words[l];
-            if ((bits & (sizeof(T) == 4 ? 0x7fffffff7fffffffULL : 0x7fffffffffffffffULL)) == 0) continue;
+            if (j % chunk == 0) split[j / chunk] = (int32_t)n;
+            uint64_t mask = NNK_FN(nnk_nonzero_lanes)(row + j);
+            if (!mask) continue;
 #pragma GCC unroll 16
-            for (int l = 0; l < VLEN; l++) {
+            for (int l = 0; l < VLEN; l++) { /* no branch per element */
                 out[n] = (int32_t)(j + l);
-                n += row[j + l] != 0;
+                n += (mask >> l) & 1;
             }
         }
         for (; j < k; j++) {
+            if (j % chunk == 0) split[j / chunk] = (int32_t)n;
             out[n] = (int32_t)j;
             n += row[j] != 0;
         }
-        row_count[i] = (int32_t)n;
+        split[chunks] = row_count[i] = (int32_t)n;
     }
 }
 
