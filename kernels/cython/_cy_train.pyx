@@ -79,6 +79,7 @@ cdef struct LayerPlan:
     void *w_state1
     void *b_state0
     void *b_state1
+    void *delta  # with row chains: the loss's gradient by this layer's output, max_rows x fan_out
 
 
 cdef struct SparseInput:
@@ -102,9 +103,11 @@ cdef struct StepPlan:
     bint sparse_input  # the first layer reads only x's nonzeros
     SparseInput sparse
     # Row chains (with sparse_input, when every later layer is small): the thread that
-    # claims a chunk of rows carries it through every layer and the loss, no barrier
-    # between; each chunk's loss and correct count land in chunk_loss / chunk_correct.
+    # claims a chunk of rows carries it through every layer, the loss and back through the
+    # later layers' input gradients (into each layer's delta), no barrier between; each
+    # chunk's loss and correct count land in chunk_loss / chunk_correct.
     bint row_chain
+    void *chain_deltas  # the layers' delta buffers but the last's (delta0)
     double *chunk_loss
     Py_ssize_t *chunk_correct
     LayerPlan layers[MAX_LAYERS]
@@ -306,11 +309,32 @@ cdef inline int _chunk_layer(const LayerPlan *layer, const real *inp, Py_ssize_t
                           &ep_d, 1)
 
 
+cdef inline int _chunk_input_grad(const LayerPlan *layer, const LayerPlan *below, const real *delta,
+                                  Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Rows [lo, hi) of the layer below's delta = (delta, this layer's, @ W.T) * act'(its h),
+    on this thread alone (row chains: no layer keeps its pre-activation)."""
+    cdef nnk_epilogue_s ep_s
+    cdef nnk_epilogue_d ep_d
+    if real is float:
+        ep_s = nnk_epilogue_of_s(NULL, below.act, <float>below.slope, <float *>below.h + lo * below.fan_out,
+                                 below.fan_out)
+        return nnk_gemm_s(0, 1, hi - lo, layer.fan_in, layer.fan_out, delta + lo * layer.fan_out,
+                          layer.fan_out, <float *>layer.w, layer.fan_out, <float *>below.delta + lo * below.fan_out,
+                          below.fan_out, &ep_s, 1)
+    else:
+        ep_d = nnk_epilogue_of_d(NULL, below.act, below.slope, <double *>below.h + lo * below.fan_out,
+                                 below.fan_out)
+        return nnk_gemm_d(0, 1, hi - lo, layer.fan_in, layer.fan_out, delta + lo * layer.fan_out,
+                          layer.fan_out, <double *>layer.w, layer.fan_out, <double *>below.delta + lo * below.fan_out,
+                          below.fan_out, &ep_d, 1)
+
+
 cdef inline int _sparse_forward(StepCall *call, const real *x, real *out) noexcept nogil:
     """The first layer's forward from x's nonzeros, SPARSE_ROW_CHUNK rows at a time as this
     thread claims them: index the rows, then out = act(x @ W + b) (the activation left out
     where the pre-activation is kept). With row chains, each chunk then goes on through the
-    later layers and the loss (into delta0). Returns the products' status."""
+    later layers, the loss (into delta0, the last layer's delta) and back through the later
+    layers' input gradients. Returns the products' status."""
     cdef StepPlan *plan = call.plan
     cdef LayerPlan *layer = &plan.layers[0]
     cdef LayerPlan *last = &plan.layers[plan.n_layers - 1]
@@ -337,6 +361,9 @@ cdef inline int _sparse_forward(StepCall *call, const real *x, real *out) noexce
                 <real *>last.h + lo * last.fan_out, call.labels + lo, hi - lo, last.fan_out,
                 <real *>plan.delta0 + lo * last.fan_out, &plan.chunk_correct[lo // SPARSE_ROW_CHUNK],
                 1.0 / call.rows)
+            for l in range(plan.n_layers - 1, 0, -1):
+                status |= _chunk_input_grad(&plan.layers[l], &plan.layers[l - 1], <real *>plan.layers[l].delta,
+                                            lo, hi)
     return status
 
 
@@ -381,6 +408,47 @@ cdef inline void _chunk_loss_total(StepCall *call) noexcept nogil:
     call.loss = total * (1.0 / call.rows)
 
 
+cdef void _row_chain_share(StepCall *call, nnk_team *team, int thread, const real *x) noexcept nogil:
+    """A step with row chains, in two phases: every layer forward, the loss and the later
+    layers' input gradients, chunk by chunk of rows (_sparse_forward); then the weight
+    gradients and updates: each later layer's (a product over all rows, small) on one
+    thread, the first layer's in chunks of its rows as the threads claim them, each bias's
+    over the threads' column shares."""
+    cdef StepPlan *plan = call.plan
+    cdef LayerPlan *layer
+    cdef BlockUpdate first_layer_update
+    cdef Py_ssize_t rows = call.rows, lo, hi
+    cdef int l, status = _sparse_forward(call, x, <real *>plan.layers[0].h)
+    _phase_end(call, team, thread)
+    if thread == 0:
+        _chunk_loss_total(call)
+    for l in range(1, plan.n_layers):
+        if thread != l % team.size:
+            continue
+        layer = &plan.layers[l]
+        if real is float:
+            status |= nnk_gemm_s(1, 0, layer.fan_in, layer.fan_out, rows, <float *>plan.layers[l - 1].h,
+                                 layer.fan_in, <float *>layer.delta, layer.fan_out, <float *>layer.gw,
+                                 layer.fan_out, NULL, 1)
+        else:
+            status |= nnk_gemm_d(1, 0, layer.fan_in, layer.fan_out, rows, <double *>plan.layers[l - 1].h,
+                                 layer.fan_in, <double *>layer.delta, layer.fan_out, <double *>layer.gw,
+                                 layer.fan_out, NULL, 1)
+        _column_sums(<real *>layer.delta, rows, layer.fan_out, 0, layer.fan_out, <real *>layer.gb)
+        _update_elements(plan, <real *>layer.b, <real *>layer.gb, layer.b_state0, layer.b_state1, 0, layer.fan_out)
+        _update_elements(plan, <real *>layer.w, <real *>layer.gw, layer.w_state0, layer.w_state1, 0,
+                         layer.fan_in * layer.fan_out)
+    layer = &plan.layers[0]
+    first_layer_update.plan = plan
+    first_layer_update.layer = layer
+    _sparse_weight_grad(call, x, <real *>layer.delta, &first_layer_update)
+    nnk_partition(layer.fan_out, team.size, thread, &lo, &hi)
+    _column_sums(<real *>layer.delta, rows, layer.fan_out, lo, hi, <real *>layer.gb)
+    _update_elements(plan, <real *>layer.b, <real *>layer.gb, layer.b_state0, layer.b_state1, lo, hi)
+    if status != 0:
+        nnk_flag_set(&call.failed)
+
+
 cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x) noexcept nogil:
     """Thread `thread`'s part of one training step; every thread of the team runs it."""
     cdef StepPlan *plan = call.plan
@@ -396,6 +464,9 @@ cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x)
     cdef const real *src
     cdef BlockUpdate first_layer_update
 
+    if plan.row_chain:
+        _row_chain_share(call, team, thread, x)
+        return
     for l in range(plan.n_layers):  # forward: h = act(inp @ W + b), fused in the GEMM
         layer = &plan.layers[l]
         out = <real *>(layer.z if layer.keep_preact else layer.h)
@@ -417,18 +488,12 @@ cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x)
                                 <double *>layer.h + lo * layer.fan_out, layer.fan_out, hi - lo, layer.fan_out)
             _phase_end(call, team, thread)
         inp = <real *>layer.h
-        if plan.row_chain:
-            break  # the row chunks went through every layer and the loss
 
-    if plan.row_chain:
-        if thread == 0:
-            _chunk_loss_total(call)
-    elif thread == 0:  # 64 x 10 or so: not worth splitting
+    if thread == 0:  # 64 x 10 or so: not worth splitting
         layer = &plan.layers[plan.n_layers - 1]
         call.loss = _softmax_cross_entropy(<real *>layer.h, call.labels, rows, layer.fan_out, delta,
                                            &call.correct, 1.0 / rows) * (1.0 / rows)
-    if not plan.row_chain:
-        _phase_end(call, team, thread)
+    _phase_end(call, team, thread)
 
     first_layer_update.plan = plan
     first_layer_update.layer = &plan.layers[0]
@@ -503,6 +568,7 @@ cdef class FusedMLPStep:
         self.plan.sparse.rows_of = self.plan.sparse.col_count = NULL
         self.plan.chunk_loss = NULL
         self.plan.chunk_correct = NULL
+        self.plan.chain_deltas = NULL
         self.busy = False
 
     def __dealloc__(self):
@@ -515,6 +581,7 @@ cdef class FusedMLPStep:
         free(self.plan.sparse.col_count)
         free(self.plan.chunk_loss)
         free(self.plan.chunk_correct)
+        free(self.plan.chain_deltas)
 
     def __init__(self, layers, delta0, delta1, int rule, bint is_double, Py_ssize_t max_rows,
                  bint sparse_input=False):
@@ -563,6 +630,24 @@ cdef class FusedMLPStep:
             for i in range(1, self.plan.n_layers))
         if sparse_input:
             self._allocate_sparse_index(self.plan.layers[0].fan_in, max_rows)
+        if self.plan.row_chain:
+            self._allocate_chain_deltas(max_rows)
+
+    cdef _allocate_chain_deltas(self, Py_ssize_t max_rows):
+        """Each layer's delta buffer for row chains: the last layer's is delta0 (the loss
+        writes it), the others' one allocation."""
+        cdef size_t item = sizeof(double) if self.is_double else sizeof(float), offset = 0, total = 0
+        cdef int i, last = self.plan.n_layers - 1
+        for i in range(last):
+            total += max_rows * self.plan.layers[i].fan_out * item
+        free(self.plan.chain_deltas)
+        self.plan.chain_deltas = nnk_alloc(total)
+        if self.plan.chain_deltas == NULL:
+            raise MemoryError(f"FusedMLPStep: could not allocate {total} bytes of row-chain gradients")
+        for i in range(last):
+            self.plan.layers[i].delta = <char *>self.plan.chain_deltas + offset
+            offset += max_rows * self.plan.layers[i].fan_out * item
+        self.plan.layers[last].delta = self.plan.delta0
 
     cdef _allocate_sparse_index(self, Py_ssize_t fan_in, Py_ssize_t max_rows):
         cdef SparseInput *sp = &self.plan.sparse
@@ -612,18 +697,21 @@ cdef class FusedMLPStep:
         cdef LayerPlan *lp
         names = []
         if self.plan.row_chain:
-            names.append(f"forward of every layer and the loss, each thread carrying its chunks of rows "
-                         f"through (layer 1: x @ W ({self.plan.layers[0].fan_in}x{self.plan.layers[0].fan_out}) "
-                         f"from x's nonzeros)")
-        for l in range(0 if self.plan.row_chain else self.plan.n_layers):
+            lp = &self.plan.layers[0]
+            return [f"forward of every layer and the loss, each thread carrying its chunks of rows through "
+                    f"and back through the later layers' input gradients (layer 1: x @ W ({lp.fan_in}x{lp.fan_out}) "
+                    f"from x's nonzeros)",
+                    f"backward layer 1: dW ({lp.fan_in}x{lp.fan_out}) from x's nonzeros with W's update, db, "
+                    f"b's update; dW, db and the updates of layer"
+                    + (" 2" if self.plan.n_layers == 2 else f"s 2-{self.plan.n_layers}")]
+        for l in range(self.plan.n_layers):
             lp = &self.plan.layers[l]
             names.append(f"forward layer {l + 1}: x @ W ({lp.fan_in}x{lp.fan_out}) + b"
                          + ("" if lp.keep_preact else ", activation")
                          + (" (x's nonzeros only)" if l == 0 and self.plan.sparse_input else ""))
             if lp.keep_preact:
                 names.append(f"activation of layer {l + 1} (pre-activation kept)")
-        if not self.plan.row_chain:
-            names.append("softmax-cross-entropy")
+        names.append("softmax-cross-entropy")
         for l in range(self.plan.n_layers - 1, -1, -1):
             lp = &self.plan.layers[l]
             what = f"backward layer {l + 1}: dW ({lp.fan_in}x{lp.fan_out})"
