@@ -9,7 +9,7 @@
  * Each sum runs in the order of the dense product with the zero terms left out, so the
  * results equal the dense path's to round-off while W and the gradients are finite (a
  * dense product's 0 * inf = NaN terms are among those left out). The row being summed lives in registers (up
- * to CHUNK vectors at a time); each nonzero costs one broadcast and one multiply-add per
+ * to CHUNK whole vectors and a partial one at a time); each nonzero costs one broadcast and one multiply-add per
  * vector, against the dense product's n / VLEN multiply-adds for every element.
  *
  * Index lists have a fixed stride, so threads fill them without counting first:
@@ -32,9 +32,17 @@
 #define NNK_SPARSE_L1_BYTES (16 * 1024)
 #endif
 
-/* Accumulator vectors per pass over a row's nonzeros: 12 of the 16 AVX2 registers (the
- * rest hold the broadcast and loads); AVX-512 has 32. */
-#define CHUNK (NNK_VEC_BYTES == 64 ? 24 : 12)
+/* Whole accumulator vectors per pass over a row's nonzeros (CHUNK), and a pass function for
+ * every width up to it: 12 of the 16 AVX2 registers, 13 with a partial vector, the rest
+ * hold the broadcast; AVX-512 has 32. */
+#define NNK_SPARSE_WIDTHS_12(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12)
+#if NNK_VEC_BYTES == 64
+#define CHUNK 24
+#define NNK_SPARSE_WIDTHS(X) NNK_SPARSE_WIDTHS_12(X) X(13) X(14) X(15) X(16) X(17) X(18) X(19) X(20) X(21) X(22) X(23) X(24)
+#else
+#define CHUNK 12
+#define NNK_SPARSE_WIDTHS(X) NNK_SPARSE_WIDTHS_12(X)
+#endif
 
 /* Bit l set when element l of the VLEN at p is not zero (NaN is not zero): one compare
  * into a mask where the instruction set has it. */
@@ -131,12 +139,6 @@ static void NNK_FN(nnk_sparse_index_rows)(const T *x, ptrdiff_t ldx, ptrdiff_t k
     }
 #define NNK_SPARSE_PASS_PAIR(VECTORS) NNK_SPARSE_PASS_DEFINE(VECTORS, 0) NNK_SPARSE_PASS_DEFINE(VECTORS, 1)
 #define NNK_SPARSE_PASS_ENTRY(VECTORS) {NNK_FN(nnk_sparse_pass_##VECTORS##_0), NNK_FN(nnk_sparse_pass_##VECTORS##_1)},
-#define NNK_SPARSE_WIDTHS_AVX2(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12)
-#if NNK_VEC_BYTES == 64
-#define NNK_SPARSE_WIDTHS(X) NNK_SPARSE_WIDTHS_AVX2(X) X(13) X(14) X(15) X(16) X(17) X(18) X(19) X(20) X(21) X(22) X(23) X(24)
-#else
-#define NNK_SPARSE_WIDTHS(X) NNK_SPARSE_WIDTHS_AVX2(X)
-#endif
 NNK_SPARSE_PASS_DEFINE(0, 1)
 NNK_SPARSE_WIDTHS(NNK_SPARSE_PASS_PAIR)
 /* [vectors][has a tail] -> the pass of that width ([0][0]: nothing to do, never called) */
@@ -147,8 +149,6 @@ static void (*const NNK_FN(nnk_sparse_passes)[CHUNK + 1][2])(ptrdiff_t, ptrdiff_
 #undef NNK_SPARSE_PASS_DEFINE
 #undef NNK_SPARSE_PASS_PAIR
 #undef NNK_SPARSE_PASS_ENTRY
-#undef NNK_SPARSE_WIDTHS_AVX2
-#undef NNK_SPARSE_WIDTHS
 
 /* out[0:n] = start[0:n] (start NULL: 0) + sum over e < count of a_e * src_e[0:n] (see
  * above), in passes of at most CHUNK vectors over the entries; the last n % VLEN columns
@@ -211,3 +211,5 @@ static void NNK_FN(nnk_sparse_weight_grad)(ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t
 #undef EPILOGUE
 #undef ACT_BLOCK
 #undef CHUNK
+#undef NNK_SPARSE_WIDTHS_12
+#undef NNK_SPARSE_WIDTHS
