@@ -78,3 +78,38 @@ def test_import_does_not_import_numba_or_compile():
     code = "import sys, nnkern; print('numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _openmp_env_after_import(**env_overrides):
+    """GOMP_SPINCOUNT and OMP_WAIT_POLICY as a fresh process sees them after ``import
+    nnkern``, then inside ``openmp_defaults()``."""
+    import os
+
+    code = (
+        "import os, nnkern\n"
+        "from nnkern._threads import openmp_defaults\n"
+        "show = lambda: [os.environ.get(k) for k in ('GOMP_SPINCOUNT', 'OMP_WAIT_POLICY')]\n"
+        "print(show())\n"
+        "with openmp_defaults():\n"
+        "    print(show())\n"
+        "print(show())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env.update(env_overrides)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=env)
+    return out.stdout.splitlines()
+
+
+def test_import_bounds_the_openmp_spin_and_foreign_runtimes_get_their_defaults():
+    after, inside, restored = _openmp_env_after_import()
+    assert after == "['4000', None]"
+    assert inside == "[None, None]"
+    assert restored == after
+
+
+@pytest.mark.parametrize("override", [{"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "123"}])
+def test_a_users_openmp_wait_setting_wins(override):
+    after, inside, restored = _openmp_env_after_import(**override)
+    expected = str([override.get("GOMP_SPINCOUNT"), override.get("OMP_WAIT_POLICY")])
+    assert after == inside == restored == expected

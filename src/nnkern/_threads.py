@@ -10,16 +10,37 @@ threadpoolctl.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
-# libgomp's default lets idle OpenMP threads spin for a while waiting for the next parallel
-# region. A training step opens a dozen short regions; whenever another process holds a
-# core, a spinning worker steals the time its partner needs and a step slows 10-30x
-# (measured on a loaded 2-core machine). Passive waiting sleeps instead. Read by libgomp when
-# it loads, i.e. when the first compiled kernel module is imported, after this; a value the
-# user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How long an idle OpenMP thread (the Cython kernels' and Numba's "omp" layer) busy-waits for
+# the next parallel region or barrier before it sleeps. libgomp's default spins ~5 ms: a
+# training step opens many short regions, and whenever another process holds a core a
+# spinning worker steals the time its partner needs (a step slowed 10-30x on a loaded
+# 2-core machine). Sleeping at once is no better: waking a sleeping thread costs ~65 us on
+# this VM, more than a small layer's whole kernel. So spin about as long as a wake-up costs
+# (4000 spins, ~60-100 us on Zen 3), then sleep: never more than twice the cost of the
+# better choice. Read by libgomp when it loads, i.e. when the first compiled kernel module
+# is imported, after this; a policy the user set wins.
+SPINCOUNT_SET_HERE = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+if SPINCOUNT_SET_HERE:
+    os.environ["GOMP_SPINCOUNT"] = "4000"
+
+
+@contextlib.contextmanager
+def openmp_defaults():
+    """Within this block the environment lacks the spin count nnkern set (a user's own
+    stays): for loading another library's OpenMP runtime with its own defaults, as the
+    benchmark does with PyTorch's bundled libgomp so that PyTorch runs as its users get it."""
+    if not SPINCOUNT_SET_HERE or "GOMP_SPINCOUNT" not in os.environ:
+        yield
+        return
+    spincount = os.environ.pop("GOMP_SPINCOUNT")
+    try:
+        yield
+    finally:
+        os.environ["GOMP_SPINCOUNT"] = spincount
 
 __all__ = ["set_num_threads", "get_num_threads", "default_num_threads"]
 

@@ -51,7 +51,7 @@ import numpy as np
 
 import nnkern
 
-from ._threads import default_num_threads
+from ._threads import default_num_threads, openmp_defaults
 
 __all__ = [
     "NETWORKS",
@@ -155,9 +155,11 @@ def benchmark_backends(requested=None) -> tuple[list[str], dict[str, str]]:
 
 
 def _torch():
-    """PyTorch, or None when it cannot be imported."""
+    """PyTorch, or None when it cannot be imported. Imported with its own OpenMP defaults
+    (its libgomp reads them when it loads), not the spin count nnkern sets for its own."""
     try:
-        import torch
+        with openmp_defaults():
+            import torch
     except ImportError:
         return None
     return torch
