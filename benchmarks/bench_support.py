@@ -16,10 +16,11 @@ import os
 import numpy as np
 
 import nnkern
-from nnkern import bench
+from nnkern import _threads, bench
 
 try:
-    import torch
+    with _threads.openmp_defaults():  # PyTorch's libgomp with PyTorch's defaults
+        import torch
 except ImportError:  # the torch peers are skipped
     torch = None
 

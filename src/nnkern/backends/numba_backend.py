@@ -39,12 +39,12 @@ def _gemm(a, b, trans_a, trans_b, out, bias, act, slope):
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
     a_size, b_size, spare_size = _k.gemm_scratch_sizes(m, n, k)
-    a_pack = np.empty(a_size, dtype=out.dtype)
+    a_tail = np.empty(a_size, dtype=out.dtype)
     b_pack = np.empty(b_size, dtype=out.dtype)
     spare = np.empty(spare_size, dtype=out.dtype)
     has_bias = bias is not None
     _k.gemm(a, trans_a, b, trans_b, out, bias if has_bias else spare, has_bias, act,
-            out.dtype.type(slope), a_pack, b_pack, spare, num_threads())
+            out.dtype.type(slope), a_tail, b_pack, spare, num_threads())
 
 
 def matmul(a, b, trans_a, trans_b, out):

@@ -10,20 +10,22 @@ SLP vectorizer, so a register tile of scalar accumulators never becomes vector c
 micro-kernel (``_micro_kernel``) is therefore an ``@intrinsic`` that emits the LLVM IR
 itself: a 6 x 16 float32 (6 x 8 float64) output tile held in twelve <8 x float>
 (<4 x double>) accumulators, each k step one broadcast of op(a) and two ``llvm.fma`` per
-row, no spills. Both operands are packed, which also absorbs the transposes: op(a) once
-into 6-row panels (``_pack_a``), op(b) per column block into 16-column (8) panels, k in
+row, no spills. op(b) is packed per column block into 16-column (8) panels, which also
+absorbs its transpose; op(a) is read where it lies, through its strides (6 rows of it per
+tile, contiguous along k or along the rows, L1 friendly either way), so that only a last
+partial 6-row panel is packed (``_pack_a_tail``) and no thread waits for an A pack; k in
 blocks of at most ``GEMM_KC`` = 256 split evenly. Panels are zero padded; edge tiles go
 through a scratch tile and only their valid part is stored. Columns are split across
 threads in multiples of the panel width, each thread packing its own columns. The fused
 linear adds the bias and applies the activation to each finished column block. Each
 output is one summation order whatever the thread count or transposes (bit for bit).
 
-Measured (one thread, vs np.matmul/OpenBLAS float32, 2-core AVX2 machine;
-``NNKERN_BENCH_THREADS=1 pytest benchmarks/ -m "not training and not large"
--k "gemm and (numba or matmul)"``, ratio of the minimum times): x @ W (64x784)@(784x256)
-0.74x, (128x784)@(784x256) 0.79x, x.T @ dY (784x64)@(64x256) 0.93x, dY @ W.T
-(64x256)@(256x784) 0.76x (the dot-product tiles and row updates this replaced: 0.63-0.74x,
-slower at every shape measured, so they are gone).
+Measured against np.matmul (OpenBLAS) in float32, ratio of the median times, on the 2-core
+AVX-512 development VM (``NNKERN_BENCH_THREADS=1 pytest benchmarks/test_bench_kernels.py
+-m "not training" -k "test_gemm and not 2048"``, and with 2 threads), 1 / 2 threads:
+x @ W (64x784)@(784x256) 0.69x / 0.76x, (128x784)@(784x256) 0.96x / 0.76x, x.T @ dY
+(784x64)@(64x256) 1.02x / 0.70x, dY @ W.T (64x256)@(256x784) 0.79x / 0.95x. Reading op(a)
+in place instead of packing it all gained 2-10% (side by side with the packing version).
 """
 
 from __future__ import annotations
@@ -370,18 +372,20 @@ def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step
 
 
 @intrinsic
-def _micro_kernel(typingctx, a_pack, a_at, b_pack, b_at, kc, c, first):
+def _micro_kernel(typingctx, a, a_at, a_step_i, a_step_p, b_pack, b_at, kc, c, first):
     """c[:MR, :NR] = (first) or += (else) sum over p < kc of
-    a_pack[a_at + p*MR + i] * b_pack[b_at + p*NR + j], with NR = 2 vectors of W lanes (W = 8
-    float32, 4 float64). The MR x 2 accumulators are LLVM vectors (12 of the 16 AVX2
-    registers) and every step is one broadcast of A and two fused multiply-adds per row.
+    a[a_at + i*a_step_i + p*a_step_p] * b_pack[b_at + p*NR + j], with NR = 2 vectors of W
+    lanes (W = 8 float32, 4 float64). ``a`` is any array, indexed in elements from its data
+    pointer: a packed panel (steps 1 and MR) or op(a) where it lies (its strides), so that
+    full row panels need no packing. The MR x 2 accumulators are LLVM vectors (12 of the 16
+    AVX2 registers) and every step is one broadcast of A and two fused multiply-adds per row.
     ``c``: a 2D array whose rows are contiguous. Emitted as LLVM IR because Numba's
     vectorizers never turn a register tile of scalars into this (see the module docstring)."""
     dtype = c.dtype
-    signature = types.void(a_pack, a_at, b_pack, b_at, kc, c, first)
+    signature = types.void(a, a_at, a_step_i, a_step_p, b_pack, b_at, kc, c, first)
 
     def codegen(context, builder, sig, args):
-        a_v, a_at_v, b_v, b_at_v, kc_v, c_v, first_v = args
+        a_v, a_at_v, a_step_i_v, a_step_p_v, b_v, b_at_v, kc_v, c_v, first_v = args
         flt = context.get_value_type(dtype)
         lanes = 8 if dtype == types.float32 else 4
         nr = 2 * lanes
@@ -389,27 +393,31 @@ def _micro_kernel(typingctx, a_pack, a_at, b_pack, b_at, kc, c, first):
         vec = ir.VectorType(flt, lanes)
         vec_ptr = vec.as_pointer()
         a_arr = cgutils.create_struct_proxy(sig.args[0])(context, builder, value=a_v)
-        b_arr = cgutils.create_struct_proxy(sig.args[2])(context, builder, value=b_v)
-        c_arr = cgutils.create_struct_proxy(sig.args[5])(context, builder, value=c_v)
+        b_arr = cgutils.create_struct_proxy(sig.args[4])(context, builder, value=b_v)
+        c_arr = cgutils.create_struct_proxy(sig.args[7])(context, builder, value=c_v)
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in range(2)]
                 for _ in range(GEMM_MR)]
-        a_at_v = context.cast(builder, a_at_v, sig.args[1], types.int64)
-        b_at_v = context.cast(builder, b_at_v, sig.args[3], types.int64)
-        kc_v = context.cast(builder, kc_v, sig.args[4], types.int64)
+        a_at_v, a_step_i_v, a_step_p_v, b_at_v, kc_v = (
+            context.cast(builder, v, t, types.int64)
+            for v, t in zip((a_at_v, a_step_i_v, a_step_p_v, b_at_v, kc_v),
+                            (sig.args[1], sig.args[2], sig.args[3], sig.args[5], sig.args[6])))
+        a_rows = [builder.gep(a_arr.data, [builder.add(a_at_v, builder.mul(a_step_i_v,
+                                                                           ir.Constant(i64, i)))])
+                  for i in range(GEMM_MR)]
         name = "llvm.fma.v%d%s" % (lanes, "f32" if dtype == types.float32 else "f64")
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
                                              name)
         splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), None)
         with cgutils.for_range(builder, kc_v) as loop:
             p = loop.index
-            qa = builder.add(a_at_v, builder.mul(p, ir.Constant(i64, GEMM_MR)))
+            qa = builder.mul(p, a_step_p_v)
             qb = builder.add(b_at_v, builder.mul(p, ir.Constant(i64, nr)))
             b_row = builder.gep(b_arr.data, [qb])
             bv = [builder.load(builder.bitcast(builder.gep(b_row, [ir.Constant(i64, lanes * h)]),
                                                vec_ptr), align=dtype.bitwidth // 8)
                   for h in range(2)]
             for i in range(GEMM_MR):
-                x = builder.load(builder.gep(a_arr.data, [builder.add(qa, ir.Constant(i64, i))]))
+                x = builder.load(builder.gep(a_rows[i], [qa]))
                 xv = builder.insert_element(ir.Constant(vec, ir.Undefined), x,
                                             ir.Constant(ir.IntType(32), 0))
                 xv = builder.shuffle_vector(xv, ir.Constant(vec, ir.Undefined), splat)
@@ -474,20 +482,12 @@ def _pack_panel(src, k_along_rows, start, count, k0, k1, width, dst, base):
 
 
 @_jit()
-def _pack_a(a, trans_a, a_pack, m, k):
-    """op(a) into MR-row panels, k block by k block: the block at k0 (length kc) starts at
-    m_pad * k0, its panel ip at + ip*kc*MR, holding op(a)[ip*MR + r, k0 + p] at p*MR + r.
-    Rows past m are zeros."""
-    kc_max = _gemm_kc(k)
-    panels = (m + GEMM_MR - 1) // GEMM_MR
-    m_pad = panels * GEMM_MR
-    for k0 in range(0, k, kc_max):
-        k1 = min(k0 + kc_max, k)
-        kc = k1 - k0
-        for ip in range(panels):
-            i0 = ip * GEMM_MR
-            _pack_panel(a, trans_a, i0, min(GEMM_MR, m - i0), k0, k1, GEMM_MR, a_pack,
-                        m_pad * k0 + ip * kc * GEMM_MR)
+def _pack_a_tail(a, trans_a, a_tail, m, k):
+    """The last, partial MR-row panel of op(a) (rows m // MR * MR to m), zero padded:
+    op(a)[m // MR * MR + r, p] at p*MR + r. The full panels are read where they lie."""
+    m_full = m // GEMM_MR * GEMM_MR
+    if m_full < m:
+        _pack_panel(a, trans_a, m_full, m - m_full, 0, k, GEMM_MR, a_tail, 0)
 
 
 @_jit()
@@ -514,18 +514,23 @@ def _bias_activation(out, j0, j1, bias, has_bias, act, slope, spare_row):
 
 
 @_jit()
-def gemm_columns(a_pack, b, trans_b, b_pack, spare, out, j0, j1, bias, has_bias, act, slope):
-    """Columns [j0, j1) of the output (j0 a multiple of NR), op(a) already packed by
-    _pack_a: for each k block, pack these columns of op(b) into NR-column panels (the block
-    at k0 starts at n_pad * k0, panel jp at + jp*kc*NR, op(b)[k0 + p, jp*NR + c] at
-    p*NR + c, columns past n zeros), run the micro-kernel on every MR x NR tile (partial
+def gemm_columns(a, trans_a, a_tail, b, trans_b, b_pack, spare, out, j0, j1, bias, has_bias,
+                 act, slope):
+    """Columns [j0, j1) of the output (j0 a multiple of NR), the partial row panel of op(a)
+    already packed into ``a_tail`` by _pack_a_tail: for each k block, pack these columns of
+    op(b) into NR-column panels (the block at k0 starts at n_pad * k0, panel jp at
+    + jp*kc*NR, op(b)[k0 + p, jp*NR + c] at p*NR + c, columns past n zeros), run the
+    micro-kernel on every MR x NR tile, reading full row panels of op(a) in place (partial
     tiles through a scratch tile in ``spare``), then add the bias and apply act. Called for
     all columns, this is the one-thread GEMM."""
     m, n = out.shape
     nr = GEMM_NR32 if out.itemsize == 4 else GEMM_NR64
     k = b.shape[1] if trans_b else b.shape[0]
     n_pad = (n + nr - 1) // nr * nr
-    m_pad = (m + GEMM_MR - 1) // GEMM_MR * GEMM_MR
+    m_full = m // GEMM_MR * GEMM_MR
+    # op(a)[i, p] lies at element i*step_i + p*step_p of a's data
+    step_i = a.strides[1 if trans_a else 0] // a.itemsize
+    step_p = a.strides[0 if trans_a else 1] // a.itemsize
     tile = spare[n + j0 // nr * GEMM_MR * nr:n + (j0 // nr + 1) * GEMM_MR * nr].reshape(
         (GEMM_MR, nr))
     if k == 0:
@@ -545,52 +550,54 @@ def gemm_columns(a_pack, b, trans_b, b_pack, spare, out, j0, j1, bias, has_bias,
             b_at = n_pad * k0 + jt * kc
             for i0 in range(0, m, GEMM_MR):
                 rows = min(GEMM_MR, m - i0)
-                a_at = m_pad * k0 + i0 * kc
                 if rows == GEMM_MR and cols == nr:
-                    _micro_kernel(a_pack, a_at, b_pack, b_at, kc, out[i0:i0 + GEMM_MR, jt:jt + nr],
-                                  first)
+                    _micro_kernel(a, i0 * step_i + k0 * step_p, step_i, step_p, b_pack, b_at, kc,
+                                  out[i0:i0 + GEMM_MR, jt:jt + nr], first)
+                    continue
+                if rows == GEMM_MR:
+                    _micro_kernel(a, i0 * step_i + k0 * step_p, step_i, step_p, b_pack, b_at, kc,
+                                  tile, True)
                 else:
-                    _micro_kernel(a_pack, a_at, b_pack, b_at, kc, tile, True)
-                    for r in range(rows):
-                        dst = out[i0 + r, jt:jt + cols]
-                        src = tile[r]
-                        if first:
-                            for c in range(cols):
-                                dst[c] = src[c]
-                        else:
-                            for c in range(cols):
-                                dst[c] += src[c]
+                    _micro_kernel(a_tail, k0 * GEMM_MR, 1, GEMM_MR, b_pack, b_at, kc, tile, True)
+                for r in range(rows):
+                    dst = out[i0 + r, jt:jt + cols]
+                    src = tile[r]
+                    if first:
+                        for c in range(cols):
+                            dst[c] = src[c]
+                    else:
+                        for c in range(cols):
+                            dst[c] += src[c]
     if has_bias or act != IDENTITY:
         _bias_activation(out, j0, j1, bias, has_bias, act, slope, spare[:n])
 
 
 @_jit(parallel=True)
-def gemm_parallel(a_pack, b, trans_b, b_pack, spare, out, bias, has_bias, act, slope,
-                  block_cols):
+def gemm_parallel(a, trans_a, a_tail, b, trans_b, b_pack, spare, out, bias, has_bias, act,
+                  slope, block_cols):
     """The column blocks (multiples of NR) spread over Numba's threads, each packing its
     own columns of op(b) and using its own scratch tile."""
     n = out.shape[1]
     n_blocks = (n + block_cols - 1) // block_cols
     for block in prange(n_blocks):
         j0 = block * block_cols
-        gemm_columns(a_pack, b, trans_b, b_pack, spare, out, j0, min(j0 + block_cols, n), bias,
-                     has_bias, act, slope)
+        gemm_columns(a, trans_a, a_tail, b, trans_b, b_pack, spare, out, j0,
+                     min(j0 + block_cols, n), bias, has_bias, act, slope)
 
 
 def gemm_scratch_sizes(m, n, k):
-    """(a_pack, b_pack, spare) element counts that gemm needs for an (m x k) @ (k x n)
+    """(a_tail, b_pack, spare) element counts that gemm needs for an (m x k) @ (k x n)
     product, whatever the dtype and thread count (plain Python, for the callers)."""
-    m_pad = -(-m // GEMM_MR) * GEMM_MR
     n_pad = -(-n // GEMM_NR32) * GEMM_NR32
-    return m_pad * k, n_pad * k, n + GEMM_MR * n_pad
+    return GEMM_MR * k, n_pad * k, n + GEMM_MR * n_pad
 
 
 @_jit()
-def gemm(a, trans_a, b, trans_b, out, bias, has_bias, act, slope, a_pack, b_pack, spare,
+def gemm(a, trans_a, b, trans_b, out, bias, has_bias, act, slope, a_tail, b_pack, spare,
          num_threads):
-    """out = act(op(a) @ op(b) + bias), the whole GEMM in one compiled call: packs op(a)
-    (_pack_a), then splits the columns over Numba's threads (gemm_columns packs op(b) and
-    runs the micro-kernel).
+    """out = act(op(a) @ op(b) + bias), the whole GEMM in one compiled call: packs the
+    partial row panel of op(a) (_pack_a_tail), then splits the columns over Numba's threads
+    (gemm_columns packs op(b) and runs the micro-kernel).
 
     Scratch (flat, of out's dtype): at least gemm_scratch_sizes(m, n, k) elements each.
     ``bias`` is never read unless ``has_bias`` (pass any array of the dtype).
@@ -599,12 +606,13 @@ def gemm(a, trans_a, b, trans_b, out, bias, has_bias, act, slope, a_pack, b_pack
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
     nr = GEMM_NR32 if out.itemsize == 4 else GEMM_NR64
-    _pack_a(a, trans_a, a_pack, m, k)
+    _pack_a_tail(a, trans_a, a_tail, m, k)
     threads = min(num_threads, (n + nr - 1) // nr)
     if threads > 1 and m * n * k >= GEMM_PARALLEL_MIN_FLOPS:
         block_cols = (n + threads - 1) // threads
         block_cols = (block_cols + nr - 1) // nr * nr
-        gemm_parallel(a_pack, b, trans_b, b_pack, spare, out, bias, has_bias, act, slope,
-                      block_cols)
+        gemm_parallel(a, trans_a, a_tail, b, trans_b, b_pack, spare, out, bias, has_bias, act,
+                      slope, block_cols)
     else:
-        gemm_columns(a_pack, b, trans_b, b_pack, spare, out, 0, n, bias, has_bias, act, slope)
+        gemm_columns(a, trans_a, a_tail, b, trans_b, b_pack, spare, out, 0, n, bias, has_bias,
+                     act, slope)

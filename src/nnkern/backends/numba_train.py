@@ -144,7 +144,7 @@ def _sparse_weight_grad(x, delta, gw, cols, row_count, rows_of, col_count):
 
 @_k._jit()
 def train_step(x, labels, bufs, table, slopes, rule, hyper, weight_decay, delta0, delta1,
-               delta2, a_pack, b_pack, spare, sparse, cols, row_count, rows_of, col_count,
+               delta2, a_tail, b_pack, spare, sparse, cols, row_count, rows_of, col_count,
                num_threads):
     """One training step on (x, labels): returns (mean loss, rows whose first largest
     logit is their label). x: (rows, fan_in) C-contiguous; labels int64 in range.
@@ -168,10 +168,10 @@ def train_step(x, labels, bufs, table, slopes, rule, hyper, weight_decay, delta0
         elif table[l, KEEP_PREACT]:
             z = bufs[table[l, Z]][:rows * fan_out]
             _k.gemm(inp, False, w, False, z.reshape((rows, fan_out)), bufs[table[l, B]], True,
-                    IDENTITY, slopes[l], a_pack, b_pack, spare, num_threads)
+                    IDENTITY, slopes[l], a_tail, b_pack, spare, num_threads)
             _k.activation(act, z, slopes[l], h.reshape(-1))
         else:
-            _k.gemm(inp, False, w, False, h, bufs[table[l, B]], True, act, slopes[l], a_pack,
+            _k.gemm(inp, False, w, False, h, bufs[table[l, B]], True, act, slopes[l], a_tail,
                     b_pack, spare, num_threads)
         inp = h
 
@@ -202,14 +202,14 @@ def train_step(x, labels, bufs, table, slopes, rule, hyper, weight_decay, delta0
         if l == 0 and sparse:
             _sparse_weight_grad(inp, delta, gw, cols, row_count, rows_of, col_count)
         else:
-            _k.gemm(inp, True, delta, False, gw, dummy, False, IDENTITY, zero, a_pack, b_pack,
+            _k.gemm(inp, True, delta, False, gw, dummy, False, IDENTITY, zero, a_tail, b_pack,
                     spare, num_threads)
         _k.bias_grad(delta, bufs[table[l, GB]])
         if l > 0:  # delta for the layer below: (delta @ W.T) * act'(its z or h)
             below = l - 1
             grad = free0[:rows * fan_in]
             _k.gemm(delta, False, w, True, grad.reshape((rows, fan_in)), dummy, False, IDENTITY,
-                    zero, a_pack, b_pack, spare, num_threads)
+                    zero, a_tail, b_pack, spare, num_threads)
             src = bufs[table[below, Z] if table[below, KEEP_PREACT] else table[below, H]]
             _k.activation_grad(table[below, ACT], src[:rows * fan_in], grad, slopes[below],
                                free1[:rows * fan_in])
@@ -272,9 +272,9 @@ class FusedMLPStep:
         self.table = table
         self.slopes = slopes
         self.hyper = np.zeros(HYPER_SIZE, dtype)
-        # GEMM scratch (numba_kernels.gemm): packed op(a), packed op(b), epilogue row and
-        # edge tiles, for the largest of the step's GEMMs
-        self.a_pack = np.empty(a_size, dtype)
+        # GEMM scratch (numba_kernels.gemm): op(a)'s partial row panel, packed op(b),
+        # epilogue row and edge tiles, for the largest of the step's GEMMs
+        self.a_tail = np.empty(a_size, dtype)
         self.b_pack = np.empty(b_size, dtype)
         self.spare = np.empty(spare_size, dtype)
         # the sparse input's index lists (1-element placeholders when unused)
@@ -299,7 +299,7 @@ class FusedMLPStep:
             hyper[STEP_SIZE], hyper[INV_SQRT_BC2] = _backend.adam_scalars(t, lr, a, b)
         loss, correct = train_step(x, labels, self.bufs, self.table, self.slopes, self.rule, hyper,
                                    weight_decay != 0.0, self.delta0, self.delta1, self.delta2,
-                                   self.a_pack, self.b_pack, self.spare, self.sparse_input,
+                                   self.a_tail, self.b_pack, self.spare, self.sparse_input,
                                    self.cols, self.row_count, self.rows_of, self.col_count,
                                    min(num_threads, _backend.num_threads()))
         return loss, correct
