@@ -10,7 +10,9 @@ reports each contender's Adam epoch time against its SGD one):
 Every contender (each nnkern backend, the "numpy" reference, and PyTorch on the CPU when it
 can be imported) starts from the same initial weights and sees the same batches in the same
 order. Contenders run **interleaved** — A B C A B C ... — over several repeats, so that a
-slow minute on a shared machine hurts all of them alike; the table reports medians.
+slow minute on a shared machine hurts all of them alike, with an untimed pause before each
+epoch so that the previous contender's idle thread pools have stopped spinning; the table
+reports medians.
 
 Reported per contender:
 
@@ -386,6 +388,13 @@ def _contenders(network: Network, names: list[str], weights, optimizers) -> tupl
     return trainers, failed
 
 
+# Untimed pause before each timed epoch. The previous contender's idle workers keep spinning
+# after its last call (OpenBLAS's for ~0.1 s, libgomp's default ~5 ms) and steal the cores of
+# whoever runs next: measured on 2 cores, a cython epoch right after OpenBLAS calls took
+# 185-200 ms, after a 0.3 s pause 136-139 ms. Users do not interleave frameworks like this.
+POOL_IDLE_PAUSE_S = 0.3
+
+
 def _time_network(network: Network, names: list[str], train, test, *, samples: int, repeats: int,
                   warmup_batches: int, seed: int, peak_gflops: float, log, optimizers=("sgd",)) -> dict:
     """The interleaved comparison of ``names`` x ``optimizers`` on one network (see
@@ -406,6 +415,7 @@ def _time_network(network: Network, names: list[str], train, test, *, samples: i
     for repeat in range(repeats):
         for key, trainer in trainers.items():  # A B C A B C ...
             trainer.reset()
+            time.sleep(POOL_IDLE_PAUSE_S)
             start = time.perf_counter()
             losses[key] = trainer.train(inputs[key])
             times[key].append(time.perf_counter() - start)
