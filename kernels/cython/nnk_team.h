@@ -1,10 +1,11 @@
 /* A team of threads that runs many short phases inside one OpenMP parallel region (the
  * fused training step): every phase splits its work over the team, and a barrier ends it.
  *
- * Why not an OpenMP barrier or one parallel region per phase: nnkern runs OpenMP with a
- * passive wait policy (see nnkern/_threads.py), under which every region start and every
- * barrier puts threads to sleep and wakes them through the kernel, ~10-50 us each. A
- * training step at batch 64 has ~20 phases of 10-300 us, so that cost ate the second core.
+ * Why not an OpenMP barrier or one parallel region per phase: nnkern bounds libgomp's spin
+ * to ~60-100 us (see nnkern/_threads.py), after which a waiting thread sleeps and is woken
+ * through the kernel, ~65 us each on the development VM; and a region start or barrier that
+ * finds its partner preempted pays that spin. A training step at batch 64 has ~20 phases of
+ * 10-300 us, so one region with this team's own barrier is what keeps the second core.
  * This barrier spins for a few microseconds (the usual wait between balanced phases), then
  * yields the core while it waits, so a thread waiting on a descheduled partner does not
  * steal the time that partner needs when another process competes for the cores. */

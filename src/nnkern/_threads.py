@@ -18,11 +18,12 @@ import sys
 # the next parallel region or barrier before it sleeps. libgomp's default spins ~5 ms: a
 # training step opens many short regions, and whenever another process holds a core a
 # spinning worker steals the time its partner needs (a step slowed 10-30x on a loaded
-# 2-core machine). Sleeping at once is no better: waking a sleeping thread costs ~65 us on
-# this VM, more than a small layer's whole kernel. So spin about as long as a wake-up costs
-# (4000 spins, ~60-100 us on Zen 3), then sleep: never more than twice the cost of the
-# better choice. Read by libgomp when it loads, i.e. when the first compiled kernel module
-# is imported, after this; a policy the user set wins.
+# 2-core machine). Sleeping at once (OMP_WAIT_POLICY=PASSIVE) is no better: waking a
+# sleeping thread costs ~65 us on the development VM, more than a small layer's whole
+# kernel. So spin about as long as a wake-up costs (4000 spins, ~60-100 us there), then
+# sleep: a wait never costs more than about twice what the better of the two would have.
+# Read by libgomp when it loads, i.e. when the first compiled kernel module is imported,
+# after this; a setting of the user's own wins.
 SPINCOUNT_SET_HERE = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
 if SPINCOUNT_SET_HERE:
     os.environ["GOMP_SPINCOUNT"] = "4000"
