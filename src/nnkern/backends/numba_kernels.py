@@ -48,13 +48,16 @@ from . import ACTIVATION_CODES
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 
-def _jit(*, parallel: bool = False):
+def _jit(*, parallel: bool = False, inline: bool = False):
     """``numba.njit`` for every kernel here: lazy, fast-math, GIL released, cached on disk.
     Where no cache location is writable (read-only install, no writable home and no
-    NUMBA_CACHE_DIR) the kernels still work, compiled once per process instead."""
+    NUMBA_CACHE_DIR) the kernels still work, compiled once per process instead.
+    ``inline``: a helper inlined into its callers by Numba itself, where LLVM, left to
+    decide, kept the call and the helper's loop lost its vectorisation."""
 
     def decorate(fn):
-        options = dict(nogil=True, fastmath=set(FASTMATH), parallel=parallel)
+        options = dict(nogil=True, fastmath=set(FASTMATH), parallel=parallel,
+                       inline="always" if inline else "never")
         try:
             return numba.njit(cache=True, **options)(fn)
         except RuntimeError:  # numba: "cannot cache function ...: no locator available"

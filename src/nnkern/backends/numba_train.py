@@ -98,6 +98,21 @@ def _update_any(rule, p, g, s0, s1, hyper, weight_decay, num_threads):
         _update(rule, p, g, s0, s1, hyper, weight_decay)
 
 
+@_k._jit(inline=True)
+def _add_scaled(dst, a, src):
+    """dst += a * src (1-D, of dst's length)."""
+    for j in range(dst.shape[0]):
+        dst[j] += a * src[j]
+
+
+@_k._jit(inline=True)
+def _add_scaled4(dst, a0, s0, a1, s1, a2, s2, a3, s3):
+    """dst += a0 * s0 + a1 * s1 + a2 * s2 + a3 * s3: one load and store of dst for four
+    source rows."""
+    for j in range(dst.shape[0]):
+        dst[j] += a0 * s0[j] + a1 * s1[j] + a2 * s2[j] + a3 * s3[j]
+
+
 @_k._jit(parallel=True)
 def _sparse_linear(x, w, bias, out, cols, row_count):
     """out = x @ w + bias from the nonzeros of x, listing each row's nonzero columns first
@@ -121,17 +136,10 @@ def _sparse_linear(x, w, bias, out, cols, row_count):
         e = 0
         while e + 4 <= count:
             c0, c1, c2, c3 = ci[e], ci[e + 1], ci[e + 2], ci[e + 3]
-            a0, a1, a2, a3 = xi[c0], xi[c1], xi[c2], xi[c3]
-            w0, w1, w2, w3 = w[c0], w[c1], w[c2], w[c3]
-            for j in range(n):
-                oi[j] += a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j]
+            _add_scaled4(oi, xi[c0], w[c0], xi[c1], w[c1], xi[c2], w[c2], xi[c3], w[c3])
             e += 4
         for e in range(e, count):
-            c = ci[e]
-            a = xi[c]
-            wc = w[c]
-            for j in range(n):
-                oi[j] += a * wc[j]
+            _add_scaled(oi, xi[ci[e]], w[ci[e]])
 
 
 @_k._jit(parallel=True)
@@ -156,17 +164,11 @@ def _sparse_weight_grad(x, delta, gw, cols, row_count, rows_of, col_count):
         e = 0
         while e + 4 <= count:
             i0, i1, i2, i3 = ri[e], ri[e + 1], ri[e + 2], ri[e + 3]
-            a0, a1, a2, a3 = x[i0, c], x[i1, c], x[i2, c], x[i3, c]
-            d0, d1, d2, d3 = delta[i0], delta[i1], delta[i2], delta[i3]
-            for j in range(n):
-                g[j] += a0 * d0[j] + a1 * d1[j] + a2 * d2[j] + a3 * d3[j]
+            _add_scaled4(g, x[i0, c], delta[i0], x[i1, c], delta[i1], x[i2, c], delta[i2],
+                         x[i3, c], delta[i3])
             e += 4
         for e in range(e, count):
-            i = ri[e]
-            a = x[i, c]
-            d = delta[i]
-            for j in range(n):
-                g[j] += a * d[j]
+            _add_scaled(g, x[ri[e], c], delta[ri[e]])
 
 
 @_k._jit()
