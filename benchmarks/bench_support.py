@@ -16,13 +16,9 @@ import os
 import numpy as np
 
 import nnkern
-from nnkern import _threads, bench
+from nnkern import bench
 
-try:
-    with _threads.openmp_defaults():  # PyTorch's libgomp with PyTorch's defaults
-        import torch
-except ImportError:  # the torch peers are skipped
-    torch = None
+torch = bench._torch()  # None: the torch peers are skipped
 
 CONTENDERS, SKIPPED = bench.benchmark_backends()
 REFERENCE = "numpy"

@@ -530,7 +530,6 @@ def gemm_columns(a, trans_a, a_tail, b, trans_b, b_pack, spare, out, j0, j1, bia
     nr = GEMM_NR32 if out.itemsize == 4 else GEMM_NR64
     k = b.shape[1] if trans_b else b.shape[0]
     n_pad = (n + nr - 1) // nr * nr
-    m_full = m // GEMM_MR * GEMM_MR
     # op(a)[i, p] lies at element i*step_i + p*step_p of a's data
     step_i = a.strides[1 if trans_a else 0] // a.itemsize
     step_p = a.strides[0 if trans_a else 1] // a.itemsize
