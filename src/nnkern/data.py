@@ -515,13 +515,19 @@ class DataLoader:
             return len(self.x) // self.batch_size
         return -(-len(self.x) // self.batch_size)
 
+    def epoch_order(self):
+        """The sample order of the next epoch: a new permutation from the loader's generator
+        when shuffling (drawn as iterating draws it, so the next epoch moves on), else None,
+        the stored order. For code that gathers the batches itself (the "cuda" engine)."""
+        return self._rng.permutation(len(self.x)) if self.shuffle else None
+
     def __iter__(self):
         stops = range(self.batch_size, len(self) * self.batch_size + 1, self.batch_size)
-        if not self.shuffle:
+        order = self.epoch_order()
+        if order is None:
             for stop in stops:
                 yield self.x[stop - self.batch_size : stop], self.y[stop - self.batch_size : stop]
             return
-        order = self._rng.permutation(len(self.x))
         x_buffer = np.empty((self.batch_size, *self.x.shape[1:]), dtype=self.x.dtype)
         y_buffer = np.empty((self.batch_size, *self.y.shape[1:]), dtype=self.y.dtype)
         for stop in stops:

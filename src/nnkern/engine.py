@@ -36,9 +36,10 @@ __all__ = ["fused_train_step", "SPARSE_INPUT_MAX_DENSITY"]
 # of the training data is nonzero (benchmarks/sparse_input.py measures where that pays).
 SPARSE_INPUT_MAX_DENSITY = 0.25
 
-# Backend -> the module of its fused step (a FusedMLPStep class with one constructor and
-# step() for both): kernels/cython/_cy_train.pyx and backends/numba_train.py.
-_ENGINES = {"cython": ".backends._cy_train", "numba": ".backends.numba_train"}
+# Backend -> the module of its fused step: for the CPU engines a FusedMLPStep class with one
+# constructor and step() for both (kernels/cython/_cy_train.pyx, backends/numba_train.py);
+# the "cuda" engine trains whole epochs on the device (backends/cuda_train.py, _cuda_step).
+_ENGINES = {"cython": ".backends._cy_train", "numba": ".backends.numba_train", "cuda": ".backends.cuda_train"}
 
 # Optimizer class name -> (rule code of kernels/cython/nnk_update.h, the same in the numba
 # step; hyperparameters passed as a, b)
@@ -125,14 +126,15 @@ def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
     n_classes = pairs[-1][0].out_features
     if y.ndim != 1 or y.dtype.kind not in "iu" or y.size == 0 or y.min() < 0 or y.max() >= n_classes:
         return None  # the layer-by-layer path validates and reports such targets
-    engine = importlib.import_module(_ENGINES[model.backend], __package__)
-
     dtype = model.dtype
     rows = int(batch_size)
     params = model.parameters()
     state_of = {id(p): s for p, s in zip(optimizer.params, optimizer.state)}
     if any(id(p) not in state_of for p in params):
         return None
+    if model.backend == "cuda":
+        return _cuda_step(pairs, state_of, optimizer, rule, dtype, rows, x, y)
+    engine = importlib.import_module(_ENGINES[model.backend], __package__)
     layers = []
     for linear, act_layer in pairs:
         code, slope, keep_preact = _activation_spec(act_layer)
@@ -170,4 +172,53 @@ def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
     if hasattr(fused, "step_profiled"):  # the Cython step times its phases on request
         step.profiled = lambda xb, yb: run(fused.step_profiled, xb, yb)
         step.phase_names = fused.phase_names
+    return step
+
+
+def _hyperparameters(optimizer, names) -> dict:
+    """The optimizer's current hyperparameters as the fused steps take them."""
+    a_name, b_name = names
+    hyper = optimizer.hyperparameters
+    return {"lr": hyper["lr"], "a": hyper[a_name] if a_name else 0.0, "b": hyper[b_name] if b_name else 0.0,
+            "eps": hyper.get("eps", 0.0), "weight_decay": hyper.get("weight_decay", 0.0)}
+
+
+def _cuda_step(pairs, state_of, optimizer, rule, dtype, rows, x, y):
+    """The "cuda" engine's step: ``step(xb, yb)`` trains one host batch (as the CPU
+    engines' steps do), and ``step.run_epoch(loader, stop_on_nonfinite=True)`` trains a
+    whole epoch of the DataLoader over (x, y) on the device, in the loader's order,
+    returning ``[(mean loss, right predictions, rows)]`` per step, read back once."""
+    from .backends import cuda_train
+
+    if rule[0] not in cuda_train.RULES:
+        return None
+    layers = [(linear.W, linear.b, linear.dW, linear.db, *_activation_spec(act_layer),
+               tuple(state_of[id(linear.W)].values()), tuple(state_of[id(linear.b)].values()))
+              for linear, act_layer in pairs]
+    trainer = cuda_train.FusedCudaTrainer(layers, rule[0], dtype, rows, x, y)
+
+    def run(**where):
+        trainer.load_model()
+        losses, correct, batch_rows = trainer.run(hyper=_hyperparameters(optimizer, rule[1]), t0=optimizer.t,
+                                                  **where)
+        trainer.store_model()
+        optimizer.t += len(losses)
+        return losses, correct, batch_rows
+
+    def step(xb, yb):
+        losses, correct, _ = run(order=None, batch=(xb, yb), stop_on_nonfinite=False)
+        return float(losses[0]), int(correct[0])
+
+    def run_epoch(loader, *, stop_on_nonfinite=True):
+        if loader.batch_size != rows or len(loader.x) != trainer.n_samples:
+            raise ValueError(f"run_epoch: the loader has {len(loader.x)} samples in batches of {loader.batch_size}; "
+                             f"this step was made for {trainer.n_samples} in batches of {rows}")
+        order = loader.epoch_order()
+        order = np.arange(len(loader.x)) if order is None else order
+        losses, correct, batch_rows = run(order=order[:len(loader) * rows], stop_on_nonfinite=stop_on_nonfinite)
+        return [(float(v), int(c), int(r)) for v, c, r in zip(losses, correct, batch_rows)]
+
+    step.run_epoch = run_epoch
+    step.trainer = trainer
+    step.first_call_note = trainer.first_call_note()
     return step

@@ -917,19 +917,28 @@ class Sequential:
             _dispatch(callbacks, "on_epoch_begin", epoch, steps)
             started = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
-            for step, (xb, yb) in enumerate(loader, 1):
-                if fused_step is not None:
-                    value, batch_correct = fused_step(xb, yb)
+            # The "cuda" engine trains the whole epoch on the device and returns its steps'
+            # (loss, right predictions, rows), stopping after a non-finite loss when asked.
+            epoch_on_device = getattr(fused_step, "run_epoch", None)
+            batches = epoch_on_device(loader, stop_on_nonfinite=on_nonfinite == "raise") if epoch_on_device else loader
+            for step, batch in enumerate(batches, 1):
+                if epoch_on_device:
+                    value, batch_correct, rows = batch
                 else:
-                    value, output = self.train_step(xb, yb, optimizer, loss)
-                    batch_correct = loss.correct(output, yb) if loss.classification else 0
+                    xb, yb = batch
+                    rows = len(xb)
+                    if fused_step is not None:
+                        value, batch_correct = fused_step(xb, yb)
+                    else:
+                        value, output = self.train_step(xb, yb, optimizer, loss)
+                        batch_correct = loss.correct(output, yb) if loss.classification else 0
                 if not math.isfinite(value) and on_nonfinite == "raise":
                     raise NonFiniteLossError(
                         f"fit: the loss became {value} at epoch {epoch}, step {step} of {steps}; "
                         f"try a smaller learning rate, or pass on_nonfinite='ignore' to go on"
                     )
-                loss_sum += value * len(xb)
-                seen += len(xb)
+                loss_sum += value * rows
+                seen += rows
                 logs = {"loss": loss_sum / seen}
                 if loss.classification:
                     correct += batch_correct

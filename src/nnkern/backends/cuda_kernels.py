@@ -128,8 +128,9 @@ def kernel_family(dtype) -> SimpleNamespace:
     """The kernels for one float dtype (float32 or float64), built and cached on first use.
 
     The namespace holds the launchable kernels by name, ``scalar`` (the NumPy scalar type
-    their float arguments are passed as) and ``signatures``: name -> (Python function,
-    argument types) of every kernel, as the backend launches it.
+    their float arguments are passed as), ``signatures``: name -> (Python function,
+    argument types) of every kernel, as the backend launches it, and ``device``: the
+    device functions (activations and update rules) that cuda_train's kernels call too.
     """
     dtype = np.dtype(dtype)
     real = numba.from_dtype(dtype)
@@ -425,58 +426,91 @@ def kernel_family(dtype) -> SimpleNamespace:
 
     # -- optimizer updates, in place; the rules and their order of operations are those
     # of numpy_backend. Coefficients such as 1 - beta are computed by the caller in
-    # float64 and passed in the array dtype, as NumPy does with Python floats. --------
+    # float64 and passed in the array dtype, as NumPy does with Python floats. Each rule
+    # is a device function updating element i, shared by its kernel here and by the
+    # fused training step (cuda_train), so the two compute the same numbers. ---------
+
+    @cuda.jit(device=True)
+    def sgd_at(i, p, g, lr):
+        p[i] -= lr * g[i]
+
+    @cuda.jit(device=True)
+    def momentum_at(i, p, g, v, lr, momentum):
+        velocity = momentum * v[i] + g[i]
+        v[i] = velocity
+        p[i] -= lr * velocity
+
+    @cuda.jit(device=True)
+    def adagrad_at(i, p, g, h, lr, eps):
+        grad = g[i]
+        accumulated = h[i] + grad * grad
+        h[i] = accumulated
+        p[i] -= lr * grad / (math.sqrt(accumulated) + eps)
+
+    @cuda.jit(device=True)
+    def rmsprop_at(i, p, g, h, lr, alpha, one_minus_alpha, eps):
+        grad = g[i]
+        average = alpha * h[i] + one_minus_alpha * grad * grad
+        h[i] = average
+        p[i] -= lr * grad / (math.sqrt(average) + eps)
+
+    @cuda.jit(device=True)
+    def adadelta_at(i, p, g, h, d, lr, rho, one_minus_rho, eps):
+        grad = g[i]
+        square_avg = rho * h[i] + one_minus_rho * grad * grad
+        h[i] = square_avg
+        delta = math.sqrt(d[i] + eps) / math.sqrt(square_avg + eps) * grad
+        d[i] = rho * d[i] + one_minus_rho * delta * delta
+        p[i] -= lr * delta
+
+    @cuda.jit(device=True)
+    def adam_at(i, p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
+                bias_correction1, bias_correction2, eps):
+        grad = g[i]
+        m_i = beta1 * m[i] + one_minus_beta1 * grad
+        v_i = beta2 * v[i] + one_minus_beta2 * grad * grad
+        m[i] = m_i
+        v[i] = v_i
+        p[i] -= lr * (m_i / bias_correction1) / (math.sqrt(v_i / bias_correction2) + eps)
 
     @kernel(vec, vec, real)
     def sgd_update(p, g, lr):
         for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
-            p[i] -= lr * g[i]
+            sgd_at(i, p, g, lr)
 
     @kernel(vec, vec, vec, real, real)
     def momentum_update(p, g, v, lr, momentum):
         for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
-            velocity = momentum * v[i] + g[i]
-            v[i] = velocity
-            p[i] -= lr * velocity
+            momentum_at(i, p, g, v, lr, momentum)
 
     @kernel(vec, vec, vec, real, real)
     def adagrad_update(p, g, h, lr, eps):
         for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
-            grad = g[i]
-            accumulated = h[i] + grad * grad
-            h[i] = accumulated
-            p[i] -= lr * grad / (math.sqrt(accumulated) + eps)
+            adagrad_at(i, p, g, h, lr, eps)
 
     @kernel(vec, vec, vec, real, real, real, real)
     def rmsprop_update(p, g, h, lr, alpha, one_minus_alpha, eps):
         for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
-            grad = g[i]
-            average = alpha * h[i] + one_minus_alpha * grad * grad
-            h[i] = average
-            p[i] -= lr * grad / (math.sqrt(average) + eps)
+            rmsprop_at(i, p, g, h, lr, alpha, one_minus_alpha, eps)
 
     @kernel(vec, vec, vec, vec, real, real, real, real)
     def adadelta_update(p, g, h, d, lr, rho, one_minus_rho, eps):
         for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
-            grad = g[i]
-            square_avg = rho * h[i] + one_minus_rho * grad * grad
-            h[i] = square_avg
-            delta = math.sqrt(d[i] + eps) / math.sqrt(square_avg + eps) * grad
-            d[i] = rho * d[i] + one_minus_rho * delta * delta
-            p[i] -= lr * delta
+            adadelta_at(i, p, g, h, d, lr, rho, one_minus_rho, eps)
 
     @kernel(vec, vec, vec, vec, real, real, real, real, real, real, real, real)
     def adam_update(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
                     bias_correction1, bias_correction2, eps):
         for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
-            grad = g[i]
-            m_i = beta1 * m[i] + one_minus_beta1 * grad
-            v_i = beta2 * v[i] + one_minus_beta2 * grad * grad
-            m[i] = m_i
-            v[i] = v_i
-            p[i] -= lr * (m_i / bias_correction1) / (math.sqrt(v_i / bias_correction2) + eps)
+            adam_at(i, p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
+                    bias_correction1, bias_correction2, eps)
 
-    return SimpleNamespace(scalar=f, signatures=signatures, **launchable)
+    # The device functions other kernel modules build on (cuda_train's fused step).
+    device = SimpleNamespace(activate=activate, local_grad=local_grad, sgd_at=sgd_at,
+                             momentum_at=momentum_at, adagrad_at=adagrad_at, rmsprop_at=rmsprop_at,
+                             adadelta_at=adadelta_at, adam_at=adam_at)
+
+    return SimpleNamespace(scalar=f, signatures=signatures, device=device, **launchable)
 
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
