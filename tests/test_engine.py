@@ -72,6 +72,23 @@ def test_fused_step_every_activation(act, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_model_ending_in_an_activation_trains_as_layer_by_layer(backend):
+    """The CPU steps' logits are the last Linear's output: a model that applies an
+    activation after it takes the layer-by-layer path, which backpropagates through it."""
+    x, y = _data(n=40)
+    histories, params = [], []
+    for fused in (False, True):
+        model = nn.Sequential(nn.Linear(37, 11, seed=0), nn.ReLU(), nn.Linear(11, 7, seed=1), nn.Sigmoid(),
+                              backend=backend, dtype=np.float64)
+        histories.append(model.fit(x, y, epochs=2, batch_size=16, optimizer=optim.SGD(lr=0.5), seed=0,
+                                   verbose=False, fused=fused).history["loss"])
+        params.append(model.parameters())
+    np.testing.assert_allclose(histories[1], histories[0], rtol=1e-12)
+    for got, want in zip(*params):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_fit_uses_the_engine_only_where_it_applies(backend):
     x, y = _data()
     model = _model(nn.ReLU, np.float32, backend)

@@ -134,6 +134,8 @@ def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
         return None
     if model.backend == "cuda":
         return _cuda_step(pairs, state_of, optimizer, rule, dtype, rows, x, y)
+    if _activation_spec(pairs[-1][1])[0] != ACTIVATION_CODES["identity"]:
+        return None  # the CPU steps take the last layer's output as the logits, with no activation
     engine = importlib.import_module(_ENGINES[model.backend], __package__)
     layers = []
     for linear, act_layer in pairs:
