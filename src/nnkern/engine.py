@@ -10,7 +10,14 @@ anything else. The parameters, losses and optimizer states are those of the laye
 path (same kernels), to round-off. One difference: with weight decay, the layer path (and
 the numba step) add ``weight_decay * W`` into the gradient arrays before the update, while
 the Cython step folds it into the update and leaves the gradient arrays holding the loss's
-gradient alone.
+gradient alone. On the CPU backends the last Linear must not be followed by an activation
+(its output is the logits).
+
+On the "cuda" backend the step trains on the device (backends/cuda_train.py): the whole
+data set, the parameters and the optimizer state live there, and besides ``step(xb, yb)``
+the step has ``step.run_epoch(loader)``, which ``fit`` calls to train a whole epoch in the
+DataLoader's order with one kernel launch and one read-back of the epoch's losses. Any
+activation after the last Linear is backpropagated through there.
 
 Sparse input: when at most ``SPARSE_INPUT_MAX_DENSITY`` of the training data is nonzero
 (MNIST's pixels: 19%), the fused step's first layer runs its two products with the input,
