@@ -15,7 +15,7 @@ import pytest
 from numba import cuda
 
 import nnkern
-from nnkern.backends import cuda_kernels
+from nnkern.backends import cuda_kernels, cuda_train
 
 TARGET_CC = (9, 0)
 
@@ -27,6 +27,9 @@ FLOAT64_BY_DESIGN = {
     "mse",
     "binary_cross_entropy",
 }
+# The training kernels sum the loss in float64 too (row losses, the step's mean); their
+# float32 GEMMs, activations and updates must not be (test_kernel_compiles_to_ptx checks).
+TRAINING_KERNELS = {"train_epoch", "train_phase"}
 _F64_INSTRUCTION = re.compile(r"^\s*(?!ld\.param|\.param|\.reg)[a-z][\w.]*\.f64\b", re.MULTILINE)
 
 
@@ -44,7 +47,7 @@ def stand_in_device():
     patch.undo()
 
 
-TARGETS = cuda_kernels.compile_targets()
+TARGETS = cuda_kernels.compile_targets() + cuda_train.compile_targets()
 
 
 @pytest.mark.parametrize("name,pyfunc,argtypes", TARGETS, ids=[t[0] for t in TARGETS])
@@ -56,19 +59,27 @@ def test_kernel_compiles_to_ptx(stand_in_device, name, pyfunc, argtypes):
     # not kept in registers
     assert not re.search(r"\b(ld|st)\.local", ptx), f"{name} uses local memory"
     kernel, dtype = re.fullmatch(r"(\w+)(?:\[(\w+)\])?", name).groups()
-    if dtype == "float32" and kernel not in FLOAT64_BY_DESIGN:
+    if dtype == "float32" and kernel not in FLOAT64_BY_DESIGN | TRAINING_KERNELS:
         promoted = _F64_INSTRUCTION.findall(ptx)
         assert not promoted, f"{name} computes in float64: {promoted[:5]}"
+    if dtype == "float32" and kernel in TRAINING_KERNELS:
+        # float64 only where the loss is summed: adds, moves, conversions, the mean's
+        # division and the isnan/isinf tests; no float64 multiply, so no promoted GEMM,
+        # activation or update
+        arithmetic = {op.split()[0].split(".")[0] for op in _F64_INSTRUCTION.findall(ptx)}
+        assert arithmetic <= {"add", "mov", "cvt", "div", "abs", "setp", "ld", "st"}, arithmetic
 
 
 def test_every_launched_kernel_is_compiled():
-    """compile_targets() covers each kernel of both dtype families."""
+    """compile_targets() covers each kernel of both dtype families, and both training
+    kernels."""
     names = {name for name, _, _ in TARGETS}
     for dtype in cuda_kernels.FLOAT_DTYPES:
         family = cuda_kernels.kernel_family(dtype)
         launchable = {k for k in vars(family) if k not in ("scalar", "signatures", "device")}
         assert {f"{k}[{dtype.name}]" for k in launchable} <= names
     assert "sum_reduce" in names
+    assert {f"{k}[{d.name}]" for k in ("train_epoch", "train_phase") for d in cuda_kernels.FLOAT_DTYPES} <= names
 
 
 def test_backend_availability_follows_the_gpu():

@@ -37,8 +37,8 @@ Two executors run the same phases (the same device functions, so the same number
 
 ``NNKERN_CUDA_EXECUTOR`` ("persistent", "launches" or "auto", the default) chooses.
 
-GEMM work items: a 256-thread block computes an output tile of 64, 32 or 16 square (each
-thread a 4x4, 2x2 or 1x1 register tile), K in steps of 16 through shared memory, chosen per
+GEMM work items: a block of 16 x 16 threads computes an output tile of 64, 32 or 16 square
+(each thread a 4x4, 2x2 or 1x1 register tile), K in steps of 16 through shared memory, chosen per
 GEMM from its shape so that a phase has work for about as many blocks as the grid holds;
 when even 16-square tiles are too few (the first layer's forward: a 64 x 256 output over
 K = 784), K is split too, and the last block to finish a tile (an atomic counter) sums the
@@ -66,20 +66,22 @@ import numpy as np
 from numba import cuda, types
 
 from . import ACTIVATION_CODES
-from .cuda_kernels import GEMM_SIDE, ROW_THREADS, THREADS, TILE_K, _block_sum, kernel_family
+from .cuda_kernels import GEMM_SIDE, ROW_THREADS, TILE_K, _block_sum, kernel_family
 
 __all__ = ["FusedCudaTrainer", "plan_gemm", "compile_targets", "EXECUTORS"]
 
 EXECUTORS = ("persistent", "launches")
 
-TILE_SIDES = (64, 32, 16)
-"""Output tile sides of the GEMM work items (GEMM_SIDE threads a side, each thread a
-square register tile of side / GEMM_SIDE)."""
-_TILE_PADDED = TILE_SIDES[0] + 1  # shared tiles get one spare column (see cuda_kernels)
-LOSS_ROWS = THREADS // ROW_THREADS
-"""Rows per loss work item: a group of ROW_THREADS threads per row."""
-UPDATE_CHUNK = 4 * THREADS
-"""Parameters per update work item."""
+BLOCK_SIDE = GEMM_SIDE
+"""A block is BLOCK_SIDE x BLOCK_SIDE threads (256, as the backend's GEMM)."""
+SIMULATOR_BLOCK_SIDE = 8
+"""Under the simulator blocks are 8 x 8 threads: the same code, a quarter of the Python
+threads (the simulator's cost grows faster than its thread count)."""
+TILE_MULTIPLES = (4, 2, 1)
+"""Output tiles of the GEMM work items are BLOCK_SIDE times these a side (64, 32, 16): each
+thread a square register tile of that many rows and columns."""
+UPDATE_PER_THREAD = 4
+"""Parameters per thread of an update work item."""
 MIN_SPLIT_K = 64
 """A split of a GEMM's K is at least this long (four K steps)."""
 BLOCKS_PER_SM = 2
@@ -115,15 +117,18 @@ POST_NONE, POST_ACTIVATE, POST_GRAD_MASK = range(3)
 _IDENTITY = ACTIVATION_CODES["identity"]
 
 
-def _phase_items(layers, phases, phase, rows, n_params):
-    """How many work items ``phase`` has for a batch of ``rows`` (host and device)."""
+def _phase_items(layers, phases, phase, rows, n_params, threads):
+    """How many work items ``phase`` has for a batch of ``rows``, in blocks of ``threads``
+    (host and device): GEMM tiles (times K splits), LOSS rows per a group of ROW_THREADS,
+    chunks of UPDATE_PER_THREAD parameters per thread."""
     kind = phases[phase, KIND]
     layer = phases[phase, LAYER]
     if kind == FORWARD:
         side = phases[phase, SIDE1]
         return ((rows + side - 1) // side) * ((layers[layer, FAN_OUT] + side - 1) // side) * phases[phase, SPLITS1]
     if kind == LOSS:
-        return (rows + LOSS_ROWS - 1) // LOSS_ROWS
+        rows_per_item = threads // ROW_THREADS
+        return (rows + rows_per_item - 1) // rows_per_item
     if kind == BACKWARD:
         side = phases[phase, SIDE1]
         items = (((layers[layer, FAN_IN] + side) // side) * ((layers[layer, FAN_OUT] + side - 1) // side)
@@ -134,23 +139,25 @@ def _phase_items(layers, phases, phase, rows, n_params):
         if layer == layers.shape[0] - 1:
             items += 1  # the step's loss and right predictions, summed by one block
         return items
-    return (n_params + UPDATE_CHUNK - 1) // UPDATE_CHUNK
+    chunk = UPDATE_PER_THREAD * threads
+    return (n_params + chunk - 1) // chunk
 
 
 _phase_items_device = cuda.jit(device=True)(_phase_items)
 
 
-def plan_gemm(m: int, n: int, k: int, parallelism: int) -> tuple[int, int]:
+def plan_gemm(m: int, n: int, k: int, parallelism: int, block_side: int = BLOCK_SIDE) -> tuple[int, int]:
     """(tile side, K splits) for an m x n x k GEMM phase meant to keep ``parallelism``
     blocks busy: the largest tile that gives at least half as many tiles as blocks; failing
-    that 16-square tiles, with K split into as many pieces (each at least MIN_SPLIT_K
+    that the smallest tiles, with K split into as many pieces (each at least MIN_SPLIT_K
     long) as make up the difference."""
-    for side in TILE_SIDES:
+    for multiple in TILE_MULTIPLES:
+        side = multiple * block_side
         tiles = -(-m // side) * -(-n // side)
         if 2 * tiles >= parallelism:
             return side, 1
     splits = max(1, min(parallelism // tiles, k // MIN_SPLIT_K))
-    return TILE_SIDES[-1], splits
+    return side, splits
 
 
 # ---------------------------------------------------------------------------------------
@@ -195,10 +202,15 @@ def _group_sum(buf, value):
 
 
 @cache
-def kernels(dtype) -> SimpleNamespace:
-    """The two training kernels for one float dtype, built and cached on first use:
-    ``train_epoch`` (the persistent executor) and ``train_phase`` (one phase of one step),
-    and ``signatures``: name -> (Python function, argument types) as they are launched."""
+def kernels(dtype, block_side: int = BLOCK_SIDE) -> SimpleNamespace:
+    """The two training kernels for one float dtype and blocks of block_side^2 threads,
+    built and cached on first use: ``train_epoch`` (the persistent executor) and
+    ``train_phase`` (one phase of one step), and ``signatures``: name -> (Python function,
+    argument types) as they are launched."""
+    threads = block_side * block_side
+    rows_per_item = threads // ROW_THREADS  # loss rows per work item
+    update_chunk = UPDATE_PER_THREAD * threads
+    tile_padded = TILE_MULTIPLES[0] * block_side + 1  # one spare column (see cuda_kernels)
     dtype = np.dtype(dtype)
     real = numba.from_dtype(dtype)
     f = dtype.type
@@ -209,9 +221,9 @@ def kernels(dtype) -> SimpleNamespace:
 
     def make_gemm_item(per_thread):
         """The work item of one output tile (or one K split of it) of side
-        GEMM_SIDE * per_thread: dst = op(a) @ op(b) (+ bias), then the post-op."""
-        side = GEMM_SIDE * per_thread
-        loads = side * TILE_K // THREADS  # elements of each shared tile per thread and K step
+        block_side * per_thread: dst = op(a) @ op(b) (+ bias), then the post-op."""
+        side = block_side * per_thread
+        loads = side * TILE_K // threads  # elements of each shared tile per thread and K step
         tile_size = side * side
 
         @cuda.jit(device=True)
@@ -226,12 +238,12 @@ def kernels(dtype) -> SimpleNamespace:
             acts at post_off) of what this thread stored: a separate pass, so that the
             large inlined activation is not in the register tile's unrolled loops."""
             tid = cuda.threadIdx.x
-            tx = tid % GEMM_SIDE
-            ty = tid // GEMM_SIDE
+            tx = tid % block_side
+            ty = tid // block_side
             for i in range(per_thread):
-                m = m0 + ty + GEMM_SIDE * i
+                m = m0 + ty + block_side * i
                 for j in range(per_thread):
-                    n = n0 + tx + GEMM_SIDE * j
+                    n = n0 + tx + block_side * j
                     if m < M and n < N:
                         idx = m * N + n
                         if post == POST_ACTIVATE:
@@ -250,8 +262,8 @@ def kernels(dtype) -> SimpleNamespace:
             its last row (M - 1) is ones. op(b) is K x N likewise (stored (N, K) when
             b_trans). Out-of-range rows, columns and k read as zero."""
             tid = cuda.threadIdx.x
-            tx = tid % GEMM_SIDE
-            ty = tid // GEMM_SIDE
+            tx = tid % block_side
+            ty = tid // block_side
             tiles_n = (N + side - 1) // side
             tile = item // splits
             split = item % splits
@@ -268,7 +280,7 @@ def kernels(dtype) -> SimpleNamespace:
             for k0 in range(k_lo, k_hi, TILE_K):
                 # Consecutive threads read consecutive addresses of the stored layout.
                 for r in range(loads):
-                    idx = tid + r * THREADS
+                    idx = tid + r * threads
                     if a_trans:
                         kk = idx // side
                         mm = idx % side
@@ -302,18 +314,18 @@ def kernels(dtype) -> SimpleNamespace:
                 cuda.syncthreads()
                 for kk in range(TILE_K):
                     for j in range(per_thread):
-                        b_frag[j] = b_tile[kk, tx + GEMM_SIDE * j]
+                        b_frag[j] = b_tile[kk, tx + block_side * j]
                     for i in range(per_thread):
-                        a_value = a_tile[kk, ty + GEMM_SIDE * i]
+                        a_value = a_tile[kk, ty + block_side * i]
                         for j in range(per_thread):
                             acc[i, j] += a_value * b_frag[j]
                 cuda.syncthreads()
             finish = splits == 1
             if finish:
                 for i in range(per_thread):
-                    m = m0 + ty + GEMM_SIDE * i
+                    m = m0 + ty + block_side * i
                     for j in range(per_thread):
-                        n = n0 + tx + GEMM_SIDE * j
+                        n = n0 + tx + block_side * j
                         if m < M and n < N:
                             store(m, n, acc[i, j], N, dst, dst_off, bias, bias_off)
             else:
@@ -322,7 +334,7 @@ def kernels(dtype) -> SimpleNamespace:
                 slot = ws_off + tile * splits * tile_size
                 for i in range(per_thread):
                     for j in range(per_thread):
-                        ws[slot + split * tile_size + (ty + GEMM_SIDE * i) * side + tx + GEMM_SIDE * j] = acc[i, j]
+                        ws[slot + split * tile_size + (ty + block_side * i) * side + tx + block_side * j] = acc[i, j]
                 cuda.threadfence()
                 cuda.syncthreads()
                 if tid == 0:
@@ -333,11 +345,11 @@ def kernels(dtype) -> SimpleNamespace:
                 if finish:
                     cuda.threadfence()
                     for i in range(per_thread):
-                        m = m0 + ty + GEMM_SIDE * i
+                        m = m0 + ty + block_side * i
                         for j in range(per_thread):
-                            n = n0 + tx + GEMM_SIDE * j
+                            n = n0 + tx + block_side * j
                             if m < M and n < N:
-                                at = slot + (ty + GEMM_SIDE * i) * side + tx + GEMM_SIDE * j
+                                at = slot + (ty + block_side * i) * side + tx + block_side * j
                                 total = ZERO
                                 for s in range(splits):
                                     total += ws[at + s * tile_size]
@@ -349,12 +361,13 @@ def kernels(dtype) -> SimpleNamespace:
 
         return gemm_item
 
-    gemm64, gemm32, gemm16 = (make_gemm_item(side // GEMM_SIDE) for side in TILE_SIDES)
+    gemm_large, gemm_medium, gemm_small = (make_gemm_item(multiple) for multiple in TILE_MULTIPLES)
+    large_side, medium_side = TILE_MULTIPLES[0] * block_side, TILE_MULTIPLES[1] * block_side
 
     @cuda.jit(device=True)
     def loss_item(item, rows, base, y, order, acts, layers, slopes, step_coeffs, step, row_loss, row_correct,
                   buf):
-        """Softmax cross entropy of LOSS_ROWS rows of logits, a group of ROW_THREADS
+        """Softmax cross entropy of rows_per_item rows of logits, a group of ROW_THREADS
         threads per row: dlogits = (softmax - onehot) / rows (times the last layer's
         activation gradient, if it has one) into the last layer's delta; the row's loss
         (float64) and whether its first largest logit is its label."""
@@ -363,7 +376,7 @@ def kernels(dtype) -> SimpleNamespace:
         logits_off = layers[last, H_OFF]
         tid = cuda.threadIdx.x
         lane = tid % ROW_THREADS
-        row = item * LOSS_ROWS + tid // ROW_THREADS
+        row = item * rows_per_item + tid // ROW_THREADS
         valid = row < rows
         at = logits_off + row * classes
         local_max = NEG_INF
@@ -410,7 +423,7 @@ def kernels(dtype) -> SimpleNamespace:
         sum_reduce order, then / rows in float64."""
         loss = 0.0
         right = 0.0
-        for i in range(cuda.threadIdx.x, rows, THREADS):
+        for i in range(cuda.threadIdx.x, rows, threads):
             loss += row_loss[i]
             right += row_correct[i]
         loss = _block_sum(buf, loss)
@@ -478,10 +491,10 @@ def kernels(dtype) -> SimpleNamespace:
         """One chunk of every parameter, by the optimizer's rule (cuda_kernels' device
         functions, with cuda_backend's coefficients), after the L2 weight decay
         g += wd * p that nnkern.optim adds first."""
-        start = item * UPDATE_CHUNK
-        stop = min(params.shape[0], start + UPDATE_CHUNK)
+        start = item * update_chunk
+        stop = min(params.shape[0], start + update_chunk)
         lr = hyper[LR]
-        for i in range(start + cuda.threadIdx.x, stop, THREADS):
+        for i in range(start + cuda.threadIdx.x, stop, threads):
             if weight_decay:
                 sgd_at(i, grads, params, hyper[NEG_WEIGHT_DECAY])  # g -= (-wd) * p
             if rule == RULE_SGD:
@@ -510,7 +523,7 @@ def kernels(dtype) -> SimpleNamespace:
         rows = min(batch, n_samples - base)
         kind = phases[phase, KIND]
         layer = phases[phase, LAYER]
-        n_items = _phase_items_device(layers, phases, phase, rows, params.shape[0])
+        n_items = _phase_items_device(layers, phases, phase, rows, params.shape[0], threads)
         for item in range(first_item, n_items, item_stride):
             if kind == LOSS:
                 loss_item(item, rows, base, y, order, acts, layers, slopes, step_coeffs, step, row_loss,
@@ -530,16 +543,16 @@ def kernels(dtype) -> SimpleNamespace:
             b = params if b_is_params else acts
             dst = grads if dst_is_grads else acts
             # the one call site of the three tile sizes' code
-            if side == 64:
-                gemm64(gemm_item, splits, M, N, K, a, a_off, a_ld, a_trans, gather, order, base, ones_row,
+            if side == large_side:
+                gemm_large(gemm_item, splits, M, N, K, a, a_off, a_ld, a_trans, gather, order, base, ones_row,
                        b, b_off, b_ld, b_trans, dst, dst_off, params, bias_off, post, code, slope, acts, post_off,
                        ws, ws_off, counters, counter_off, a_tile, b_tile, flag)
-            elif side == 32:
-                gemm32(gemm_item, splits, M, N, K, a, a_off, a_ld, a_trans, gather, order, base, ones_row,
+            elif side == medium_side:
+                gemm_medium(gemm_item, splits, M, N, K, a, a_off, a_ld, a_trans, gather, order, base, ones_row,
                        b, b_off, b_ld, b_trans, dst, dst_off, params, bias_off, post, code, slope, acts, post_off,
                        ws, ws_off, counters, counter_off, a_tile, b_tile, flag)
             else:
-                gemm16(gemm_item, splits, M, N, K, a, a_off, a_ld, a_trans, gather, order, base, ones_row,
+                gemm_small(gemm_item, splits, M, N, K, a, a_off, a_ld, a_trans, gather, order, base, ones_row,
                        b, b_off, b_ld, b_trans, dst, dst_off, params, bias_off, post, code, slope, acts, post_off,
                        ws, ws_off, counters, counter_off, a_tile, b_tile, flag)
 
@@ -554,11 +567,11 @@ def kernels(dtype) -> SimpleNamespace:
                     rule, weight_decay, stop_on_nonfinite, n_steps):
         """The persistent executor: n_steps steps, every phase's items spread over the
         (cooperative) grid, a grid-wide barrier after each phase."""
-        a_tile = cuda.shared.array((TILE_K, _TILE_PADDED), real)
-        b_tile = cuda.shared.array((TILE_K, _TILE_PADDED), real)
+        a_tile = cuda.shared.array((TILE_K, tile_padded), real)
+        b_tile = cuda.shared.array((TILE_K, tile_padded), real)
         flag = cuda.shared.array(1, types.int32)
-        row_buf = cuda.shared.array(THREADS, real)
-        sum_buf = cuda.shared.array(THREADS, types.float64)
+        row_buf = cuda.shared.array(threads, real)
+        sum_buf = cuda.shared.array(threads, types.float64)
         grid = cuda.cg.this_grid()
         for step in range(n_steps):
             if status[HALTED_AT] < step:  # every block reads it after the same barrier
@@ -574,11 +587,11 @@ def kernels(dtype) -> SimpleNamespace:
                     slopes, hyper, step_coeffs, row_loss, row_correct, step_loss, step_correct, status, n_samples,
                     batch, rule, weight_decay, stop_on_nonfinite):
         """The launches executor: one phase of one step, one launch."""
-        a_tile = cuda.shared.array((TILE_K, _TILE_PADDED), real)
-        b_tile = cuda.shared.array((TILE_K, _TILE_PADDED), real)
+        a_tile = cuda.shared.array((TILE_K, tile_padded), real)
+        b_tile = cuda.shared.array((TILE_K, tile_padded), real)
         flag = cuda.shared.array(1, types.int32)
-        row_buf = cuda.shared.array(THREADS, real)
-        sum_buf = cuda.shared.array(THREADS, types.float64)
+        row_buf = cuda.shared.array(threads, real)
+        sum_buf = cuda.shared.array(threads, types.float64)
         if status[HALTED_AT] < step:
             return
         run_phase(phase, step, cuda.blockIdx.x, cuda.gridDim.x, x, y, order, params, grads, state0, state1,
@@ -645,7 +658,9 @@ class FusedCudaTrainer:
         self.dtype = np.dtype(dtype)
         self.rule = int(rule)
         self.batch_size = int(batch_size)
-        self.kernels = kernels(self.dtype)
+        self.block_side = SIMULATOR_BLOCK_SIDE if numba.config.ENABLE_CUDASIM else BLOCK_SIDE
+        self.threads = self.block_side**2
+        self.kernels = kernels(self.dtype, self.block_side)
         self.model_arrays = layers
         sms = _multiprocessors()
         self.parallelism = int(parallelism or (SIMULATOR_PARALLELISM if numba.config.ENABLE_CUDASIM
@@ -714,19 +729,19 @@ class FusedCudaTrainer:
 
         for l in range(n_layers):
             fan_in, fan_out = int(table[l, FAN_IN]), int(table[l, FAN_OUT])
-            side, splits = plan_gemm(rows, fan_out, fan_in, parallelism)
+            side, splits = plan_gemm(rows, fan_out, fan_in, parallelism, self.block_side)
             ws, counters = split_storage(rows, fan_out, side, splits)
             ws_size, counters_size = max(ws_size, ws), max(counters_size, counters)
             phases.append([FORWARD, l, side, splits, 0, 0, 0, 0])
         phases.append([LOSS, n_layers - 1, 0, 0, 0, 0, 0, 0])
         for l in range(n_layers - 1, -1, -1):
             fan_in, fan_out = int(table[l, FAN_IN]), int(table[l, FAN_OUT])
-            side1, splits1 = plan_gemm(fan_in + 1, fan_out, rows, parallelism)
+            side1, splits1 = plan_gemm(fan_in + 1, fan_out, rows, parallelism, self.block_side)
             ws1, counters1 = split_storage(fan_in + 1, fan_out, side1, splits1)
             side2 = splits2 = 1
             ws2 = counters2 = 0
             if l > 0:
-                side2, splits2 = plan_gemm(rows, fan_in, fan_out, parallelism)
+                side2, splits2 = plan_gemm(rows, fan_in, fan_out, parallelism, self.block_side)
                 ws2, counters2 = split_storage(rows, fan_in, side2, splits2)
             # the input-gradient GEMM's partial tiles and counters follow the weight gradient's
             phases.append([BACKWARD, l, side1, splits1, side2, splits2, ws1, counters1])
@@ -869,18 +884,18 @@ class FusedCudaTrainer:
             argtypes = self.kernels.signatures["train_epoch"][1]
             if not numba.config.ENABLE_CUDASIM:
                 kernel.compile(argtypes)
-            most = kernel.overloads[argtypes].max_cooperative_grid_blocks(THREADS)
+            most = kernel.overloads[argtypes].max_cooperative_grid_blocks(self.threads)
             if most < 1:
                 raise RuntimeError("the training kernel does not fit one block per multiprocessor")
             self._persistent_blocks = min(most, self.parallelism)
-        kernel[self._persistent_blocks, THREADS](*args, steps)
+        kernel[self._persistent_blocks, self.threads](*args, steps)
 
     def _launch_phases(self, args, steps):
         kernel = self.kernels.train_phase
         rows = min(self.batch_size, self.n_samples)
-        grids = [max(1, int(_phase_items(self.table, self.phases, phase, rows, self.n_params)))
+        grids = [max(1, int(_phase_items(self.table, self.phases, phase, rows, self.n_params, self.threads)))
                  for phase in range(len(self.phases))]
-        launches = [kernel[grid, THREADS] for grid in grids]
+        launches = [kernel[grid, self.threads] for grid in grids]
         for step in range(steps):
             for phase, launch in enumerate(launches):
                 launch(phase, step, *args)
