@@ -665,7 +665,7 @@ class FusedCudaTrainer:
         sms = _multiprocessors()
         self.parallelism = int(parallelism or (SIMULATOR_PARALLELISM if numba.config.ENABLE_CUDASIM
                                                else BLOCKS_PER_SM * sms))
-        self._persistent_blocks = None  # known once the persistent kernel is compiled
+        self.grid_blocks = None  # of the persistent executor, known once its kernel is compiled
 
         # The layer table and the flat buffers' layout.
         table = np.zeros((len(layers), LAYER_COLUMNS), np.int64)
@@ -880,15 +880,15 @@ class FusedCudaTrainer:
 
     def _launch_persistent(self, args, steps):
         kernel = self.kernels.train_epoch
-        if self._persistent_blocks is None:
+        if self.grid_blocks is None:
             argtypes = self.kernels.signatures["train_epoch"][1]
             if not numba.config.ENABLE_CUDASIM:
                 kernel.compile(argtypes)
             most = kernel.overloads[argtypes].max_cooperative_grid_blocks(self.threads)
             if most < 1:
                 raise RuntimeError("the training kernel does not fit one block per multiprocessor")
-            self._persistent_blocks = min(most, self.parallelism)
-        kernel[self._persistent_blocks, self.threads](*args, steps)
+            self.grid_blocks = min(most, self.parallelism)
+        kernel[self.grid_blocks, self.threads](*args, steps)
 
     def _launch_phases(self, args, steps):
         kernel = self.kernels.train_phase
