@@ -199,7 +199,7 @@ def _cuda_step(pairs, state_of, optimizer, rule, dtype, rows, x, y):
     returning ``[(mean loss, right predictions, rows)]`` per step, read back once."""
     from .backends import cuda_train
 
-    if rule[0] not in cuda_train.RULES:
+    if rule[0] not in cuda_train.RULES or not cuda_train.data_fits(x.size * np.dtype(dtype).itemsize):
         return None
     layers = [(linear.W, linear.b, linear.dW, linear.db, *_activation_spec(act_layer),
                tuple(state_of[id(linear.W)].values()), tuple(state_of[id(linear.b)].values()))

@@ -68,7 +68,7 @@ from numba import cuda, types
 from . import ACTIVATION_CODES
 from .cuda_kernels import GEMM_SIDE, ROW_THREADS, TILE_K, _block_sum, kernel_family
 
-__all__ = ["FusedCudaTrainer", "plan_gemm", "compile_targets", "EXECUTORS"]
+__all__ = ["FusedCudaTrainer", "plan_gemm", "data_fits", "compile_targets", "EXECUTORS", "RULES"]
 
 EXECUTORS = ("persistent", "launches")
 
@@ -89,11 +89,13 @@ BLOCKS_PER_SM = 2
 SIMULATOR_PARALLELISM = 4
 """The parallelism the plan assumes under the simulator (which runs one block at a time):
 small, so that small test shapes still get split and differently tiled GEMMs."""
+DEVICE_MEMORY_SHARE = 0.5
+"""The training set goes to the device only if it takes at most this share of the free
+device memory (else fit streams batches through the layer-by-layer path)."""
 
 # Phase kinds, and the columns of the phase table.
 FORWARD, LOSS, BACKWARD, UPDATE = range(4)
 KIND, LAYER, SIDE1, SPLITS1, SIDE2, SPLITS2, WORKSPACE2, COUNTERS2 = range(8)
-PHASE_COLUMNS = 8
 # Columns of the layer table: sizes, activation, offsets into the flat buffers
 # (P_OFF: W in params/grads/states, b right after it; the others in acts).
 FAN_IN, FAN_OUT, ACT, KEEP_PREACT, P_OFF, H_OFF, Z_OFF, D_OFF = range(8)
@@ -629,10 +631,17 @@ def _executor_setting() -> str:
     return setting
 
 
-def _multiprocessors() -> int:
+def _default_parallelism() -> int:
     if numba.config.ENABLE_CUDASIM:
-        return 1
-    return int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+        return SIMULATOR_PARALLELISM
+    return BLOCKS_PER_SM * int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+
+
+def data_fits(n_bytes: int) -> bool:
+    """Whether a training set of ``n_bytes`` may be copied to the device (DEVICE_MEMORY_SHARE
+    of the free memory)."""
+    free, _total = cuda.current_context().get_memory_info()
+    return n_bytes <= DEVICE_MEMORY_SHARE * free
 
 
 class FusedCudaTrainer:
@@ -662,9 +671,7 @@ class FusedCudaTrainer:
         self.threads = self.block_side**2
         self.kernels = kernels(self.dtype, self.block_side)
         self.model_arrays = layers
-        sms = _multiprocessors()
-        self.parallelism = int(parallelism or (SIMULATOR_PARALLELISM if numba.config.ENABLE_CUDASIM
-                                               else BLOCKS_PER_SM * sms))
+        self.parallelism = int(parallelism or _default_parallelism())
         self.grid_blocks = None  # of the persistent executor, known once its kernel is compiled
 
         # The layer table and the flat buffers' layout.
