@@ -64,8 +64,9 @@ def _assert_same_training(runs, rtol):
 
 def test_device_epochs_equal_the_layer_by_layer_path(split_gemms, monkeypatch):
     """The persistent executor: two shuffled epochs with a short last batch, Adam with
-    weight decay."""
+    weight decay; one launch per step (STEPS_PER_LAUNCH)."""
     monkeypatch.setenv("NNKERN_CUDA_EXECUTOR", "persistent")
+    monkeypatch.setattr(cuda_train, "STEPS_PER_LAUNCH", 1)
     x, y = _data(n=13)
     runs = _fit_both(_deep_model, lambda: optim.Adam(0.02, weight_decay=0.01), x, y, epochs=2, batch_size=8,
                      seed=5)
@@ -137,9 +138,10 @@ def test_every_rule_in_float32(name):
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
-def test_a_nonfinite_loss_stops_the_epoch_after_that_step():
+def test_a_nonfinite_loss_stops_the_epoch_after_that_step(monkeypatch):
     """As on the layer path: the error names the step, and the weights are those after
-    its update (no later step ran)."""
+    its update (no later step ran, in this launch or the next)."""
+    monkeypatch.setattr(cuda_train, "STEPS_PER_LAUNCH", 2)
     x, y = _data(n=16)
     outcomes = []
     for backend in ("cuda", "numpy"):

@@ -27,8 +27,8 @@ none, cross entropy on integer labels, any nnkern optimizer) with everything on 
 
 Two executors run the same phases (the same device functions, so the same numbers):
 
-* ``"persistent"``: ONE cooperative kernel launch per epoch. Its blocks loop over the
-  steps and phases, each phase's work items (GEMM tiles, loss rows, update chunks) spread
+* ``"persistent"``: ONE cooperative kernel launch per epoch (per STEPS_PER_LAUNCH steps
+  of it). Its blocks loop over the steps and phases, each phase's work items (GEMM tiles, loss rows, update chunks) spread
   over the blocks, and meet at a grid-wide barrier (``cuda.cg.this_grid().sync()``)
   between phases: no launch, and no host round trip, inside an epoch;
 * ``"launches"``: one kernel launch per phase, ``2 L + 2`` per step (12 for the
@@ -89,6 +89,9 @@ BLOCKS_PER_SM = 2
 SIMULATOR_PARALLELISM = 4
 """The parallelism the plan assumes under the simulator (which runs one block at a time):
 small, so that small test shapes still get split and differently tiled GEMMs."""
+STEPS_PER_LAUNCH = 512
+"""The persistent executor launches once per this many steps (MNIST at batch 64: twice per
+epoch), so that no launch runs long enough for a display GPU's watchdog to end it."""
 DEVICE_MEMORY_SHARE = 0.5
 """The training set goes to the device only if it takes at most this share of the free
 device memory (else fit streams batches through the layer-by-layer path)."""
@@ -566,16 +569,17 @@ def kernels(dtype, block_side: int = BLOCK_SIDE) -> SimpleNamespace:
 
     def train_epoch(x, y, order, params, grads, state0, state1, acts, ws, counters, layers, phases, slopes,
                     hyper, step_coeffs, row_loss, row_correct, step_loss, step_correct, status, n_samples, batch,
-                    rule, weight_decay, stop_on_nonfinite, n_steps):
-        """The persistent executor: n_steps steps, every phase's items spread over the
-        (cooperative) grid, a grid-wide barrier after each phase."""
+                    rule, weight_decay, stop_on_nonfinite, first_step, n_steps):
+        """The persistent executor: steps first_step, ..., first_step + n_steps - 1, every
+        phase's items spread over the (cooperative) grid, a grid-wide barrier after each
+        phase."""
         a_tile = cuda.shared.array((TILE_K, tile_padded), real)
         b_tile = cuda.shared.array((TILE_K, tile_padded), real)
         flag = cuda.shared.array(1, types.int32)
         row_buf = cuda.shared.array(threads, real)
         sum_buf = cuda.shared.array(threads, types.float64)
         grid = cuda.cg.this_grid()
-        for step in range(n_steps):
+        for step in range(first_step, first_step + n_steps):
             if status[HALTED_AT] < step:  # every block reads it after the same barrier
                 break
             for phase in range(phases.shape[0]):
@@ -602,7 +606,7 @@ def kernels(dtype, block_side: int = BLOCK_SIDE) -> SimpleNamespace:
                   a_tile, b_tile, flag, row_buf, sum_buf)
 
     signatures = {
-        "train_epoch": (train_epoch, (*common, types.int64)),
+        "train_epoch": (train_epoch, (*common, types.int64, types.int64)),
         "train_phase": (train_phase, (types.int64, types.int64, *common)),
     }
     return SimpleNamespace(signatures=signatures, scalar=f,
@@ -895,7 +899,9 @@ class FusedCudaTrainer:
             if most < 1:
                 raise RuntimeError("the training kernel does not fit one block per multiprocessor")
             self.grid_blocks = min(most, self.parallelism)
-        kernel[self.grid_blocks, self.threads](*args, steps)
+        launch = kernel[self.grid_blocks, self.threads]
+        for first in range(0, steps, STEPS_PER_LAUNCH):
+            launch(*args, first, min(STEPS_PER_LAUNCH, steps - first))
 
     def _launch_phases(self, args, steps):
         kernel = self.kernels.train_phase
