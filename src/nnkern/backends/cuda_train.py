@@ -92,6 +92,11 @@ small, so that small test shapes still get split and differently tiled GEMMs."""
 STEPS_PER_LAUNCH = 512
 """The persistent executor launches once per this many steps (MNIST at batch 64: twice per
 epoch), so that no launch runs long enough for a display GPU's watchdog to end it."""
+MAX_REGISTERS = 128
+"""Registers per thread the training kernels are capped at (``NNKERN_CUDA_MAX_REGISTERS``
+overrides; 0: no cap). Uncapped, ptxas gives them 224 (float32, sm_90): one block of 256
+threads per multiprocessor. At 128 (~500 bytes of spills, loop invariants, to the L1) two
+fit, the BLOCKS_PER_SM that phases are sized for."""
 DEVICE_MEMORY_SHARE = 0.5
 """The training set goes to the device only if it takes at most this share of the free
 device memory (else fit streams batches through the layer-by-layer path)."""
@@ -207,11 +212,12 @@ def _group_sum(buf, value):
 
 
 @cache
-def kernels(dtype, block_side: int = BLOCK_SIDE) -> SimpleNamespace:
+def kernels(dtype, block_side: int = BLOCK_SIDE, max_registers: int = 0) -> SimpleNamespace:
     """The two training kernels for one float dtype and blocks of block_side^2 threads,
     built and cached on first use: ``train_epoch`` (the persistent executor) and
     ``train_phase`` (one phase of one step), and ``signatures``: name -> (Python function,
-    argument types) as they are launched."""
+    argument types) as they are launched. ``max_registers``: the per-thread register cap
+    they are built with on a GPU (0: none)."""
     threads = block_side * block_side
     rows_per_item = threads // ROW_THREADS  # loss rows per work item
     update_chunk = UPDATE_PER_THREAD * threads
@@ -609,8 +615,9 @@ def kernels(dtype, block_side: int = BLOCK_SIDE) -> SimpleNamespace:
         "train_epoch": (train_epoch, (*common, types.int64, types.int64)),
         "train_phase": (train_phase, (types.int64, types.int64, *common)),
     }
+    options = {"max_registers": max_registers} if max_registers and not numba.config.ENABLE_CUDASIM else {}
     return SimpleNamespace(signatures=signatures, scalar=f,
-                           **{name: cuda.jit(pyfunc) for name, (pyfunc, _) in signatures.items()})
+                           **{name: cuda.jit(pyfunc, **options) for name, (pyfunc, _) in signatures.items()})
 
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -633,6 +640,13 @@ def _executor_setting() -> str:
     if setting not in ("auto", *EXECUTORS):
         raise ValueError(f"NNKERN_CUDA_EXECUTOR must be 'auto', 'persistent' or 'launches', got {setting!r}")
     return setting
+
+
+def _max_registers() -> int:
+    setting = os.environ.get("NNKERN_CUDA_MAX_REGISTERS", str(MAX_REGISTERS)).strip()
+    if not setting.isdigit() or 0 < int(setting) < 32 or int(setting) > 255:
+        raise ValueError(f"NNKERN_CUDA_MAX_REGISTERS must be 0 (no cap) or 32..255, got {setting!r}")
+    return int(setting)
 
 
 def _default_parallelism() -> int:
@@ -673,7 +687,8 @@ class FusedCudaTrainer:
         self.batch_size = int(batch_size)
         self.block_side = SIMULATOR_BLOCK_SIDE if numba.config.ENABLE_CUDASIM else BLOCK_SIDE
         self.threads = self.block_side**2
-        self.kernels = kernels(self.dtype, self.block_side)
+        self.max_registers = _max_registers()
+        self.kernels = kernels(self.dtype, self.block_side, self.max_registers)
         self.model_arrays = layers
         self.parallelism = int(parallelism or _default_parallelism())
         self.grid_blocks = None  # of the persistent executor, known once its kernel is compiled
