@@ -542,6 +542,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sgd, adam or sgd,adam: each contender trains with each, interleaved in one run; "
                             "with both, the table gives each contender's Adam epoch time against its SGD one "
                             "(default: sgd)")
+    mine = bench.add_argument_group(
+        "your own network", "any of these adds a 784-...-10 MNIST network beside the built-in ones; "
+        "the others then default to --hidden 256,128,64,20 --activation relu --batch-size 64 "
+        "--normalize symmetric --dtype float32")
+    mine.add_argument("--hidden", type=_layer_sizes, metavar="N,N,...", help="hidden layer sizes")
+    mine.add_argument("--activation", choices=ACTIVATIONS, help="hidden activation")
+    mine.add_argument("--batch-size", type=_positive_int, help="mini-batch size")
+    mine.add_argument("--normalize", choices=["unit", "symmetric"],
+                      help="inputs x/255 in [0, 1] (unit: MNIST is 81%% zeros) or (x/255 - 0.5)/0.5 in [-1, 1] "
+                           "(symmetric: dense)")
+    mine.add_argument("--dtype", choices=["float32", "float64"], help="the network's dtype")
+    mine.add_argument("--no-builtin", action="store_true", help="measure only your own network")
     bench.set_defaults(run=_bench)
 
     plot_opt = commands.add_parser("plot-optimizers", help="optimizer paths on x^2/20 + y^2 (PNG)")
