@@ -957,10 +957,11 @@ class _Meter:
         return logs
 
 
-def _per_name(value, names: list[str], what: str, where: str, *, arrays: bool) -> list:
-    """``value`` given for each of ``names``: a dict by name, or a list or tuple in the
-    order of ``names``. For a single name the value itself works too (for ``arrays``
-    that is the only reading of a list: an array-like)."""
+def _per_name(value, names: list[str], what: str, where: str, *, arrays: bool, kind: str = "outputs") -> list:
+    """``value`` given for each of ``names`` (the model's inputs or outputs, ``kind``): a
+    dict by name, or a list or tuple in the order of ``names``. For a single name the
+    value itself works too (for ``arrays`` that is the only reading of a list: an
+    array-like)."""
     if isinstance(value, dict):
         missing = [name for name in names if name not in value]
         unexpected = [key for key in value if key not in names]
@@ -970,7 +971,7 @@ def _per_name(value, names: list[str], what: str, where: str, *, arrays: bool) -
     if len(names) == 1 and (arrays or not isinstance(value, (list, tuple))):
         return [value]
     if not isinstance(value, (list, tuple)):
-        raise TypeError(f"{where}: the model has {len(names)} {what.split()[0]}s {names}: give {what} as a list "
+        raise TypeError(f"{where}: the model has {len(names)} {kind} {names}: give {what} as a list "
                         f"in that order or a dict by name, got {type(value).__name__}")
     if len(value) != len(names):
         raise ValueError(f"{where}: {len(names)} {what} expected (for {names}), got {len(value)}")
@@ -1375,9 +1376,9 @@ class Graph:
         """What takes input ``index``, for error messages."""
         return f"input {self.input_names[index]!r}"
 
-    def _as_input(self, index: int, x):
-        """``x`` as a C-contiguous 2-D array of the model's dtype in the model's memory,
-        after checking its width (one copy into a reused buffer at most)."""
+    def _checked_input(self, index: int, x):
+        """``x`` (a host array or a device array) after checking its type, that it is
+        2-D, and its width."""
         where = type(self).__name__ + (f" input {self.input_names[index]!r}" if len(self.input_names) > 1 else "")
         if _arrays.is_device_array(x):
             if np.dtype(x.dtype) != self.dtype:
@@ -1397,6 +1398,12 @@ class Graph:
                 f"{type(self).__name__}: input of shape ({_shape_str(x.shape)}) does not fit "
                 f"{self._input_owner(index)}, which takes inputs of shape (N x {width})"
             )
+        return x
+
+    def _as_input(self, index: int, x):
+        """``x`` as a C-contiguous 2-D array of the model's dtype in the model's memory,
+        after checking it (one copy into a reused buffer at most)."""
+        x = self._checked_input(index, x)
         if _arrays.is_device_array(x):
             return x
         if self.backend not in _arrays.DEVICE_BACKENDS and x.dtype == self.dtype and x.flags.c_contiguous:
@@ -1408,7 +1415,7 @@ class Graph:
     def _input_arrays(self, x) -> list:
         """The model's input arrays from ``x``: an array (one input), a list or tuple of
         arrays in the order of :attr:`input_names`, or a dict by input name."""
-        return _per_name(x, self.input_names, "input arrays", type(self).__name__, arrays=True)
+        return _per_name(x, self.input_names, "input arrays", type(self).__name__, arrays=True, kind="inputs")
 
     def _target_arrays(self, y) -> list:
         return _per_name(y, self.output_names, "target arrays", type(self).__name__, arrays=True)
@@ -1479,7 +1486,9 @@ class Graph:
             return loss
         names = self.output_names
         losses = []
-        for spec in _per_name(loss, names, "losses", "fit", arrays=False):
+        specs = _per_name(loss, names, "losses", "fit", arrays=False) if isinstance(loss, (list, tuple, dict)) \
+            else [loss] * len(names)
+        for spec in specs:
             loss = get_loss(spec)
             if any(loss is other for other in losses):  # a loss keeps its last gradient: one per output
                 loss = type(loss)(**loss.config())
@@ -1633,13 +1642,12 @@ class Graph:
     def predict(self, x, *, batch_size: int = _EVAL_BATCH):
         """The model's outputs for ``x`` as a new host array (evaluation mode); a list of
         arrays, one per output, for several outputs."""
-        xs = [np.asarray(a) for a in self._input_arrays(x)]
-        if len({len(a) if a.ndim else 0 for a in xs}) > 1:
+        xs = [self._checked_input(i, np.asarray(a)) for i, a in enumerate(self._input_arrays(x))]
+        if len({len(a) for a in xs}) > 1:
             raise ValueError("predict: the inputs have different numbers of samples, shapes "
                              + ", ".join(f"({_shape_str(a.shape)})" for a in xs))
         if len(xs[0]) == 0:
-            arrays = [self._as_input(i, a) for i, a in enumerate(xs)]
-            outputs = [np.empty((0, self.nodes[slot].features or arrays[0].shape[1]), dtype=self.dtype)
+            outputs = [np.empty((0, self.nodes[slot].features or xs[0].shape[1]), dtype=self.dtype)
                        for slot in self._output_slots]
         else:
             parts = [[_arrays.host_copy(output) for output in self._forward([a[start:stop] for a in xs], False)]
