@@ -11,11 +11,14 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nnkern
 from nnkern import engine, nn, optim
 from nnkern.grad import assert_gradcheck, numerical_gradient, relative_error
 from _tolerance import assert_close
+from _backends import FAST_CPU_BACKENDS
 
 DTYPES = [np.float32, np.float64]
 
@@ -206,6 +209,8 @@ def shared_layer():
     (lambda: nn.Graph(nn.Input(3), "out"), TypeError, r"outputs must be nodes"),
     (lambda: nn.Input(0), ValueError, r"Input: features must be a positive integer, got 0"),
     (lambda: nn.Input(3, name=""), TypeError, r"a node name must be a non-empty string"),
+    (lambda: nn.Graph.from_nodes({"x": 3}, [(None, nn.ReLU(), "x")], "x"), TypeError,
+     r"a node name must be a non-empty string, got None"),
     (lambda: nn.Graph.from_nodes({"x": 3}, [("x", nn.ReLU(), "x")], "x"), ValueError, r"two nodes are named 'x'"),
     (lambda: nn.Graph.from_nodes({"x": 3}, [("h", nn.ReLU(), "x")], "x"), ValueError,
      r"output 'x' is an input"),
@@ -244,6 +249,9 @@ def test_forward_matches_numpy_written_by_hand(any_backend, dtype):
     d = data(n=9)
     residual = residual_mlp(any_backend, dtype)
     assert_close(residual.predict(d["x"]), numpy_forward(residual, {"x": d["x"].astype(dtype)}), dtype, factor=50)
+    # one input given as an array, a list of one array (code for any number of inputs), a dict
+    np.testing.assert_array_equal(residual.predict([d["x"]]), residual.predict({"x": d["x"]}))
+    np.testing.assert_array_equal(residual.predict(d["x"].tolist()), residual.predict(d["x"]))  # an array-like
     joined = two_input_net(any_backend, dtype)
     inputs = {"a": d["a"].astype(dtype), "b": d["b"].astype(dtype)}
     out = joined.predict([d["a"], d["b"]])
@@ -340,6 +348,64 @@ def test_input_gradients_match_central_differences(any_backend, make, names):
     grads = [np.array(grads, copy=True)] if len(names) == 1 else [np.array(g, copy=True) for g in grads]
     for array, grad in zip(inputs, grads):
         assert relative_error(grad, numerical_gradient(value, array)) < 1e-7
+
+
+@st.composite
+def random_graphs(draw):
+    """A random DAG of Linear, Tanh, Sigmoid, Add and Concatenate nodes over one or two
+    inputs, its sinks the outputs (so every node reaches one), with MSE losses of random
+    weights: (model pieces for from_nodes, input widths, output widths, weights)."""
+    widths = {f"in{i}": draw(st.integers(2, 4)) for i in range(draw(st.integers(1, 2)))}
+    nodes = []
+    for i in range(draw(st.integers(2, 6))):
+        names = list(widths)
+        kind = draw(st.sampled_from(["linear", "tanh", "sigmoid", "add", "concatenate"]))
+        first = draw(st.sampled_from(names))
+        same_width = [n for n in names if widths[n] == widths[first]]
+        if kind == "add" and len(same_width) >= 1:
+            sources = [first, draw(st.sampled_from(same_width))]  # may read one node twice
+            layer, width = nn.Add(), widths[first]
+        elif kind == "concatenate":
+            sources = [first, *draw(st.lists(st.sampled_from(names), min_size=1, max_size=2))]
+            layer, width = nn.Concatenate(), sum(widths[n] for n in sources)
+        elif kind in ("tanh", "sigmoid"):
+            sources, width = [first], widths[first]
+            layer = nn.Tanh() if kind == "tanh" else nn.Sigmoid()
+        else:
+            width = draw(st.integers(1, 4))
+            sources, layer = [first], nn.Linear(widths[first], width, init=0.7, seed=draw(st.integers(0, 99)))
+        nodes.append((f"n{i}", layer, sources))
+        widths[f"n{i}"] = width
+    read = {source for _, _, sources in nodes for source in sources}
+    inputs = {name: widths[name] for name in widths if name.startswith("in") and name in read}
+    outputs = [name for name, _, _ in nodes if name not in read]
+    weights = [draw(st.sampled_from([0.5, 1.0, 2.0])) for _ in outputs]
+    return inputs, nodes, outputs, [widths[name] for name in outputs], weights
+
+
+@settings(max_examples=25, deadline=None)
+@given(graph=random_graphs(), backend=st.sampled_from(["numpy", *FAST_CPU_BACKENDS]), seed=st.integers(0, 2**16))
+def test_fuzz_random_graph_gradients_match_central_differences(graph, backend, seed):
+    inputs, nodes, outputs, output_widths, weights = graph
+    if not inputs:  # every node reads only nodes: impossible, the first reads an input
+        raise AssertionError("a random graph without inputs")
+    model = nn.Graph.from_nodes(inputs, nodes, outputs, backend=backend, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    x = {name: rng.standard_normal((3, width)) for name, width in inputs.items()}
+    y = [rng.standard_normal((3, width)) for width in output_widths]
+    if model.parameters():
+        assert_gradcheck(model, "mse", x, y, loss_weights=weights)
+    objective = model._objective("mse", weights)
+    arrays = [x[name] for name in model.input_names]
+
+    def value(_=None):
+        return objective.forward(model._forward(arrays, training=False), y, backend)
+
+    value()
+    grads = model._backward(objective.backward(), input_grad=True)
+    grads = grads if isinstance(grads, list) else [grads]
+    for array, grad in zip(arrays, grads):
+        assert relative_error(np.array(grad), numerical_gradient(value, array)) < 1e-7
 
 
 # ---------------------------------------------------------------------------------------

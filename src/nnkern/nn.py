@@ -585,8 +585,8 @@ def _arity_problem(layer: Layer, count: int) -> str | None:
     return None if count == 1 else f"takes one input node, got {count}"
 
 
-def _check_node_name(name, where: str) -> str | None:
-    if name is not None and (not isinstance(name, str) or not name):
+def _check_node_name(name, where: str, *, required: bool = False) -> str | None:
+    if (name is not None or required) and (not isinstance(name, str) or not name):
         raise TypeError(f"{where}: a node name must be a non-empty string, got {name!r}")
     return name
 
@@ -960,14 +960,17 @@ class _Meter:
 def _per_name(value, names: list[str], what: str, where: str, *, arrays: bool, kind: str = "outputs") -> list:
     """``value`` given for each of ``names`` (the model's inputs or outputs, ``kind``): a
     dict by name, or a list or tuple in the order of ``names``. For a single name the
-    value itself works too (for ``arrays`` that is the only reading of a list: an
-    array-like)."""
+    value itself works too; for ``arrays`` a list is then an array-like, unless it holds
+    just one array (code written for any number of inputs or outputs)."""
     if isinstance(value, dict):
         missing = [name for name in names if name not in value]
         unexpected = [key for key in value if key not in names]
         if missing or unexpected:
             raise ValueError(f"{where}: {what} for {names}: missing {missing}, unexpected {unexpected}")
         return [value[name] for name in names]
+    if len(names) == 1 and isinstance(value, (list, tuple)) and len(value) == 1 and arrays \
+            and (isinstance(value[0], np.ndarray) or _arrays.is_device_array(value[0])):
+        return list(value)
     if len(names) == 1 and (arrays or not isinstance(value, (list, tuple))):
         return [value]
     if not isinstance(value, (list, tuple)):
@@ -1164,12 +1167,12 @@ class Graph:
         where = type(self).__name__
         inputs_of, layer_of, features_of = {}, {}, {}
         for name, features in input_specs:
-            _check_node_name(name, where)
+            _check_node_name(name, where, required=True)
             if name in inputs_of:
                 raise ValueError(f"{where}: two inputs are named {name!r}")
             inputs_of[name], layer_of[name], features_of[name] = (), None, features
         for name, layer, sources in node_specs:
-            _check_node_name(name, where)
+            _check_node_name(name, where, required=True)
             if name in inputs_of:
                 raise ValueError(f"{where}: two nodes are named {name!r}")
             if not isinstance(layer, Layer):
@@ -1538,13 +1541,6 @@ class Graph:
         if it is not already) or its name. ``loss``: a Loss or its name. ``shuffle``
         draws a new order every epoch from a generator seeded with ``seed``.
         ``validation_data=(x_val, y_val)`` adds "val_loss" and "val_accuracy".
-
-        A graph model with several inputs takes ``x`` as a list of arrays (in the order
-        of its inputs) or a dict by input name; with several outputs, ``y`` likewise,
-        ``loss`` is one loss for every output or a list or dict of them, and
-        ``loss_weights`` (default 1 each) weighs them: the loss minimised is
-        ``sum(weight * loss)``. Logs then hold that "loss" and, per output,
-        "<output>_loss" and "<output>_accuracy" (classification losses).
         ``verbose`` prints one line per epoch. ``callbacks``: objects with the hooks of
         :class:`Callback` (progress bars, early stopping). A NaN or infinite batch loss
         raises :class:`NonFiniteLossError` naming the epoch and step, unless
@@ -1552,6 +1548,13 @@ class Graph:
         engine (see :mod:`nnkern.engine`) run each step in one compiled call when the
         model, loss and optimizer allow it; ``fused=False`` forces the layer-by-layer
         path. Returns a :class:`History`.
+
+        A graph model with several inputs takes ``x`` as a list of arrays (in the order
+        of its inputs) or a dict by input name; with several outputs, ``y`` likewise,
+        ``loss`` is one loss for every output or a list or dict of them, and
+        ``loss_weights`` (default 1 each) weighs them: the loss minimised is
+        ``sum(weight * loss)``. The logs then hold that "loss" and, per output,
+        "<output>_loss" and "<output>_accuracy" (for classification losses).
         """
         from .data import DataLoader
 
