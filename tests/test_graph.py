@@ -628,3 +628,21 @@ def test_merge_layers_on_their_own(any_backend):
             nn.Concatenate().forward([a, b[:3]])
         with pytest.raises(TypeError, match=r"Add.forward takes a list of two or more arrays"):
             nn.Add().forward(a)
+
+
+def test_backward_checks_and_converts_the_gradients_it_is_given():
+    model = two_head_net(dtype=np.float32)
+    d = data(n=4)
+    with pytest.raises(ValueError, match=r"gradient of output 'classes' has shape \(4x3\); no forward pass ran"):
+        model.backward([np.ones((4, 3)), np.ones((4, 2))])
+    model.forward(d["x"], training=True)
+    with pytest.raises(ValueError, match=r"gradient of output 'values' has shape \(5x2\); the last forward pass "
+                                         r"gave \(4 x 2\)"):
+        model.backward([np.ones((4, 3)), np.ones((5, 2))])
+    model.backward({"classes": np.ones((4, 3)), "values": np.ones((4, 2), dtype=np.float64)[:, ::1]})
+    reference = two_head_net(dtype=np.float64)
+    reference.forward(d["x"], training=True)
+    reference.backward([np.ones((4, 3)), np.ones((4, 2))])
+    for ours, theirs in zip(model.gradients(), reference.gradients()):
+        assert ours.dtype == np.float32
+        assert_close(ours, theirs, np.float32, factor=10)

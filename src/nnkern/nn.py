@@ -1157,6 +1157,7 @@ class Graph:
         self.is_chain = (len(self.input_names) == 1 and self.output_names == [self.nodes[-1].name]
                          and all(node.inputs == (before.name,) for before, node in zip(self.nodes, self.nodes[1:])))
         self._buffers = _Buffers()
+        self._forward_rows = None  # the batch size of the last forward pass
         self.loss: Loss | dict | None = None
         self.loss_weights = None
         self.stop_training = False
@@ -1434,6 +1435,7 @@ class Graph:
             raise ValueError(f"{type(self).__name__}: the inputs have different numbers of samples: {shapes}")
         for stage in self._stages:
             values[stage.target] = stage.forward([values[source] for source in stage.sources], training)
+        self._forward_rows = rows.pop()
         return [values[slot] for slot in self._output_slots]
 
     def forward(self, x, training: bool = False):
@@ -1449,7 +1451,22 @@ class Graph:
         topological order, summing the gradients that reach a node from several readers:
         writes every parameter gradient, and returns the gradient with respect to the
         input (a list for several inputs) when ``input_grad``."""
-        return self._backward(self._target_arrays(grad_output), input_grad)
+        grads = []
+        for name, slot, grad in zip(self.output_names, self._output_slots, self._target_arrays(grad_output)):
+            if not _arrays.is_device_array(grad):  # the model's dtype and memory, as its own gradients
+                grad = np.asarray(grad)
+                if self.backend in _arrays.DEVICE_BACKENDS:
+                    grad = _arrays.from_host(grad, self.dtype, self.backend)
+                elif grad.dtype != self.dtype or not grad.flags.c_contiguous:
+                    grad = np.ascontiguousarray(grad, dtype=self.dtype)
+            width = self.nodes[slot].features
+            if self._forward_rows is None or len(grad.shape) != 2 or grad.shape[0] != self._forward_rows \
+                    or (width is not None and grad.shape[1] != width):
+                raise ValueError(f"backward: the gradient of output {name!r} has shape ({_shape_str(grad.shape)}); "
+                                 + ("no forward pass ran before" if self._forward_rows is None else
+                                    f"the last forward pass gave {_width_str(width).replace('N', str(self._forward_rows))}"))
+            grads.append(grad)
+        return self._backward(grads, input_grad)
 
     def _backward(self, grads: list, input_grad: bool):
         summed = [None] * len(self.nodes)  # each node's gradient, a sum once several arrive
