@@ -5,7 +5,7 @@
     with nnkern.use_backend("cython"):
         loss, dlogits = nnkern.ops.softmax_cross_entropy(logits, labels)
 
-Submodules: ``ops`` (kernels on arrays), ``nn`` (layers, Sequential models, losses),
+Submodules: ``ops`` (kernels on arrays), ``nn`` (layers, Sequential and Graph models, losses),
 ``optim`` (optimizers), ``data`` (MNIST and a DataLoader), ``grad`` (numerical gradients).
 """
 

@@ -5,8 +5,8 @@ by an elementwise activation (or none), trained with cross entropy on integer la
 any nnkern optimizer, :func:`fused_train_step` returns a step function that runs forward,
 loss, backward and the update of every parameter in one GIL-free call
 (kernels/cython/_cy_train.pyx, backends/numba_train.py) into preallocated buffers.
-``Sequential.fit`` uses it automatically and falls back to the layer-by-layer path for
-anything else. The parameters, losses and optimizer states are those of the layer-by-layer
+``fit`` uses it automatically (for a Sequential, or a Graph that is a chain) and falls
+back to the layer-by-layer path for anything else. The parameters, losses and optimizer states are those of the layer-by-layer
 path (same kernels), to round-off. One difference: with weight decay, the layer path (and
 the numba step) add ``weight_decay * W`` into the gradient arrays before the update, while
 the Cython step folds it into the update and leaves the gradient arrays holding the loss's
@@ -53,9 +53,12 @@ _RULES = {
 
 
 def _layer_pairs(model):
-    """[(linear, activation layer or None)], or None when the model is not a plain MLP."""
+    """[(linear, activation layer or None)], or None when the model is not a plain MLP
+    (a chain: one input, one output, each layer reading the one before)."""
     from . import nn
 
+    if not model.is_chain:
+        return None
     pairs, i, layers = [], 0, model.layers
     while i < len(layers):
         linear = layers[i]
