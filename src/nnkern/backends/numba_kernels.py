@@ -393,10 +393,11 @@ def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step
 def _micro_kernel(typingctx, a, a_at, a_step_i, a_step_p, b_pack, b_at, kc, c, first):
     """c[:MR, :NR] = (first) or += (else) sum over p < kc of
     a[a_at + i*a_step_i + p*a_step_p] * b_pack[b_at + p*NR + j], with NR = 2 vectors of W
-    lanes (W = 8 float32, 4 float64). ``a`` is any array, indexed in elements from its data
-    pointer: a packed panel (steps 1 and MR) or op(a) where it lies (its strides), so that
-    full row panels need no packing. The MR x 2 accumulators are LLVM vectors (12 of the 16
-    AVX2 registers) and every step is one broadcast of A and two fused multiply-adds per row.
+    lanes (GEMM_VECTOR_BYTES of the dtype). ``a`` is any array, indexed in elements from its
+    data pointer: a packed panel (steps 1 and MR) or op(a) where it lies (its strides), so
+    that full row panels need no packing. The MR x 2 accumulators are LLVM vectors (16 of
+    the 32 AVX-512 registers, 12 of the 16 AVX2 ones) and every step is one broadcast of A
+    and two fused multiply-adds per row.
     ``c``: a 2D array whose rows are contiguous. Emitted as LLVM IR because Numba's
     vectorizers never turn a register tile of scalars into this (see the module docstring)."""
     dtype = c.dtype
