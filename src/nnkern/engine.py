@@ -49,6 +49,7 @@ _RULES = {
     "RMSprop": (3, ("alpha", None)),
     "Adadelta": (4, ("rho", None)),
     "Adam": (5, ("beta1", "beta2")),
+    "AdamW": (6, ("beta1", "beta2")),
 }
 
 

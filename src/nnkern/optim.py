@@ -36,7 +36,7 @@ import numpy as np
 from . import _arrays, ops
 from ._backend import backend_module, get_backend
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "get", "OPTIMIZERS"]
+__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "get", "OPTIMIZERS"]
 
 _UNSET = object()
 
@@ -59,6 +59,9 @@ class Optimizer:
     """
 
     STATE: tuple[str, ...] = ()
+    # Whether weight_decay is the L2 term added to the gradient before the update (torch's
+    # form for every optimizer but AdamW, whose rule decays the parameter itself).
+    L2_WEIGHT_DECAY = True
 
     def __init__(self, lr_or_params, lr, default_lr, **hyperparameters):
         name = type(self).__name__
@@ -161,7 +164,7 @@ class Optimizer:
                 "construct it with the model, or call bind(params, grads)"
             )
         self.t += 1
-        weight_decay = self.hyperparameters.get("weight_decay", 0.0)
+        weight_decay = self.hyperparameters.get("weight_decay", 0.0) if self.L2_WEIGHT_DECAY else 0.0
         for p, g, state in zip(self.params, self.grads, self.state):
             if weight_decay:
                 self._kernels.sgd_update(g.reshape(-1), p.reshape(-1), -weight_decay)
@@ -280,7 +283,7 @@ class Adam(Optimizer):
     def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         betas = tuple(betas)
         if len(betas) != 2:
-            raise ValueError(f"Adam: betas must be a pair (beta1, beta2), got {betas!r}")
+            raise ValueError(f"{type(self).__name__}: betas must be a pair (beta1, beta2), got {betas!r}")
         super().__init__(lr_or_params, lr, 1e-3, beta1=betas[0], beta2=betas[1], eps=eps,
                          weight_decay=weight_decay)
 
@@ -294,12 +297,32 @@ class Adam(Optimizer):
                         backend=self.backend)
 
 
-OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adadelta": Adadelta, "adam": Adam}
+class AdamW(Adam):
+    """As torch.optim.AdamW (Adam with decoupled weight decay): first
+    ``p *= 1 - lr * weight_decay``, then Adam's step on the plain gradient,
+    ``m = b1 * m + (1 - b1) * g; v = b2 * v + (1 - b2) * g * g;
+    p -= lr * (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)``. Unlike the L2 weight
+    decay of the other optimizers, the decay never enters m and v, and the gradient arrays
+    are left as backward wrote them."""
+
+    L2_WEIGHT_DECAY = False
+
+    def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        super().__init__(lr_or_params, lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def _update(self, p, g, state):
+        h = self.hyperparameters
+        ops.adamw_update(p, g, state["m"], state["v"], self.t, h["lr"], h["beta1"], h["beta2"], h["eps"],
+                         h["weight_decay"], backend=self.backend)
+
+
+OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adadelta": Adadelta, "adam": Adam,
+              "adamw": AdamW}
 
 
 def get(name: str, **hyperparameters) -> Optimizer:
-    """An optimizer by name ("sgd", "adagrad", "rmsprop", "adadelta", "adam"), with the
-    given hyperparameters and the defaults for the rest."""
+    """An optimizer by name ("sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamw"), with
+    the given hyperparameters and the defaults for the rest."""
     key = name.lower() if isinstance(name, str) else name
     if key not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
