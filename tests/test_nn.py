@@ -392,7 +392,7 @@ def test_callbacks_see_every_epoch_and_batch():
     batch = lambda e, s: ("batch_end", e, s, 3, ["accuracy", "loss"])
     epoch_end = lambda e: ("epoch_end", e, ["accuracy", "loss", "seconds", "val_accuracy", "val_loss"])
     assert recorder.calls == [
-        ("train_begin", {"epochs": 2, "steps": 3, "samples": 25}),
+        ("train_begin", {"epochs": 2, "steps": 3, "samples": 25, "validation": True}),
         ("epoch_begin", 1, 3), batch(1, 1), batch(1, 2), batch(1, 3), epoch_end(1),
         ("epoch_begin", 2, 3), batch(2, 1), batch(2, 2), batch(2, 3), epoch_end(2),
         ("train_end", 2),

@@ -6,7 +6,9 @@
         loss, dlogits = nnkern.ops.softmax_cross_entropy(logits, labels)
 
 Submodules: ``ops`` (kernels on arrays), ``nn`` (layers, Sequential models, losses),
-``optim`` (optimizers), ``data`` (MNIST and a DataLoader), ``grad`` (numerical gradients).
+``optim`` (optimizers and learning-rate schedules), ``callbacks`` (early stopping,
+best-weights restore), ``data`` (MNIST and a DataLoader), ``grad`` (numerical gradients),
+``sklearn`` (scikit-learn estimators; needs the ``[sklearn]`` extra).
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ __all__ = [
 
 
 def __getattr__(name):
-    # nn, optim, data, grad are imported on first use so that `import nnkern` stays light.
-    if name in ("nn", "optim", "data", "grad"):
+    # the submodules are imported on first use so that `import nnkern` stays light.
+    if name in ("nn", "optim", "callbacks", "data", "grad", "sklearn"):
         import importlib
 
         return importlib.import_module(f"nnkern.{name}")

@@ -629,7 +629,9 @@ class Callback:
     """Hooks :meth:`Sequential.fit` calls (subclass and override what you need; any
     object with some of these methods works too):
 
-    * ``on_train_begin(info)``: info has "epochs", "steps" (batches per epoch), "samples";
+    * ``set_model(model)``: the model being trained, before ``on_train_begin``;
+    * ``on_train_begin(info)``: info has "epochs", "steps" (batches per epoch), "samples",
+      "validation" (whether fit has validation data, so "val_*" logs will come);
     * ``on_epoch_begin(epoch, steps)``: epochs count from 1;
     * ``on_batch_end(epoch, step, steps, logs)``: steps count from 1; logs hold the
       running means of the epoch so far, "loss" and (classification) "accuracy";
@@ -639,6 +641,11 @@ class Callback:
 
     Setting ``model.stop_training = True`` in a hook ends training after the epoch.
     """
+
+    model = None
+
+    def set_model(self, model) -> None:
+        self.model = model
 
     def on_train_begin(self, info: dict) -> None: ...
 
@@ -888,7 +895,9 @@ class Sequential:
         draws a new order every epoch from a generator seeded with ``seed``.
         ``validation_data=(x_val, y_val)`` adds "val_loss" and "val_accuracy".
         ``verbose`` prints one line per epoch. ``callbacks``: objects with the hooks of
-        :class:`Callback` (progress bars, early stopping). A NaN or infinite batch loss
+        :class:`Callback` (progress bars, :mod:`nnkern.callbacks`' early stopping and
+        best-weights restore); the optimizer's learning-rate schedule
+        (:class:`nnkern.optim.LRScheduler`) is stepped after every epoch or batch. A NaN or infinite batch loss
         raises :class:`NonFiniteLossError` naming the epoch and step, unless
         ``on_nonfinite="ignore"``. ``fused`` lets a backend with a fused training
         engine (see :mod:`nnkern.engine`) run each step in one compiled call when the
@@ -908,11 +917,16 @@ class Sequential:
         if verbose and fused_step is not None and fused_step.first_call_note:
             print(fused_step.first_call_note, flush=True)
         self.loss = loss
-        callbacks = [*callbacks, *([_EpochPrinter(epochs)] if verbose else [])]
+        callbacks = list(callbacks)
+        if optimizer.schedule is not None and optimizer.schedule not in callbacks:
+            callbacks.insert(0, optimizer.schedule)  # the optimizer's lr schedule steps with the training
+        callbacks += [_EpochPrinter(epochs)] if verbose else []
         history = History()
         steps = len(loader)
         self.stop_training = False
-        _dispatch(callbacks, "on_train_begin", {"epochs": epochs, "steps": steps, "samples": len(loader.x)})
+        _dispatch(callbacks, "set_model", self)
+        _dispatch(callbacks, "on_train_begin", {"epochs": epochs, "steps": steps, "samples": len(loader.x),
+                                                "validation": validation_data is not None})
         for epoch in range(1, epochs + 1):
             _dispatch(callbacks, "on_epoch_begin", epoch, steps)
             started = time.perf_counter()
