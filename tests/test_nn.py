@@ -492,6 +492,17 @@ def test_save_replaces_atomically_and_a_failed_save_keeps_the_old_file(tmp_path,
     np.testing.assert_array_equal(nn.load(path, backend="numpy").predict(x), small_model(seed=5).predict(x))
 
 
+@pytest.mark.parametrize("where, error, message", [
+    ("missing/model.npz", FileNotFoundError, "save {path}: the folder {tmp}/missing does not exist"),
+    (".", IsADirectoryError, "save {path}: is a folder"),
+])
+def test_save_to_a_bad_path_names_it(tmp_path, where, error, message):
+    path = str(tmp_path / where)
+    with pytest.raises(error) as exc:
+        small_model().save(path)
+    assert message.format(path=path, tmp=tmp_path) in str(exc.value)
+
+
 def test_loading_a_truncated_or_foreign_file_names_it(tmp_path):
     path = tmp_path / "model.npz"
     small_model().save(path)

@@ -42,6 +42,7 @@ import numpy as np
 
 from . import _arrays, ops
 from ._backend import backend_module, get_backend
+from ._paths import check_writable
 from .engine import fused_train_step
 
 __all__ = [
@@ -1009,8 +1010,10 @@ class Sequential:
     def save(self, path) -> None:
         """Write the architecture, dtype and weights to one .npz file at ``path``
         (exactly that name), atomically: a temporary file in the same directory,
-        flushed to disk, then renamed over ``path``."""
-        path = os.fspath(path)
+        flushed to disk, then renamed over ``path``, so a failed or interrupted save
+        leaves any previous file there intact. A folder that does not exist or takes no
+        files is an OSError naming the path."""
+        path = check_writable(path, "save")
         directory = os.path.dirname(os.path.abspath(path))
         meta = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, **self.config()})
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
