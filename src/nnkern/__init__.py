@@ -1,4 +1,4 @@
-"""nnkern: neural networks on NumPy arrays with hand-written Cython, Numba and CUDA kernels.
+"""nnkern: neural networks on NumPy arrays with hand-written Cython, Numba and CUDA kernels::
 
     import nnkern
     nnkern.available_backends()        # e.g. ['numpy', 'cython', 'numba']

@@ -1,4 +1,4 @@
-"""Callbacks for :meth:`nnkern.nn.Sequential.fit`: early stopping and best-weights restore.
+"""Callbacks for :meth:`nnkern.nn.Sequential.fit`: early stopping and best-weights restore::
 
     from nnkern import callbacks
     history = model.fit(x, y, epochs=100, optimizer=optim.AdamW(1e-3), validation_data=(x_val, y_val),

@@ -1,4 +1,4 @@
-"""Layers, losses and the Sequential model: a thin layer over :mod:`nnkern.ops`.
+"""Layers, losses and the Sequential model: a thin layer over :mod:`nnkern.ops`::
 
     from nnkern import nn, optim
     model = nn.Sequential(nn.Linear(784, 100, seed=0), nn.Sigmoid(), nn.Linear(100, 10, seed=1))

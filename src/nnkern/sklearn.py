@@ -1,4 +1,4 @@
-"""scikit-learn estimators trained by nnkern: :class:`MLPClassifier` and :class:`MLPRegressor`.
+"""scikit-learn estimators trained by nnkern: :class:`MLPClassifier` and :class:`MLPRegressor`::
 
     from nnkern.sklearn import MLPClassifier
     clf = MLPClassifier(hidden_layer_sizes=(256, 128), max_iter=20, random_state=0).fit(X, y)
