@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -28,6 +27,7 @@ import warnings
 import numpy as np
 
 import nnkern
+from nnkern.bench import machine_info
 from nnkern.data import load_mnist
 
 HIDDEN = (256, 128, 64, 20)
@@ -119,10 +119,11 @@ def main(argv=None) -> int:
             results.append({"contender": name, "threads": count, "samples_per_s": statistics.median(samples[name]),
                             "all_samples_per_s": samples[name], "test_accuracy": accuracy[name]})
 
+    machine = machine_info()
     print(f"MNIST {len(x)} images, 784-{'-'.join(map(str, HIDDEN))}-10 relu, SGD momentum 0.9 lr {LR}, batch {BATCH},"
           f" float32; nnkern backend {nnkern.get_backend()}; scikit-learn {sklearn.__version__};"
-          f" median of {args.repeats} interleaved epochs; {platform.processor() or platform.machine()},"
-          f" {nnkern._threads.default_num_threads()} usable core(s)")
+          f" median of {args.repeats} interleaved epochs; {machine['cpu']}, {machine['cores']} usable core(s),"
+          f" {' '.join(machine['simd'])}")
     print(f"{'contender':<50} {'threads':>7} {'samples/s':>10} {'vs sklearn':>10} {'test acc':>9}")
     for row in results:
         base = next(r for r in results if r["threads"] == row["threads"] and r["contender"].startswith("scikit"))
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
               f" {row['samples_per_s'] / base['samples_per_s']:>9.2f}x {row['test_accuracy']:>8.2%}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"results": results, "images": len(x), "repeats": args.repeats,
+            json.dump({"results": results, "images": len(x), "repeats": args.repeats, "machine": machine,
                        "versions": {"nnkern": nnkern.__version__, "scikit-learn": sklearn.__version__,
                                     "numpy": np.__version__}}, f, indent=2)
         print(f"wrote {args.json}")

@@ -7,10 +7,11 @@ import os
 import tempfile
 
 
-def check_writable(path, what: str) -> str:
+def check_writable(path, what: str, *, replaced_by_rename: bool = False) -> str:
     """``path`` as a string, after checking that a file can be written there: its folder
-    exists and takes new files, and the path is not a folder (nor an existing file that
-    cannot be overwritten). Otherwise raises FileNotFoundError, IsADirectoryError,
+    exists and takes new files, and the path is not a folder (nor, unless the writer
+    replaces the file by renaming a new one over it, an existing file that cannot be
+    overwritten). Otherwise raises FileNotFoundError, IsADirectoryError,
     NotADirectoryError or PermissionError whose message starts with ``what`` and names the
     path. The check writes and removes an empty temporary file in the folder."""
     path = os.fspath(path)
@@ -30,6 +31,6 @@ def check_writable(path, what: str) -> str:
         raise PermissionError(f"{what} {path}: cannot create files in {folder} ({exc.strerror or exc})") from None
     os.close(fd)
     os.unlink(probe)
-    if os.path.exists(path) and not os.access(path, os.W_OK):
+    if not replaced_by_rename and os.path.exists(path) and not os.access(path, os.W_OK):
         raise PermissionError(f"{what} {path}: the file exists and is not writable")
     return path

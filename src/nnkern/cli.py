@@ -290,14 +290,15 @@ def make_schedule(name: str, total_steps: int, warmup: int = 0):
 
 def _check_outputs(outputs: dict) -> None:
     """Fail before any long work when a file the command will write cannot be written:
-    ``outputs`` maps option names (such as "--save") to their paths (None: not given)."""
+    ``outputs`` maps option names (such as "--save") to their paths (None: not given).
+    "--save" is written by Sequential.save, which renames a new file over an old one."""
     from ._paths import check_writable
 
     given = {option: path for option, path in outputs.items() if path}
     by_path: dict[str, str] = {}
     for option, path in given.items():
         try:
-            check_writable(path, option)
+            check_writable(path, option, replaced_by_rename=option == "--save")
         except OSError as exc:
             raise CommandError(str(exc)) from None
         other = by_path.setdefault(os.path.realpath(path), option)

@@ -10,7 +10,9 @@ anything else. The parameters, losses and optimizer states are those of the laye
 path (same kernels), to round-off. One difference: with weight decay, the layer path (and
 the numba step) add ``weight_decay * W`` into the gradient arrays before the update, while
 the Cython step folds it into the update and leaves the gradient arrays holding the loss's
-gradient alone.
+gradient alone. (AdamW's decoupled decay scales the parameters in every path and never
+touches the gradients.) The step reads the optimizer's learning rate at every call, so a
+schedule (:mod:`nnkern.optim`) that changes it between steps or epochs takes effect.
 
 Sparse input: when at most ``SPARSE_INPUT_MAX_DENSITY`` of the training data is nonzero
 (MNIST's pixels: 19%), the fused step's first layer runs its two products with the input,

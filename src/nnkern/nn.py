@@ -1013,7 +1013,7 @@ class Sequential:
         flushed to disk, then renamed over ``path``, so a failed or interrupted save
         leaves any previous file there intact. A folder that does not exist or takes no
         files is an OSError naming the path."""
-        path = check_writable(path, "save")
+        path = check_writable(path, "save", replaced_by_rename=True)
         directory = os.path.dirname(os.path.abspath(path))
         meta = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, **self.config()})
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)

@@ -491,6 +491,8 @@ class LRScheduler:
         self.base_lr = state["base_lr"]
         self.last_epoch = _count(name, "last_epoch", state["last_epoch"], minimum=0)
         self._last_lr = state["last_lr"]
+        if self.optimizer is not None and self._last_lr is not None:
+            self.optimizer.lr = self._last_lr  # where the schedule had brought it
 
     # -- the hooks of Sequential.fit (a schedule is a fit callback) ------------------------
 
