@@ -236,7 +236,8 @@ def no_training(monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--save", "{tmp}/missing/dir/m.npz"], "--save {tmp}/missing/dir/m.npz: the folder {tmp}/missing/dir does not exist"),
+    (["--save", "{tmp}/missing/dir/m.npz"],
+     "--save {tmp}/missing/dir/m.npz: the folder {tmp}/missing/dir does not exist"),
     (["--save", "{tmp}"], "--save {tmp}: is a folder"),
     (["--plot", "{tmp}/file.txt/curves.png"], "--plot {tmp}/file.txt/curves.png: {tmp}/file.txt is not a folder"),
     (["--save", "{tmp}/m.npz", "--plot", "{tmp}/m.npz"], "--save and --plot both write {tmp}/m.npz"),
