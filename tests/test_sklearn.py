@@ -105,6 +105,8 @@ def test_partial_fit_continues_one_epoch_at_a_time():
     np.testing.assert_allclose(stepped.loss_curve_, fitted.loss_curve_, rtol=1e-6)
     with pytest.raises(ValueError, match=r"labels \[7\] that are not among the classes \[0, 1, 2\]"):
         stepped.partial_fit(X[:3], [7, 0, 1])
+    with pytest.raises(ValueError, match=r"classes \[0, 1\] differ from the classes \[0, 1, 2\] of the first call"):
+        stepped.partial_fit(X, y, classes=[0, 1])
 
 
 def test_warm_start_continues_from_the_previous_weights():

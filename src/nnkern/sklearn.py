@@ -269,7 +269,9 @@ class _BaseMLP(BaseEstimator):
         fitted = hasattr(self, "model_")
         reset = not fitted or (not incremental and not self.warm_start)
         X, y = self._validate_xy(X, y, reset=reset, classes=classes)
-        rng = check_random_state(self.random_state)
+        if reset:  # one generator for the weights, then every later epoch's order (as scikit-learn)
+            self._random_state = check_random_state(self.random_state)
+        rng = self._random_state
         if reset:
             self.model_ = self._build_model(params, X.shape[1], self._output_width(), rng)
             self.n_iter_, self.t_, self.loss_curve_ = 0, 0, []
@@ -479,6 +481,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         label that will ever be seen; later calls continue with the same optimizer."""
         if not hasattr(self, "model_") and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
+        if hasattr(self, "model_") and classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+            raise ValueError(f"classes {np.unique(classes).tolist()} differ from the classes "
+                             f"{self.classes_.tolist()} of the first call")
         if self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
         return self._fit(X, y, incremental=True, classes=classes)
