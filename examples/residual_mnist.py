@@ -17,7 +17,6 @@ import argparse
 import time
 
 from nnkern import nn, optim
-from nnkern.cli import LinearDecay
 from nnkern.data import load_mnist
 
 
@@ -40,10 +39,12 @@ def main(*, epochs=8, batch_size=64, lr=0.05, weight_decay=5e-4, limit=None, dat
     model.summary()
     if plot:
         print(f"drew the graph to {model.plot(plot, title='residual MLP')}")
-    optimizer = optim.SGD(lr, momentum=0.9, weight_decay=weight_decay)
+    steps = epochs * -(-len(x_train) // batch_size)
+    optimizer = optim.SGD(lr, momentum=0.9, weight_decay=weight_decay,  # the rate decayed linearly to 0
+                          schedule=optim.LinearLR(1.0, 0.0, total_iters=steps, interval="step"))
     started = time.perf_counter()
     history = model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, optimizer=optimizer, seed=seed,
-                        validation_data=(x_test, y_test), callbacks=[LinearDecay(optimizer)], verbose=verbose)
+                        validation_data=(x_test, y_test), verbose=verbose)
     seconds = time.perf_counter() - started
     _, accuracy = model.evaluate(x_test, y_test)
     print(f"trained {epochs} epoch(s) on {len(x_train)} images in {seconds:.0f} s (backend {model.backend})")

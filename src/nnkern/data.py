@@ -1,4 +1,4 @@
-"""MNIST, the IDX file format, and mini-batch iteration.
+"""MNIST, the IDX file format, and mini-batch iteration::
 
     from nnkern.data import load_mnist, DataLoader
     (x_train, y_train), (x_test, y_test) = load_mnist()          # (60000, 784) float32 in [0, 1]

@@ -10,7 +10,9 @@ back to the layer-by-layer path for anything else. The parameters, losses and op
 path (same kernels), to round-off. One difference: with weight decay, the layer path (and
 the numba step) add ``weight_decay * W`` into the gradient arrays before the update, while
 the Cython step folds it into the update and leaves the gradient arrays holding the loss's
-gradient alone.
+gradient alone. (AdamW's decoupled decay scales the parameters in every path and never
+touches the gradients.) The step reads the optimizer's learning rate at every call, so a
+schedule (:mod:`nnkern.optim`) that changes it between steps or epochs takes effect.
 
 Sparse input: when at most ``SPARSE_INPUT_MAX_DENSITY`` of the training data is nonzero
 (MNIST's pixels: 19%), the fused step's first layer runs its two products with the input,
@@ -49,6 +51,7 @@ _RULES = {
     "RMSprop": (3, ("alpha", None)),
     "Adadelta": (4, ("rho", None)),
     "Adam": (5, ("beta1", "beta2")),
+    "AdamW": (6, ("beta1", "beta2")),
 }
 
 

@@ -1,4 +1,4 @@
-"""Layers, losses and models: a thin layer over :mod:`nnkern.ops`.
+"""Layers, losses and models: a thin layer over :mod:`nnkern.ops`::
 
     from nnkern import nn, optim
     model = nn.Sequential(nn.Linear(784, 100, seed=0), nn.Sigmoid(), nn.Linear(100, 10, seed=1))
@@ -55,6 +55,7 @@ import numpy as np
 
 from . import _arrays, _graph, ops
 from ._backend import backend_module, get_backend
+from ._paths import check_writable
 from .engine import fused_train_step
 
 __all__ = [
@@ -833,7 +834,9 @@ class Callback:
     """Hooks :meth:`Sequential.fit` calls (subclass and override what you need; any
     object with some of these methods works too):
 
-    * ``on_train_begin(info)``: info has "epochs", "steps" (batches per epoch), "samples";
+    * ``set_model(model)``: the model being trained, before ``on_train_begin``;
+    * ``on_train_begin(info)``: info has "epochs", "steps" (batches per epoch), "samples",
+      "validation" (whether fit has validation data, so "val_*" logs will come);
     * ``on_epoch_begin(epoch, steps)``: epochs count from 1;
     * ``on_batch_end(epoch, step, steps, logs)``: steps count from 1; logs hold the
       running means of the epoch so far, "loss" and (classification) "accuracy";
@@ -843,6 +846,11 @@ class Callback:
 
     Setting ``model.stop_training = True`` in a hook ends training after the epoch.
     """
+
+    model = None
+
+    def set_model(self, model) -> None:
+        self.model = model
 
     def on_train_begin(self, info: dict) -> None: ...
 
@@ -1559,7 +1567,9 @@ class Graph:
         draws a new order every epoch from a generator seeded with ``seed``.
         ``validation_data=(x_val, y_val)`` adds "val_loss" and "val_accuracy".
         ``verbose`` prints one line per epoch. ``callbacks``: objects with the hooks of
-        :class:`Callback` (progress bars, early stopping). A NaN or infinite batch loss
+        :class:`Callback` (progress bars, :mod:`nnkern.callbacks`' early stopping and
+        best-weights restore); the optimizer's learning-rate schedule
+        (:class:`nnkern.optim.LRScheduler`) is stepped after every epoch or batch. A NaN or infinite batch loss
         raises :class:`NonFiniteLossError` naming the epoch and step, unless
         ``on_nonfinite="ignore"``. ``fused`` lets a backend with a fused training
         engine (see :mod:`nnkern.engine`) run each step in one compiled call when the
@@ -1591,11 +1601,16 @@ class Graph:
             print(fused_step.first_call_note, flush=True)
         self.loss = objective.losses[0] if len(ys) == 1 else dict(zip(self.output_names, objective.losses))
         self.loss_weights = loss_weights
-        callbacks = [*callbacks, *([_EpochPrinter(epochs)] if verbose else [])]
+        callbacks = list(callbacks)
+        if optimizer.schedule is not None and optimizer.schedule not in callbacks:
+            callbacks.insert(0, optimizer.schedule)  # the optimizer's lr schedule steps with the training
+        callbacks += [_EpochPrinter(epochs)] if verbose else []
         history = History()
         steps = len(loader)
         self.stop_training = False
-        _dispatch(callbacks, "on_train_begin", {"epochs": epochs, "steps": steps, "samples": loader.samples})
+        _dispatch(callbacks, "set_model", self)
+        _dispatch(callbacks, "on_train_begin", {"epochs": epochs, "steps": steps, "samples": loader.samples,
+                                                "validation": validation_data is not None})
         for epoch in range(1, epochs + 1):
             _dispatch(callbacks, "on_epoch_begin", epoch, steps)
             started = time.perf_counter()
@@ -1694,8 +1709,10 @@ class Graph:
     def save(self, path) -> None:
         """Write the architecture, dtype and weights to one .npz file at ``path``
         (exactly that name), atomically: a temporary file in the same directory,
-        flushed to disk, then renamed over ``path``."""
-        path = os.fspath(path)
+        flushed to disk, then renamed over ``path``, so a failed or interrupted save
+        leaves any previous file there intact. A folder that does not exist or takes no
+        files is an OSError naming the path."""
+        path = check_writable(path, "save", replaced_by_rename=True)
         directory = os.path.dirname(os.path.abspath(path))
         meta = json.dumps({"format": self.FORMAT, "version": FORMAT_VERSION, **self.config()})
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)

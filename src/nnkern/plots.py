@@ -91,12 +91,12 @@ def _save(fig, path) -> str:
     return path
 
 
-def plot_history(history, path, *, title: str | None = None) -> str:
+def plot_history(history, path, *, title: str | None = None, validation_label: str = "test") -> str:
     """Train/test loss and accuracy against the epoch, as a PNG at ``path``.
 
     ``history`` is a ``History`` returned by ``model.fit`` or its ``.history`` dict, with
     lists under "loss", "accuracy" and, when validation data was given, "val_loss" and
-    "val_accuracy". Returns the path written.
+    "val_accuracy" (drawn as ``validation_label``). Returns the path written.
     """
     curves = history.history if hasattr(history, "history") else history
     if not isinstance(curves, Mapping) or not curves.get("loss"):
@@ -104,7 +104,7 @@ def plot_history(history, path, *, title: str | None = None) -> str:
     fig = _matplotlib_figure(figsize=(10, 4))
     epochs = np.arange(1, len(curves["loss"]) + 1)
     for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy")):
-        for key, name, style in ((metric, "train", "o-"), (f"val_{metric}", "test", "s--")):
+        for key, name, style in ((metric, "train", "o-"), (f"val_{metric}", validation_label, "s--")):
             values = curves.get(key)
             if values:
                 ax.plot(epochs[: len(values)], values, style, label=name)

@@ -476,6 +476,19 @@ def kernel_family(dtype) -> SimpleNamespace:
             v[i] = v_i
             p[i] -= lr * (m_i / bias_correction1) / (math.sqrt(v_i / bias_correction2) + eps)
 
+    @kernel(vec, vec, vec, vec, real, real, real, real, real, real, real, real, real)
+    def adamw_update(p, g, m, v, decay, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
+                     bias_correction1, bias_correction2, eps):
+        """torch.optim.AdamW: p *= decay (1 - lr * weight_decay), then Adam's step."""
+        for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+            grad = g[i]
+            m_i = beta1 * m[i] + one_minus_beta1 * grad
+            v_i = beta2 * v[i] + one_minus_beta2 * grad * grad
+            m[i] = m_i
+            v[i] = v_i
+            decayed = p[i] * decay
+            p[i] = decayed - lr * (m_i / bias_correction1) / (math.sqrt(v_i / bias_correction2) + eps)
+
     return SimpleNamespace(scalar=f, signatures=signatures, **launchable)
 
 

@@ -384,6 +384,20 @@ def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step
         p[i] -= step_size * mi / (math.sqrt(vi) * inv_sqrt_bias_correction2 + eps)
 
 
+@_jit()
+def adamw_update(p, g, m, v, decay, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size,
+                 inv_sqrt_bias_correction2, eps):
+    """torch.optim.AdamW: p is scaled by decay = 1 - lr * weight_decay (not added to g), then
+    Adam's step on the plain gradient."""
+    for i in range(p.shape[0]):
+        gi = g[i]
+        mi = beta1 * m[i] + one_minus_beta1 * gi
+        vi = beta2 * v[i] + one_minus_beta2 * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] = p[i] * decay - step_size * mi / (math.sqrt(vi) * inv_sqrt_bias_correction2 + eps)
+
+
 # ---------------------------------------------------------------------------------------
 # GEMM: out = act(op(a) @ op(b) + bias), packed panels and an LLVM vector micro-kernel
 # ---------------------------------------------------------------------------------------
