@@ -455,7 +455,7 @@ def test_fit_two_outputs_logs_each_output_and_the_weighted_loss(capsys):
                         validation_data=(d["x"], [d["labels"], d["values"]]), callbacks=[recorder], seed=1)
     keys = ["classes_accuracy", "classes_loss", "loss", "values_loss"]
     assert sorted(history.history) == sorted(keys + [f"val_{k}" for k in keys])
-    assert recorder.events[0] == ("begin", {"epochs": 2, "steps": 4, "samples": 30})
+    assert recorder.events[0] == ("begin", {"epochs": 2, "steps": 4, "samples": 30, "validation": True})
     assert recorder.events[1] == ("batch", keys)
     assert "classes_accuracy" in capsys.readouterr().out  # the verbose epoch lines
     # the weighted loss is the sum of the weighted output losses
