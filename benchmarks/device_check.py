@@ -21,8 +21,9 @@ cut short still leaves what it measured):
    back-to-back launches (at the small shapes that is the launch rate a Python caller
    gets), and the error against the other.
 3. ``cuda-tests``: ``pytest tests/cuda`` on the device.
-4. ``cpu-scaling``: ``nnkern bench --quick`` at 1, 2, 4, 8 and 16 threads (those this
-   machine has), every CPU backend and PyTorch, parsed from its ``--json``.
+4. ``cpu-scaling``: ``nnkern bench --quick`` of the 784-256-128-64-20-10 network (batch 64,
+   pixels / 255) at 1, 2, 4, 8 and 16 threads (those this machine has), every CPU backend
+   and PyTorch, parsed from its ``--json``.
 5. ``torch-compile``: the MNIST epochs with ``torch.compile(model)``, in a subprocess
    stopped at the budget's end (its compilation may not fit).
 
@@ -31,7 +32,8 @@ the targets, then a table per part) into ``--out``.
 
 ``--dry-run`` runs the same code on tiny sizes under ``NUMBA_ENABLE_CUDASIM=1`` (set here,
 before Numba is imported): networks 24 wide on one row of each MNIST image, 16 samples,
-tiny GEMMs, one simulator test, ``nnkern bench`` on the NumPy backend at 1 and 2 threads;
+tiny GEMMs, one simulator test, ``nnkern bench`` of a 784-16-10 network on the NumPy
+backend at 1 and 2 threads;
 contenders that need a GPU (PyTorch CUDA, cuBLAS, torch.compile) are recorded as not
 available. Its timings mean nothing; CI runs it so that the script is known to work before
 a GPU is lent.
@@ -144,7 +146,7 @@ def mnist_data(dry_run: bool):
 def networks(dry_run: bool, batch_sizes):
     from nnkern import bench
 
-    for network in bench.NETWORKS:
+    for network in (n for n in bench.NETWORKS if n.normalize == "unit"):  # MNIST as it comes: pixels / 255
         if dry_run:
             width = DRY["width"]
             sizes = (width, 12, 10) if len(network.sizes) == 3 else (width, 16, 12, 10)
@@ -414,6 +416,8 @@ def part_cpu_scaling(ctx, budget: Budget) -> dict:
     wanted = DRY["threads"] if ctx.dry_run else THREAD_COUNTS
     counts = [t for t in wanted if t <= cores]
     backends = "numpy" if ctx.dry_run else "numpy,cython,numba,torch"
+    # one network: 784-256-128-64-20-10 ReLU, batch 64, pixels / 255 (the dry run: 784-16-10)
+    network_args = ["--no-builtin", "--normalize", "unit", *(["--hidden", "16"] if ctx.dry_run else [])]
     env = {**os.environ, "NUMBA_CACHE_DIR": str(ctx.out / "numba-cache")}  # compile once for all runs
     runs, rows = [], []
     for threads in counts:
@@ -422,7 +426,7 @@ def part_cpu_scaling(ctx, budget: Budget) -> dict:
             continue
         path = ctx.out / f"bench_t{threads}.json"
         command = [sys.executable, "-m", "nnkern", "bench", "--quick", "--repeats", "1" if ctx.dry_run else "2",
-                   "--threads", str(threads), "--backends", backends, "--json", str(path)]
+                   "--threads", str(threads), "--backends", backends, "--json", str(path), *network_args]
         log(f"cpu-scaling: {' '.join(command[1:])}")
         result = _run(command, budget.left() - 5, env)
         if result["returncode"] != 0 or not path.exists():

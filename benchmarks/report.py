@@ -34,7 +34,7 @@ def _time(seconds: float) -> str:
 
 def nnkern_bench_markdown(result: dict) -> list[str]:
     """The ``nnkern bench`` JSON: the set-up, one table per network, then the profiles."""
-    m, c, peak = result["machine"], result["config"], result["peak"]
+    m, c = result["machine"], result["config"]
     versions = ", ".join(f"{name} {v}" for name, v in result["versions"].items())
     lines = [
         "### End to end: `nnkern bench`",
@@ -42,12 +42,13 @@ def nnkern_bench_markdown(result: dict) -> list[str]:
         f"- Machine: {m['cpu']}, {m['cores']} cores, SIMD {' '.join(m['simd'])}; {m['platform']}",
         f"- Versions: {versions}",
         f"- {c['threads']} threads for every pool (nnkern, BLAS, PyTorch); repeats: {c['repeats']}, "
-        f"contenders interleaved; median reported; {c['samples_per_repeat']} training samples per repeat, "
-        f"accuracy on {c['test_samples']} test samples; "
-        + ", ".join(f"{name} lr {o['lr']}" for name, o in (c.get("optimizers") or {"SGD": {"lr": c.get("learning_rate")}}).items())
-        + f", {c['dtype']}",
-        f"- sgemm peak measured in the same run: {peak['gflops']:.1f} GFLOP/s "
-        f"(np.matmul float32 {peak['size']}^3, best of {peak['repeats']})",
+        f"each contender in its own process, taking turns; median reported; {c['samples_per_repeat']} training "
+        f"samples per repeat, accuracy on {c['test_samples']} test samples; "
+        + ", ".join(f"{name} lr {o['lr']}" for name, o in c["optimizers"].items()),
+        *(f"- GEMM peak measured in the same run, {dtype}: {p['gflops']:.1f} GFLOP/s (best of {p['repeats']} "
+          f"{p['size']}^3 products: NumPy's BLAS {p['blas_gflops']:.1f}"
+          + (f", nnkern {p['nnkern_backend']} {p['nnkern_gflops']:.1f}" if "nnkern_gflops" in p else "") + ")"
+          for dtype, p in result["peaks"].items()),
         f"- Useful FLOPs per sample (the GEMMs of a step): {c['flops_per_sample_formula']}",
     ]
     lines += [f"- Not timed: {name} ({reason})" for name, reason in result["skipped"].items()]
@@ -59,19 +60,22 @@ def nnkern_bench_markdown(result: dict) -> list[str]:
             check = {None: "–", True: "same", False: f"**differs** ({r['warmup_loss']:.6g})"}
             label = f"`{r['contender']}` {r['optimizer']}" if several else f"`{r['contender']}`"
             vs_sgd = ["–" if r.get("time_vs_sgd") is None else f"{r['time_vs_sgd']:.3f}x"] if several else []
-            rows.append([label, f"{r['samples_per_s']:,.0f}", ratio, f"{r['gflops']:.2f}",
+            vs_torch = "–" if r["ratio_to_torch"] is None else f"{r['ratio_to_torch']:.2f}x"
+            rows.append([label, f"{r['samples_per_s']:,.0f}", ratio, vs_torch, f"{r['gflops']:.2f}",
                          f"{r['fraction_of_peak']:.1%}", f"{r['test_accuracy']:.4f}", *vs_sgd,
                          check[r["loss_matches_reference"]]])
-        rows += [[f"`{name}`", "failed", "", "", "", "", *([""] if several else []), reason]
+        rows += [[f"`{name}`", "failed", "", "", "", "", "", *([""] if several else []), reason]
                  for name, reason in n["failed"].items()]
-        lines += ["", f"**{n['name']}**, batch {n['batch_size']}, {n['steps']} steps per repeat", ""]
-        lines += _table(["contender", "samples/s (median)", "vs numpy", "GFLOP/s", "of peak", "test accuracy",
-                         *(["epoch time vs SGD"] if several else []), "warm-up loss vs numpy"], rows,
-                        "lrrrrr" + ("r" if several else "") + "l")
+        lines += ["", f"**{n['name']}**, batch {n['batch_size']}, {n['inputs']}, {n['dtype']}, "
+                      f"{n['steps']} steps per repeat", ""]
+        lines += _table(["contender", "samples/s (median)", "vs numpy", "vs torch", "GFLOP/s", "of peak",
+                         "test accuracy", *(["epoch time vs SGD"] if several else []), "warm-up loss vs numpy"],
+                        rows, "lrrrrrr" + ("r" if several else "") + "l")
     for p in result.get("profile", []):
         fused = p.get("engine") == "fused step"
         engine = f" ({p['engine']})" if "engine" in p else ""
-        lines += ["", f"**Profile: {p['network']} on `{p['backend']}`{engine}**, batch {p['batch_size']}: "
+        inputs = f", {p['inputs']}, {p['dtype']}" if "inputs" in p else ""
+        lines += ["", f"**Profile: {p['network']} on `{p['backend']}`{engine}**, batch {p['batch_size']}{inputs}: "
                       f"{p['step_s'] * 1e3:.3f} ms per step (mean of {p['steps']})", ""]
         rows = [[k["call"], f"{k['calls_per_step']:.0f}", f"{k['s_per_step'] * 1e3:.3f}", f"{k['fraction']:.1%}"]
                 for k in p["kernels"]]

@@ -63,4 +63,8 @@ UPDATES = {
     "rmsprop_update": (1, dict(lr=0.01, alpha=0.99, eps=1e-8)),
     "adadelta_update": (2, dict(lr=1.0, rho=0.9, eps=1e-6)),
     "adam_update": (2, dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8)),
+    # a large lr * weight_decay, so that the decoupled decay moves p by more than rounding
+    "adamw_update": (2, dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.5)),
 }
+# the updates that take the step number t after their state arrays
+STEPPED_UPDATES = ("adam_update", "adamw_update")

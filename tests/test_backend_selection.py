@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -72,6 +73,28 @@ def test_set_num_threads_validates_and_round_trips():
         assert all(p["num_threads"] == 1 for p in blas)
     finally:
         nnkern.set_num_threads(n)
+
+
+def test_more_threads_than_cores_are_lowered_with_a_warning(monkeypatch):
+    monkeypatch.delenv("NNKERN_ALLOW_OVERSUBSCRIPTION", raising=False)
+    before, usable = nnkern.get_num_threads(), nnkern._threads.default_num_threads()
+    try:
+        with pytest.warns(nnkern.OversubscriptionWarning,
+                          match=rf"{usable + 62} threads requested, but this process may use only {usable} core"):
+            nnkern.set_num_threads(usable + 62)
+        assert nnkern.get_num_threads() == usable
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            nnkern.set_num_threads(usable + 1, oversubscribe=True)
+            assert nnkern.get_num_threads() == usable + 1
+            with nnkern._threads.allow_oversubscription():
+                nnkern.set_num_threads(usable + 2)
+            assert nnkern.get_num_threads() == usable + 2
+            monkeypatch.setenv("NNKERN_ALLOW_OVERSUBSCRIPTION", "1")
+            nnkern.set_num_threads(usable + 3)
+            assert nnkern.get_num_threads() == usable + 3
+    finally:
+        nnkern.set_num_threads(before, oversubscribe=True)
 
 
 def test_import_does_not_import_numba_or_compile():

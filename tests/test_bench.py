@@ -35,6 +35,7 @@ def cli_run(tmp_path_factory):
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
         mp.setattr(bench, "QUICK", TINY)
+        mp.setattr(bench, "POOL_IDLE_PAUSE_S", 0.0)
         mp.setattr(bench, "PROFILE_STEPS", {"quick": 2, "full": 2})
         status = bench.run_cli(args)
     return status, out, printed.getvalue()
@@ -49,9 +50,13 @@ def test_cli_writes_json_with_every_contender(cli_run):
     assert result["versions"]["numpy"] == np.__version__
     assert result["config"]["threads"] == nnkern.get_num_threads()
     assert result["config"]["repeats"] == 1 and result["config"]["samples_per_repeat"] == 300
-    assert result["peak"]["gflops"] > 0
+    assert result["peak"]["gflops"] == max(result["peak"]["blas_gflops"], result["peak"].get("nnkern_gflops", 0)) > 0
+    assert set(result["peaks"]) == {"float32"} and result["peaks"]["float32"] == result["peak"]
 
     assert [n["name"] for n in result["networks"]] == [n.name for n in bench.NETWORKS]
+    # every built-in network on MNIST's [0, 1] pixels (mostly zeros) and on dense [-1, 1] inputs
+    assert [(n["name"], n["normalize"]) for n in result["networks"]] == [
+        (name, scaling) for name in dict.fromkeys(n.name for n in bench.NETWORKS) for scaling in ("unit", "symmetric")]
     for network in result["networks"]:
         assert network["failed"] == {}
         names = [r["contender"] for r in network["results"]]
@@ -61,6 +66,9 @@ def test_cli_writes_json_with_every_contender(cli_run):
             assert row["samples_per_s"] == pytest.approx(network["samples_trained"] / row["median_s"])
             assert row["gflops"] == pytest.approx(row["samples_per_s"] * network["flops_per_sample"] / 1e9)
             assert row["fraction_of_peak"] == pytest.approx(row["gflops"] / result["peak"]["gflops"])
+            if "torch" not in result["skipped"]:
+                torch_row = next(r for r in network["results"] if r["contender"] == "torch")
+                assert row["ratio_to_torch"] == pytest.approx(row["samples_per_s"] / torch_row["samples_per_s"])
             assert isinstance(row["test_accuracy"], float) and 0.0 <= row["test_accuracy"] <= 1.0
             assert math.isfinite(row["final_train_loss"])
             assert row["loss_matches_reference"] is True, f"{row['contender']}: {row['warmup_loss']}"
@@ -72,7 +80,8 @@ def test_cli_prints_the_table_and_draws_the_chart(cli_run):
     _, out, printed = cli_run
     result = json.loads((out / "bench.json").read_text())
     assert bench.format_report(result) in printed
-    assert "samples/s" in printed and "vs numpy" in printed and "test acc" in printed
+    assert "samples/s" in printed and "vs numpy" in printed and "vs torch" in printed and "test acc" in printed
+    assert "inputs in [0, 1]" in printed and "inputs in [-1, 1]" in printed
     assert f"{result['machine']['cpu']}, {result['machine']['cores']} cores" in printed
     for network in result["networks"]:
         assert network["name"] in printed
@@ -166,10 +175,12 @@ def test_adam_and_sgd_side_by_side(tmp_path):
     Adam row carries its epoch time against the same contender's SGD time, and its warm-up
     loss is checked against the reference's Adam, not its SGD."""
     args = argparse.Namespace(quick=True, json=str(tmp_path / "b.json"), plot=None, backends=",".join(BENCHED),
-                              repeats=None, threads=None, profile=False, optimizers="sgd,adam")
+                              repeats=None, threads=None, profile=False, optimizers="sgd,adam", hidden=(30,),
+                              no_builtin=True)
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
         mp.setattr(bench, "QUICK", {**TINY, "warmup_batches": 3})  # losses after 2 different updates
+        mp.setattr(bench, "POOL_IDLE_PAUSE_S", 0.0)
         assert bench.run_cli(args) == 0
     result = json.loads((tmp_path / "b.json").read_text())
     assert set(result["config"]["optimizers"]) == {"sgd", "adam"}
@@ -189,3 +200,45 @@ def test_cli_refuses_an_unknown_optimizer(capsys):
                               profile=False, optimizers="sgd,lbfgs")
     assert bench.run_cli(args) == 2
     assert "unknown lbfgs" in capsys.readouterr().err
+
+
+def test_your_own_network_beside_or_instead_of_the_built_in_ones(tmp_path):
+    """--hidden/--activation/--batch-size/--normalize/--dtype describe one more network (the
+    rest take their defaults); --no-builtin measures it alone; float64 gets its own peak."""
+    args = argparse.Namespace(quick=True, json=str(tmp_path / "mine.json"), plot=None, backends=",".join(BENCHED),
+                              repeats=None, threads=None, profile=False, hidden=(32, 16), activation="tanh",
+                              batch_size=50, normalize=None, dtype="float64", no_builtin=True)
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setattr(bench, "QUICK", TINY)
+        mp.setattr(bench, "POOL_IDLE_PAUSE_S", 0.0)
+        assert bench.run_cli(args) == 0
+    result = json.loads((tmp_path / "mine.json").read_text())
+    [network] = result["networks"]
+    assert (network["name"], network["batch_size"], network["normalize"], network["dtype"]) == (
+        "784-32-16-10 tanh", 50, "symmetric", "float64")
+    assert set(result["peaks"]) == {"float64"} and network["peak_gflops"] == result["peaks"]["float64"]["gflops"]
+    assert [r["contender"] for r in network["results"]] == BENCHED and network["failed"] == {}
+    assert all(r["loss_matches_reference"] for r in network["results"])
+    assert "784-32-16-10 tanh, batch 50, inputs in [-1, 1], float64" in printed.getvalue()
+
+    with_builtin = bench.networks_of(argparse.Namespace(hidden=None, activation="gelu", no_builtin=False))
+    assert with_builtin[:-1] == list(bench.NETWORKS)
+    assert with_builtin[-1] == bench.custom_network(activation="gelu")
+    assert with_builtin[-1].sizes == (784, 256, 128, 64, 20, 10) and with_builtin[-1].normalize == "symmetric"
+
+
+def test_cli_refuses_nothing_to_measure(capsys):
+    args = argparse.Namespace(quick=True, json=None, plot=None, backends="numpy", repeats=None, threads=None,
+                              profile=False, no_builtin=True)
+    assert bench.run_cli(args) == 2
+    assert "--no-builtin leaves nothing to measure" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown input scaling 'log'"):
+        bench.custom_network(normalize="log")
+
+
+def test_dense_input_scaling_is_that_of_the_source_material():
+    x_unit = np.array([[0.0, 0.5, 1.0]], dtype=np.float32)
+    dense = bench.custom_network(normalize="symmetric", dtype="float64").data(x_unit)
+    assert dense.dtype == np.float64 and dense.tolist() == [[-1.0, 0.0, 1.0]]
+    assert np.array_equal(bench.NETWORKS[0].data(x_unit), x_unit)

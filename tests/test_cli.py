@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -143,6 +145,9 @@ def test_unusable_backend_says_why(capsys):
     ["train", "--momentum", "1.5"],
     ["train", "--weight-decay", "-0.1"],
     ["train", "--optimizer", "lbfgs"],
+    ["train", "--warmup", "-1"],
+    ["train", "--validation-split", "1.0"],
+    ["train", "--lr-schedule", "exponential"],
     ["predict", "m.npz", "--count", "0"],
 ])
 def test_bad_arguments_exit_with_usage(argv, capsys):
@@ -197,16 +202,136 @@ def test_progress_without_a_terminal_prints_plain_lines():
     assert out.getvalue().startswith("epoch 1/2  train loss 0.2500")
 
 
-def test_linear_decay_reaches_zero_at_the_last_step():
-    optimizer = cli.make_optimizer("sgd", 0.2)
-    decay = cli.LinearDecay(optimizer)
-    decay.on_train_begin({"epochs": 2, "steps": 5, "samples": 50})
+def _rates(schedule_name, steps, warmup=0, lr=0.2):
+    """The rate after each of ``steps`` optimizer steps under `nnkern train`'s schedule."""
+    optimizer = cli.make_optimizer("sgd", lr)
+    optimizer.schedule = cli.make_schedule(schedule_name, steps, warmup)
     rates = []
-    for epoch in (1, 2):
-        for step in range(1, 6):
-            decay.on_batch_end(epoch, step, 5, {"loss": 1.0})
-            rates.append(optimizer.lr)
-    np.testing.assert_allclose(rates, 0.2 * (1 - np.arange(1, 11) / 10), atol=1e-15)
+    for step in range(1, steps + 1):
+        if optimizer.schedule is not None:
+            optimizer.schedule.on_batch_end(1, step, steps, {"loss": 1.0})
+        rates.append(optimizer.lr)
+    return np.array(rates)
+
+
+def test_linear_decay_reaches_zero_at_the_last_step():
+    np.testing.assert_allclose(_rates("linear", 10), 0.2 * (1 - np.arange(1, 11) / 10), atol=1e-15)
+
+
+def test_cosine_decay_and_warmup():
+    np.testing.assert_allclose(_rates("cosine", 8), 0.1 * (1 + np.cos(np.pi * np.arange(1, 9) / 8)), atol=1e-15)
+    rates = _rates("linear", 10, warmup=4)
+    np.testing.assert_allclose(rates[:4], 0.2 * np.array([0.4375, 0.625, 0.8125, 1.0]))  # from lr/4 up to lr
+    np.testing.assert_allclose(rates[4:], 0.2 * (1 - np.arange(1, 7) / 6), atol=1e-15)
+    np.testing.assert_allclose(_rates("constant", 6, warmup=2), 0.2 * np.array([0.75, 1, 1, 1, 1, 1]))
+    assert cli.make_schedule("constant", 5) is None
+    with pytest.raises(cli.CommandError, match="--warmup 5 must be fewer than the 5 steps"):
+        cli.make_schedule("linear", 5, warmup=5)
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fails a test that gets as far as loading the data (i.e. would train)."""
+    monkeypatch.setattr(cli, "_load_mnist", lambda *args: pytest.fail("the command went on to load MNIST"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--save", "{tmp}/missing/dir/m.npz"],
+     "--save {tmp}/missing/dir/m.npz: the folder {tmp}/missing/dir does not exist"),
+    (["--save", "{tmp}"], "--save {tmp}: is a folder"),
+    (["--plot", "{tmp}/file.txt/curves.png"], "--plot {tmp}/file.txt/curves.png: {tmp}/file.txt is not a folder"),
+    (["--save", "{tmp}/m.npz", "--plot", "{tmp}/m.npz"], "--save and --plot both write {tmp}/m.npz"),
+    (["--early-stopping", "2", "--validation-split", "0"], "--early-stopping needs --validation-split above 0"),
+])
+def test_bad_outputs_fail_before_training(argv, message, tmp_path, capsys, no_training):
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    status, out, err = run(capsys, "train", *[a.format(tmp=tmp_path) for a in argv])
+    assert status == 1 and "Traceback" not in err
+    assert f"nnkern train: error: {message.format(tmp=tmp_path)}" in err
+    assert out == ""
+
+
+def test_a_folder_that_takes_no_files_fails_before_training(tmp_path, monkeypatch, capsys, no_training):
+    def refuse(*args, **kwargs):  # what a read-only folder does (root would write anyway)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(nnkern._paths.tempfile, "mkstemp", refuse)
+    status, out, err = run(capsys, "train", "--save", str(tmp_path / "m.npz"))
+    assert status == 1 and out == ""
+    assert f"--save {tmp_path / 'm.npz'}: cannot create files in {tmp_path} (Permission denied)" in err
+
+
+def test_bench_checks_its_outputs_before_running(tmp_path, monkeypatch, capsys):
+    fake = types.ModuleType("nnkern.bench")
+    fake.run_cli = lambda args: pytest.fail("the benchmark ran")
+    monkeypatch.setitem(sys.modules, "nnkern.bench", fake)
+    status, _, err = run(capsys, "bench", "--quick", "--json", str(tmp_path / "no" / "out.json"))
+    assert status == 1 and f"--json {tmp_path / 'no' / 'out.json'}: the folder" in err
+    status, _, err = run(capsys, "bench", "--quick", "--plot", str(tmp_path / "chart.xyz"))
+    assert status == 1 and "named by their ending (e.g. bench.png)" in err
+
+
+def test_a_failed_save_after_training_keeps_the_model(tmp_path, monkeypatch, capsys):
+    """The folder vanishes (or the disk fills) during training: the model goes to the
+    temporary folder, and the message says where."""
+    target = tmp_path / "model.npz"
+    real_save = nnkern.nn.Sequential.save
+
+    def save_failing_at_the_target(model, path):
+        if os.fspath(path) == str(target):
+            raise OSError(28, "No space left on device")
+        real_save(model, path)
+
+    monkeypatch.setattr(nnkern.nn.Sequential, "save", save_failing_at_the_target)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the fallback goes
+    status, out, err = run(capsys, "train", "--data", MNIST, "--limit", "300", "--epochs", "1", "--hidden", "16",
+                           "--threads", "1", "--save", str(target))
+    assert status == 1 and "Traceback" not in err
+    assert f"could not save the model to {target} (OSError: [Errno 28] No space left on device)" in err
+    fallback = re.search(r"the trained model was saved to (\S+) instead; move it where you want it: mv \S+ (\S+)",
+                         err)
+    assert fallback and fallback.group(2) == str(target), err
+    restored = nnkern.nn.load(fallback.group(1), backend="numpy")
+    assert [p.shape for p in restored.parameters()] == [(784, 16), (16,), (16, 10), (10,)]
+    assert "test accuracy" in out
+
+
+def test_threads_above_the_cores_are_lowered_with_a_warning(monkeypatch, capsys):
+    monkeypatch.delenv("NNKERN_ALLOW_OVERSUBSCRIPTION", raising=False)
+    usable = nnkern._threads.default_num_threads()
+    argv = ["train", "--data", MNIST, "--limit", "200", "--epochs", "1", "--hidden", "8",
+            "--threads", str(usable + 62)]
+    status, out, err = run(capsys, *argv)
+    assert status == 0, err
+    assert (f"nnkern train: warning: --threads {usable + 62} is more than the {usable} core(s) this process may "
+            f"use; using {usable} threads") in err
+    assert f"{usable} thread(s)" in out
+    status, out, err = run(capsys, *argv[:-1], str(usable + 1), "--oversubscribe")
+    assert status == 0 and "warning" not in err
+    assert f"{usable + 1} thread(s)" in out
+
+
+def test_bench_threads_are_capped_too(monkeypatch, capsys):
+    monkeypatch.delenv("NNKERN_ALLOW_OVERSUBSCRIPTION", raising=False)
+    received = []
+    fake = types.ModuleType("nnkern.bench")
+    fake.run_cli = lambda args: received.append(args.threads) or 0
+    monkeypatch.setitem(sys.modules, "nnkern.bench", fake)
+    usable = nnkern._threads.default_num_threads()
+    status, _, err = run(capsys, "bench", "--quick", "--threads", "64")
+    assert status == 0 and received == [min(64, usable)]
+    assert ("warning: --threads 64 is more than" in err) == (usable < 64)
+
+
+def test_early_stopping_holds_out_validation_images(capsys):
+    status, out, err = run(capsys, "train", "--data", MNIST, "--limit", "500", "--epochs", "2", "--hidden", "16",
+                           "--threads", "1", "--early-stopping", "1", "--optimizer", "adamw",
+                           "--lr-schedule", "cosine", "--warmup", "3")
+    assert status == 0, err
+    assert "on 450 MNIST images (test: 10000, validation: the last 50 training images)" in out
+    assert "optimizer adamw lr 0.001 warmed up over 3 steps, on a cosine to 0" in out
+    assert re.search(r"^epoch 1/2  train loss [\d.]+ acc [\d.]+%  val loss [\d.]+ acc [\d.]+%", out, re.M)
+    assert re.search(r"^test accuracy [\d.]+%", out, re.M)
 
 
 def test_small_custom_network_trains_with_adam(tmp_path, capsys):

@@ -25,9 +25,11 @@ from nnkern.backends import _cy_gemm  # noqa: E402  (compiled: only importable w
 
 DTYPES = [np.float32, np.float64]
 
-# (m, k, n) around the blocking: register tiles are 6 or 8 rows by 8 to 32 columns, K is
-# cut into equal blocks near 256 (k = 383: one block, k = 385 and 577: two), M into blocks
-# whose packed A fills 256 KiB. Sizes one past and one short of those, primes, and 1.
+# (m, k, n) around the blocking: register tiles are 6 or 8 rows by 8 to 32 columns (a last
+# panel of at most one vector's columns takes a tile one vector wide: n = 1, 3, 7, 16, 33,
+# 41 or 48 with 32-column panels), K is cut into equal blocks near 256 (k = 383: one block,
+# k = 385 and 577: two), M into blocks whose packed A fills 256 KiB. Sizes one past and one
+# short of those, primes, and 1.
 EDGE_SHAPES = [
     (1, 1, 1),
     (1, 5, 33),

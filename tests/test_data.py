@@ -554,6 +554,26 @@ def test_dataloader_rejects_bad_arguments(args, message):
         DataLoader(*args)
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_dataloader_over_tuples_cuts_every_array_alike(shuffle):
+    """Several inputs and outputs: the same samples in every array of a batch, and with a
+    seed the same order as a loader over one array."""
+    x, y = _dataset(23)
+    second = -x[:, :2]
+    loader = DataLoader((x, second), (y, y * 10), 5, shuffle=shuffle, seed=4)
+    single = DataLoader(x, y, 5, shuffle=shuffle, seed=4)
+    assert len(loader) == 5 and loader.samples == 23 and isinstance(loader.x, tuple)
+    for ((xb, sb), (yb, tb)), (xb_single, yb_single) in zip(loader, single):
+        np.testing.assert_array_equal(xb, x[yb])
+        np.testing.assert_array_equal(sb, second[yb])
+        np.testing.assert_array_equal(tb, yb * 10)
+        np.testing.assert_array_equal(yb, yb_single)
+    with pytest.raises(ValueError, match="same number of samples"):
+        DataLoader((x, second[:5]), y, 5)
+    with pytest.raises(ValueError, match="an empty tuple of arrays"):
+        DataLoader((), y, 5)
+
+
 def test_random_batch():
     x, y = _dataset(30)
     xb, yb = random_batch(x, y, 7, np.random.default_rng(5))

@@ -69,8 +69,9 @@ def test_sparse_first_layer_equals_layer_by_layer(sparse_path, backend, threads,
 
 @pytest.mark.parametrize("act", [nn.Sigmoid, nn.GELU, nn.Tanh], ids=["sigmoid", "gelu_keeps_preact", "tanh"])
 @pytest.mark.parametrize("make_optimizer", [lambda: optim.Adam(lr=1e-3, weight_decay=1e-4),
-                                            lambda: optim.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3)],
-                         ids=["adam_wd", "momentum_wd"])
+                                            lambda: optim.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3),
+                                            lambda: optim.AdamW(lr=1e-2, weight_decay=0.5)],
+                         ids=["adam_wd", "momentum_wd", "adamw"])
 def test_sparse_first_layer_every_activation_and_stateful_optimizer(sparse_path, backend, threads, act,
                                                                     make_optimizer):
     x, y = _sparse_data(203, 150, 0.2, 10, seed=1)

@@ -23,6 +23,7 @@ OPTIMIZERS = {
     "rmsprop": lambda: optim.RMSprop(lr=0.01),
     "adadelta": lambda: optim.Adadelta(),
     "adam": lambda: optim.Adam(lr=1e-3, weight_decay=1e-4),
+    "adamw": lambda: optim.AdamW(lr=1e-2, weight_decay=0.5),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,19 @@ def test_save_load_predict_round_trip(tmp_path):
     assert path.is_file()
     assert identical
     assert accuracy > 0.7
+
+
+def test_residual_mnist_learns_and_runs_as_a_script(tmp_path):
+    """A short run (the documented full run reaches >= 98%: README.md)."""
+    model, history, accuracy = load_example("residual_mnist").main(epochs=1, limit=3000, data=MNIST, verbose=False)
+    assert accuracy > 0.85 and history.history["val_accuracy"][-1] == accuracy
+    assert [node.name for node in model.nodes if node.layer is not None][-2:] == ["residual", "logits"]
+    result = subprocess.run([sys.executable, str(EXAMPLES / "residual_mnist.py"), "--epochs", "1", "--limit", "1000",
+                             "--data", MNIST, "--plot", str(tmp_path / "graph.png")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^test accuracy \d\d\.\d\d%$", result.stdout, re.MULTILINE)
+    assert (tmp_path / "graph.png").is_file()
 
 
 def test_numpy_forward_agrees_with_torch_and_nnkern():

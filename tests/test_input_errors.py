@@ -104,6 +104,10 @@ BAD_INPUTS = [
     ("lr-negative", lambda be: ops.sgd_update(_z(2), _z(2), -0.1, backend=be), ValueError, r"lr must be >= 0"),
     ("beta-one", lambda be: ops.adam_update(_z(2), _z(2), _z(2), _z(2), 1, beta2=1.0, backend=be), ValueError,
      r"beta2 must be < 1"),
+    ("adamw-step-zero", lambda be: ops.adamw_update(_z(2), _z(2), _z(2), _z(2), 0, backend=be), ValueError,
+     r"adamw_update: t is the 1-based step number, got 0"),
+    ("adamw-negative-decay", lambda be: ops.adamw_update(_z(2), _z(2), _z(2), _z(2), 1, weight_decay=-0.1,
+                                                         backend=be), ValueError, r"weight_decay must be >= 0"),
 ]
 
 

@@ -14,7 +14,7 @@ import pytest
 
 import nnkern
 from nnkern import ops
-from _tolerance import UPDATES, assert_close, assert_linear_close, assert_matmul_close
+from _tolerance import STEPPED_UPDATES, UPDATES, assert_close, assert_linear_close, assert_matmul_close
 
 DTYPES = [np.float32, np.float64]
 ACTIVATIONS = [
@@ -287,7 +287,7 @@ def test_optimizer_updates(fast_backend, dtype, name, shape):
         p, states = p0.copy(), [s.copy() for s in states0]
         for step in range(1, 4):
             g = _rng("grad", step, shape).standard_normal(shape).astype(dtype)
-            args = (p, g, *states, step) if name == "adam_update" else (p, g, *states)
+            args = (p, g, *states, step) if name in STEPPED_UPDATES else (p, g, *states)
             getattr(ops, name)(*args, **hyper, backend=backend)
         results[backend] = (p, states)
     p_ref, s_ref = results["numpy"]
@@ -308,7 +308,7 @@ def test_optimizer_updates_write_back_into_strided_views(fast_backend, name):
     for backend in ("numpy", fast_backend):
         arrays = {k: v.copy() for k, v in base.items()}
         views = [arrays[k][:, ::2] for k in arrays]  # non-contiguous views updated in place
-        args = (*views[:1], g, *views[1:], 1) if name == "adam_update" else (*views[:1], g, *views[1:])
+        args = (*views[:1], g, *views[1:], 1) if name in STEPPED_UPDATES else (*views[:1], g, *views[1:])
         getattr(ops, name)(*args, **hyper, backend=backend)
         results[backend] = arrays
     for k in base:

@@ -392,7 +392,7 @@ def test_callbacks_see_every_epoch_and_batch():
     batch = lambda e, s: ("batch_end", e, s, 3, ["accuracy", "loss"])
     epoch_end = lambda e: ("epoch_end", e, ["accuracy", "loss", "seconds", "val_accuracy", "val_loss"])
     assert recorder.calls == [
-        ("train_begin", {"epochs": 2, "steps": 3, "samples": 25}),
+        ("train_begin", {"epochs": 2, "steps": 3, "samples": 25, "validation": True}),
         ("epoch_begin", 1, 3), batch(1, 1), batch(1, 2), batch(1, 3), epoch_end(1),
         ("epoch_begin", 2, 3), batch(2, 1), batch(2, 2), batch(2, 3), epoch_end(2),
         ("train_end", 2),
@@ -490,6 +490,17 @@ def test_save_replaces_atomically_and_a_failed_save_keeps_the_old_file(tmp_path,
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["weights"]
     np.testing.assert_array_equal(nn.load(path, backend="numpy").predict(x), small_model(seed=5).predict(x))
+
+
+@pytest.mark.parametrize("where, error, message", [
+    ("missing/model.npz", FileNotFoundError, "save {path}: the folder {tmp}/missing does not exist"),
+    (".", IsADirectoryError, "save {path}: is a folder"),
+])
+def test_save_to_a_bad_path_names_it(tmp_path, where, error, message):
+    path = str(tmp_path / where)
+    with pytest.raises(error) as exc:
+        small_model().save(path)
+    assert message.format(path=path, tmp=tmp_path) in str(exc.value)
 
 
 def test_loading_a_truncated_or_foreign_file_names_it(tmp_path):

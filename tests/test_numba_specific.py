@@ -57,6 +57,27 @@ def _operands(rng, m, k, n, dtype, trans_a, trans_b):
 # ---------------------------------------------------------------------------------------
 
 
+def test_gemm_tile_follows_the_target_vector_width(monkeypatch):
+    """The micro-kernel's vectors are as wide as the registers Numba compiles for: 64 bytes
+    with AVX-512F (host or NUMBA_CPU_FEATURES), 32 for a named portable target."""
+    from llvmlite import binding
+    from numba import config
+
+    k_ = _kernels()
+    host_avx512 = binding.get_host_cpu_features().get("avx512f", False)
+    if config.CPU_FEATURES is None and config.CPU_NAME is None:
+        assert k_.GEMM_VECTOR_BYTES == (64 if host_avx512 else 32)
+    assert (k_.GEMM_MR, k_.GEMM_NR32, k_.GEMM_NR64) == (
+        (8, 32, 16) if k_.GEMM_VECTOR_BYTES == 64 else (6, 16, 8))
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma,+avx512f")
+    assert k_._vector_bytes() == 64
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma")
+    assert k_._vector_bytes() == 32
+    monkeypatch.setattr(config, "CPU_FEATURES", None)
+    monkeypatch.setattr(config, "CPU_NAME", "generic")
+    assert k_._vector_bytes() == 32
+
+
 def _edge_shapes(dtype):
     k_ = _kernels()
     mr, kc = k_.GEMM_MR, k_.GEMM_KC

@@ -53,6 +53,11 @@ def adam_equations(p, g, state, t, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight
     return p - lr * m_hat / (np.sqrt(v_hat) + eps)
 
 
+def adamw_equations(p, g, state, t, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+    p = p * (1 - lr * weight_decay)  # decoupled: the decay never enters m and v
+    return adam_equations(p, g, state, t, lr, betas, eps)
+
+
 CASES = {
     "sgd": (optim.SGD, sgd_equations, {"lr": 0.1}),
     "sgd_momentum": (optim.SGD, sgd_equations, {"lr": 0.1, "momentum": 0.9}),
@@ -65,6 +70,8 @@ CASES = {
     "adadelta_decay": (optim.Adadelta, adadelta_equations, {"lr": 0.5, "rho": 0.95, "weight_decay": 0.1}),
     "adam": (optim.Adam, adam_equations, {}),
     "adam_decay": (optim.Adam, adam_equations, {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 0.02}),
+    "adamw": (optim.AdamW, adamw_equations, {}),
+    "adamw_decay": (optim.AdamW, adamw_equations, {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 0.5}),
 }
 
 # the equations above in float64 against the kernels: rounding only
@@ -98,6 +105,21 @@ def test_weight_decay_leaves_the_decayed_gradient():
     opt.step()
     np.testing.assert_allclose(g, [0.6, 0.3], rtol=1e-15)
     np.testing.assert_allclose(p, [0.94, -2.03], rtol=1e-15)
+
+
+def test_adamw_decays_the_parameter_not_the_gradient():
+    p, g = np.array([1.0, -2.0]), np.array([0.0, 0.0])
+    opt = optim.AdamW([(p, g)], lr=0.1, weight_decay=0.5)
+    opt.step()
+    np.testing.assert_allclose(p, [0.95, -1.9], rtol=1e-15)  # zero gradient: only the decay moved p
+    np.testing.assert_array_equal(g, [0.0, 0.0])
+    assert opt.state[0]["m"].tolist() == [0.0, 0.0]  # the decay never enters the moments
+
+
+def test_adamw_defaults_are_torchs():
+    opt = optim.AdamW()
+    assert (opt.lr, opt.betas, opt.eps, opt.weight_decay) == (1e-3, (0.9, 0.999), 1e-8, 0.01)
+    assert isinstance(optim.get("adamw"), optim.AdamW) and isinstance(opt, optim.Adam)
 
 
 def test_first_argument_is_the_rate_or_what_to_bind():
@@ -164,7 +186,7 @@ def test_changing_the_rate_between_steps():
         opt.lr = -1.0
 
 
-@pytest.mark.parametrize("case", ["sgd_momentum", "adagrad", "rmsprop", "adadelta", "adam_decay"])
+@pytest.mark.parametrize("case", ["sgd_momentum", "adagrad", "rmsprop", "adadelta", "adam_decay", "adamw_decay"])
 def test_state_dict_resumes_training_exactly(case):
     cls, _, hyper = CASES[case]
     rng = np.random.default_rng(3)

@@ -112,3 +112,32 @@ def test_missing_matplotlib_says_how_to_install(monkeypatch, tmp_path):
         plots.plot_optimizer_paths(tmp_path / "x.png")
     # the paths themselves need no matplotlib
     assert plots.optimizer_paths(steps=2)["SGD"].shape == (3, 2)
+
+
+def test_graph_layout_rows_by_depth_and_inputs_above_their_first_reader():
+    from nnkern import nn
+
+    a, b = nn.Input(5, name="a"), nn.Input(3, name="b")
+    h = nn.ReLU()(nn.Linear(5, 4)(a, name="hidden"), name="act")
+    joined = nn.Concatenate()(h, b, name="joined")
+    model = nn.Graph([a, b], [nn.Linear(7, 2)(joined, name="left"), nn.Linear(7, 1)(joined, name="right")],
+                     backend="numpy")
+    layout = plots.graph_layout(model)
+    assert layout == {"a": (0.0, 0.0), "hidden": (0.0, -1.0), "b": (-0.5, -2.0), "act": (0.5, -2.0),
+                      "joined": (0.0, -3.0), "left": (-0.5, -4.0), "right": (0.5, -4.0)}
+    for node in model.nodes:  # every edge points down
+        assert all(layout[source][1] > layout[node.name][1] for source in node.inputs)
+
+
+def test_graph_png_of_a_residual_network_and_a_sequential(tmp_path):
+    from nnkern import nn
+
+    x = nn.Input(4)
+    h = nn.ReLU()(nn.Linear(4, 4)(x))
+    model = nn.Graph(x, nn.Linear(4, 2)(nn.Add()(h, nn.ReLU()(nn.Linear(4, 4)(h)))), backend="numpy")
+    out = tmp_path / "graph.png"
+    assert model.plot(out, title="residual") == str(out)
+    assert_png(out)
+    sequential = nn.Sequential(nn.Linear(4, 3), nn.Sigmoid(), backend="numpy")
+    plots.plot_graph(sequential, tmp_path / "chain.png")
+    assert_png(tmp_path / "chain.png")

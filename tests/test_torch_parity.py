@@ -84,6 +84,9 @@ OPTIMIZERS = {
     "adam": (lambda: optim.Adam(0.01), lambda p: torch.optim.Adam(p, lr=0.01)),
     "adam_weight_decay": (lambda: optim.Adam(0.01, betas=(0.8, 0.99), weight_decay=0.05),
                           lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.8, 0.99), weight_decay=0.05)),
+    "adamw_defaults": (lambda: optim.AdamW(), lambda p: torch.optim.AdamW(p)),
+    "adamw": (lambda: optim.AdamW(0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.5),
+              lambda p: torch.optim.AdamW(p, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.5)),
 }
 
 LOSSES = {
@@ -139,15 +142,41 @@ def test_every_loss_matches_torch_step_by_step(any_backend, loss):
     assert_same_weights(model, reference)
 
 
-def test_fit_epoch_losses_match_torch():
-    """fit (no shuffling) reports per epoch the mean of the batch losses torch sees."""
-    model = nnkern_network("numpy")
-    reference = torch_copy(nnkern_network("numpy"))
+def _warmup_cosine(optimizer):
+    """torch's per-step warm-up then cosine decay (24 steps: 2 epochs of 12 batches)."""
+    lr_scheduler = torch.optim.lr_scheduler
+    return lr_scheduler.SequentialLR(optimizer, [lr_scheduler.LinearLR(optimizer, 0.1, total_iters=5),
+                                                 lr_scheduler.CosineAnnealingLR(optimizer, 19)], [5])
+
+
+# name: (our optimizer, torch's, torch's per-step scheduler or None)
+FIT_OPTIMIZERS = {
+    "sgd_momentum": (lambda: optim.SGD(0.1, momentum=0.5), lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.5),
+                     None),
+    "adamw": (*OPTIMIZERS["adamw"], None),
+    "adamw_warmup_cosine": (
+        lambda: optim.AdamW(0.02, weight_decay=0.1, schedule=optim.SequentialLR(
+            [optim.LinearLR(0.1, total_iters=5), optim.CosineAnnealingLR(19)], [5], interval="step")),
+        lambda p: torch.optim.AdamW(p, lr=0.02, weight_decay=0.1), _warmup_cosine),
+}
+
+
+@pytest.mark.parametrize("optimizer", list(FIT_OPTIMIZERS))
+def test_fit_epoch_losses_match_torch(any_backend, optimizer, monkeypatch):
+    """fit (no shuffling) reports per epoch the mean of the batch losses torch sees; on the
+    "cython" and "numba" backends every step is the fused engine's (this network is a
+    plain MLP it takes), so its update rules, and its reading of a scheduled learning
+    rate at every step, are checked against torch's too."""
+    make_ours, make_theirs, make_scheduler = FIT_OPTIMIZERS[optimizer]
+    model = nnkern_network(any_backend)
+    reference = torch_copy(nnkern_network(any_backend))
     data = batches("labels")
     x, y = np.concatenate([b[0] for b in data]), np.concatenate([b[1] for b in data])
-    history = model.fit(x, y, epochs=2, batch_size=BATCH, optimizer=optim.SGD(0.1, momentum=0.5),
-                        shuffle=False, verbose=False)
-    theirs = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.5)
+    if any_backend != "numpy":
+        monkeypatch.setattr(model, "train_step", lambda *args: pytest.fail("fit left the fused engine"))
+    history = model.fit(x, y, epochs=2, batch_size=BATCH, optimizer=make_ours(), shuffle=False, verbose=False)
+    theirs = make_theirs(reference.parameters())
+    scheduler = make_scheduler(theirs) if make_scheduler else None
     epoch_means = []
     for _ in range(2):
         losses = []
@@ -156,6 +185,8 @@ def test_fit_epoch_losses_match_torch():
             value = torch.nn.functional.cross_entropy(reference(torch.from_numpy(xb)), torch.from_numpy(yb))
             value.backward()
             theirs.step()
+            if scheduler is not None:
+                scheduler.step()
             losses.append(value.item())
         epoch_means.append(np.mean(losses))
     np.testing.assert_allclose(history.history["loss"], epoch_means, rtol=LOSS_RTOL)

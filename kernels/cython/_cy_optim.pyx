@@ -6,7 +6,7 @@ length and dtype.
 """
 
 from update_rules cimport (real, apply_update, RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD,
-                           RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM)
+                           RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM, RULE_ADAMW)
 
 
 def sgd_update(real[::1] p, const real[::1] g, double lr, int num_threads):
@@ -48,3 +48,10 @@ def adam_update(real[::1] p, const real[::1] g, real[::1] m, real[::1] v, long t
     with nogil:
         apply_update(RULE_ADAM, &p[0], &g[0], &m[0], &v[0], p.shape[0],
                      lr, beta1, beta2, eps, t, 0.0, num_threads)
+
+
+def adamw_update(real[::1] p, const real[::1] g, real[::1] m, real[::1] v, long t, double lr,
+                 double beta1, double beta2, double eps, double weight_decay, int num_threads):
+    with nogil:
+        apply_update(RULE_ADAMW, &p[0], &g[0], &m[0], &v[0], p.shape[0],
+                     lr, beta1, beta2, eps, t, weight_decay, num_threads)

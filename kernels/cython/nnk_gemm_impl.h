@@ -25,37 +25,39 @@ static inline VEC NNK_FN(nnk_loadu)(const T *p) {
 
 static inline void NNK_FN(nnk_storeu)(T *p, VEC v) { __builtin_memcpy(p, &v, sizeof v); }
 
-/* c[0:mr, 0:nr] (+)= a_panel @ b_panel (+ bias): the MR x NR tile lives in registers for
- * the whole K loop. a: kc columns of MR values; b: kc rows of NR values (64-byte aligned). */
-static inline void NNK_FN(nnk_micro_kernel)(ptrdiff_t kc, const T *restrict a, const T *restrict b,
-                                           T *restrict c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr,
-                                           int accumulate, const T *restrict bias) {
+/* c[0:mr, 0:nr] (+)= a_panel @ b_panel (+ bias), nr <= nvec * VLEN: the MR x (nvec vectors)
+ * tile lives in registers for the whole K loop. a: kc columns of MR values; b: kc rows of
+ * NR values (64-byte aligned), of which the first nvec vectors are read. Inlined with nvec
+ * a constant: NV for a whole panel, 1 for a last panel of at most one vector's columns. */
+static inline __attribute__((always_inline)) void NNK_FN(nnk_tile_kernel)(
+    ptrdiff_t kc, const T *restrict a, const T *restrict b, T *restrict c, ptrdiff_t ldc, ptrdiff_t mr,
+    ptrdiff_t nr, int accumulate, const T *restrict bias, const int nvec) {
     VEC acc[MR][NV];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) acc[i][v] = (VEC){0};
+        for (int v = 0; v < nvec; v++) acc[i][v] = (VEC){0};
 
     for (ptrdiff_t p = 0; p < kc; p++) {
         VEC bv[NV];
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) bv[v] = *(const VEC *)(b + v * VLEN);
+        for (int v = 0; v < nvec; v++) bv[v] = *(const VEC *)(b + v * VLEN);
 #pragma GCC unroll 16
         for (int i = 0; i < MR; i++) {
             T ai = a[i];
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) acc[i][v] += ai * bv[v];
+            for (int v = 0; v < nvec; v++) acc[i][v] += ai * bv[v];
         }
         a += MR;
         b += NR;
     }
 
-    if (mr == MR && nr == NR) {
+    if (mr == MR && nr == nvec * VLEN) {
 #pragma GCC unroll 16
         for (int i = 0; i < MR; i++) {
             T *crow = c + i * ldc;
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) {
+            for (int v = 0; v < nvec; v++) {
                 VEC r = acc[i][v];
                 if (accumulate) r += NNK_FN(nnk_loadu)(crow + v * VLEN);
                 if (bias) r += NNK_FN(nnk_loadu)(bias + v * VLEN);
@@ -67,7 +69,7 @@ static inline void NNK_FN(nnk_micro_kernel)(ptrdiff_t kc, const T *restrict a, c
 #pragma GCC unroll 16
         for (int i = 0; i < MR; i++)
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) *(VEC *)(tile + i * NR + v * VLEN) = acc[i][v];
+            for (int v = 0; v < nvec; v++) *(VEC *)(tile + i * NR + v * VLEN) = acc[i][v];
         for (ptrdiff_t i = 0; i < mr; i++) {
             T *crow = c + i * ldc;
             for (ptrdiff_t j = 0; j < nr; j++) {
@@ -78,6 +80,17 @@ static inline void NNK_FN(nnk_micro_kernel)(ptrdiff_t kc, const T *restrict a, c
             }
         }
     }
+}
+
+/* The micro-kernel: c[0:mr, 0:nr] (+)= a_panel @ b_panel (+ bias), with half the
+ * multiply-adds when nr fits one vector (the last panel of n = 100 or n = 10, say). */
+static inline void NNK_FN(nnk_micro_kernel)(ptrdiff_t kc, const T *restrict a, const T *restrict b,
+                                           T *restrict c, ptrdiff_t ldc, ptrdiff_t mr, ptrdiff_t nr,
+                                           int accumulate, const T *restrict bias) {
+    if (NV > 1 && nr <= VLEN)
+        NNK_FN(nnk_tile_kernel)(kc, a, b, c, ldc, mr, nr, accumulate, bias, 1);
+    else
+        NNK_FN(nnk_tile_kernel)(kc, a, b, c, ldc, mr, nr, accumulate, bias, NV);
 }
 
 /* Pack the mc x kc block A(i, p) = a[i * rs + p * cs] into MR-row panels: panel after

@@ -6,7 +6,8 @@
  * updates p[0:n] from g with the rule's state s0, s1 (NULL where it has none) and the
  * constants c (nnk_update_constants: hyperparameters cast once, Adam's bias corrections).
  * With c->weight_decay != 0 the rule sees g + weight_decay * p (torch's L2 form) without
- * that sum being written back to g (the test on it is hoisted out of the loop by GCC).
+ * that sum being written back to g (the test on it is hoisted out of the loop by GCC);
+ * AdamW instead decays p itself by the factor 1 - lr * weight_decay (torch.optim.AdamW).
  *
  * Written in C rather than in a Cython prange body: the loops here vectorise (sqrt and
  * division included; -fno-math-errno), which Cython's generated loop did not (Adam ran at
@@ -19,7 +20,8 @@
 #include <math.h>
 #include <stddef.h>
 
-enum { NNK_RULE_SGD, NNK_RULE_MOMENTUM, NNK_RULE_ADAGRAD, NNK_RULE_RMSPROP, NNK_RULE_ADADELTA, NNK_RULE_ADAM };
+enum { NNK_RULE_SGD, NNK_RULE_MOMENTUM, NNK_RULE_ADAGRAD, NNK_RULE_RMSPROP, NNK_RULE_ADADELTA, NNK_RULE_ADAM,
+       NNK_RULE_ADAMW };
 
 #define NNK_IVDEP _Pragma("GCC ivdep")
 
@@ -27,10 +29,11 @@ enum { NNK_RULE_SGD, NNK_RULE_MOMENTUM, NNK_RULE_ADAGRAD, NNK_RULE_RMSPROP, NNK_
     typedef struct {                                                                           \
         T lr, a, one_minus_a, b, one_minus_b, eps, weight_decay;                               \
         T adam_step, adam_inv_sqrt_bc2; /* lr / (1 - beta1^t), 1 / sqrt(1 - beta2^t) */        \
+        T decoupled_decay;              /* AdamW: 1 - lr * weight_decay */                     \
     } nnk_update_constants_##S;                                                                \
                                                                                                \
-    /* a, b: momentum | - | alpha | rho | beta1, beta2 for the rules in enum order; t: Adam's  \
-     * step count (from 1). */                                                                 \
+    /* a, b: momentum | - | alpha | rho | beta1, beta2 (Adam and AdamW) for the rules in enum  \
+     * order; t: Adam's step count (from 1). */                                                \
     static inline nnk_update_constants_##S nnk_update_constants_for_##S(                       \
         double lr, double a, double b, double eps, long t, double weight_decay) {              \
         nnk_update_constants_##S c;                                                            \
@@ -43,6 +46,7 @@ enum { NNK_RULE_SGD, NNK_RULE_MOMENTUM, NNK_RULE_ADAGRAD, NNK_RULE_RMSPROP, NNK_
         c.weight_decay = (T)weight_decay;                                                      \
         c.adam_step = t > 0 ? (T)(lr / (1.0 - pow(a, (double)t))) : (T)0;                      \
         c.adam_inv_sqrt_bc2 = t > 0 ? (T)(1.0 / sqrt(1.0 - pow(b, (double)t))) : (T)0;         \
+        c.decoupled_decay = (T)(1.0 - lr * weight_decay);                                      \
         return c;                                                                              \
     }                                                                                          \
                                                                                                \
@@ -93,6 +97,20 @@ enum { NNK_RULE_SGD, NNK_RULE_MOMENTUM, NNK_RULE_ADAGRAD, NNK_RULE_RMSPROP, NNK_
                 s0[i] = m;                                                                     \
                 s1[i] = v;                                                                     \
                 p[i] -= step * m / (SQRT(v) * inv_sqrt_bc2 + eps);                             \
+            }                                                                                  \
+            break;                                                                             \
+        }                                                                                      \
+        case NNK_RULE_ADAMW: {                                                                 \
+            /* torch.optim.AdamW: the weight decay scales p (p *= 1 - lr * wd), it is not      \
+             * added to g; then Adam's step on the plain gradient. */                          \
+            const T step = c->adam_step, inv_sqrt_bc2 = c->adam_inv_sqrt_bc2,                  \
+                    decay = c->decoupled_decay;                                                \
+            NNK_IVDEP for (ptrdiff_t i = 0; i < n; i++) {                                      \
+                T gi = g[i];                                                                   \
+                T m = a * s0[i] + one_minus_a * gi, v = b * s1[i] + one_minus_b * gi * gi;     \
+                s0[i] = m;                                                                     \
+                s1[i] = v;                                                                     \
+                p[i] = p[i] * decay - step * m / (SQRT(v) * inv_sqrt_bc2 + eps);               \
             }                                                                                  \
             break;                                                                             \
         }                                                                                      \

@@ -1,12 +1,14 @@
-"""nnkern: neural networks on NumPy arrays with hand-written Cython, Numba and CUDA kernels.
+"""nnkern: neural networks on NumPy arrays with hand-written Cython, Numba and CUDA kernels::
 
     import nnkern
     nnkern.available_backends()        # e.g. ['numpy', 'cython', 'numba']
     with nnkern.use_backend("cython"):
         loss, dlogits = nnkern.ops.softmax_cross_entropy(logits, labels)
 
-Submodules: ``ops`` (kernels on arrays), ``nn`` (layers, Sequential models, losses),
-``optim`` (optimizers), ``data`` (MNIST and a DataLoader), ``grad`` (numerical gradients).
+Submodules: ``ops`` (kernels on arrays), ``nn`` (layers, Sequential and Graph models, losses),
+``optim`` (optimizers and learning-rate schedules), ``callbacks`` (early stopping,
+best-weights restore), ``data`` (MNIST and a DataLoader), ``grad`` (numerical gradients),
+``sklearn`` (scikit-learn estimators; needs the ``[sklearn]`` extra).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ._backend import (
     unavailable_reason,
     use_backend,
 )
-from ._threads import get_num_threads, set_num_threads
+from ._threads import OversubscriptionWarning, get_num_threads, set_num_threads
 from . import ops
 
 __version__ = "0.1.0"
@@ -33,14 +35,15 @@ __all__ = [
     "unavailable_reason",
     "get_num_threads",
     "set_num_threads",
+    "OversubscriptionWarning",
     "ops",
     "__version__",
 ]
 
 
 def __getattr__(name):
-    # nn, optim, data, grad are imported on first use so that `import nnkern` stays light.
-    if name in ("nn", "optim", "data", "grad"):
+    # the submodules are imported on first use so that `import nnkern` stays light.
+    if name in ("nn", "optim", "callbacks", "data", "grad", "sklearn"):
         import importlib
 
         return importlib.import_module(f"nnkern.{name}")

@@ -6,6 +6,12 @@ each starts one thread per core and they fight over the cores. ``set_num_threads
 sets all three: Cython kernels receive ``get_num_threads()`` explicitly, Numba gets
 ``numba.set_num_threads``, and the BLAS and OpenMP runtimes are limited through
 threadpoolctl.
+
+More threads than the cores this process may use only make the threads of every parallel
+region wait for each other's turn on a core (a training step ran ~20x slower with 64
+threads on 2 cores): a larger count is lowered to the usable cores with an
+:class:`OversubscriptionWarning`, unless the caller insists (``oversubscribe=True``, or
+``NNKERN_ALLOW_OVERSUBSCRIPTION=1`` in the environment).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 
 # How long an idle OpenMP thread (the Cython kernels' and Numba's "omp" layer) busy-waits for
 # the next parallel region or barrier before it sleeps. libgomp's default spins ~5 ms: a
@@ -43,7 +50,36 @@ def openmp_defaults():
     finally:
         os.environ["GOMP_SPINCOUNT"] = spincount
 
-__all__ = ["set_num_threads", "get_num_threads", "default_num_threads"]
+__all__ = ["set_num_threads", "get_num_threads", "default_num_threads", "OversubscriptionWarning",
+           "oversubscription_allowed"]
+
+ALLOW_OVERSUBSCRIPTION_ENV = "NNKERN_ALLOW_OVERSUBSCRIPTION"
+
+
+class OversubscriptionWarning(UserWarning):
+    """More threads were asked for than this process has cores; fewer are used."""
+
+
+_oversubscription_blocks = 0  # open allow_oversubscription() blocks
+
+
+def oversubscription_allowed() -> bool:
+    """Whether thread counts above the cores are used as asked: inside
+    :func:`allow_oversubscription`, or with ``NNKERN_ALLOW_OVERSUBSCRIPTION=1``."""
+    return _oversubscription_blocks > 0 or \
+        os.environ.get(ALLOW_OVERSUBSCRIPTION_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@contextlib.contextmanager
+def allow_oversubscription():
+    """Within this block every ``set_num_threads(n)`` uses ``n`` even above the cores (what
+    the command line's ``--oversubscribe`` does for one command)."""
+    global _oversubscription_blocks
+    _oversubscription_blocks += 1
+    try:
+        yield
+    finally:
+        _oversubscription_blocks -= 1
 
 
 def default_num_threads() -> int:
@@ -64,11 +100,23 @@ def get_num_threads() -> int:
     return _num_threads
 
 
-def set_num_threads(n: int) -> None:
-    """Use ``n`` threads in every pool nnkern touches: OpenMP, Numba and the BLAS."""
+def set_num_threads(n: int, *, oversubscribe: bool = False) -> None:
+    """Use ``n`` threads in every pool nnkern touches: OpenMP, Numba and the BLAS.
+
+    ``n`` above the cores this process may use is lowered to that number with an
+    :class:`OversubscriptionWarning`, unless ``oversubscribe=True`` or the environment
+    sets ``NNKERN_ALLOW_OVERSUBSCRIPTION=1``."""
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"set_num_threads: n must be a positive integer, got {n!r}")
+    usable = default_num_threads()
+    if n > usable and not (oversubscribe or oversubscription_allowed()):
+        warnings.warn(
+            f"nnkern.set_num_threads: {n} threads requested, but this process may use only {usable} "
+            f"core(s); using {usable} (threads beyond the cores slow every kernel down). To use {n} anyway, "
+            f"pass oversubscribe=True or set {ALLOW_OVERSUBSCRIPTION_ENV}=1",
+            OversubscriptionWarning, stacklevel=2)
+        n = usable
     _num_threads = n
     from threadpoolctl import threadpool_limits
 

@@ -1,30 +1,40 @@
 """``nnkern bench``: every backend against the NumPy reference (and PyTorch), end to end.
 
 One training epoch on MNIST for the two networks of the source material, with SGD (lr 0.1)
-in float32 (``--optimizers sgd,adam`` adds Adam, lr 0.001, in the same interleaved run and
-reports each contender's Adam epoch time against its SGD one):
+(``--optimizers sgd,adam`` adds Adam, lr 0.001, in the same run and reports each
+contender's Adam epoch time against its SGD one):
 
 * "TwoLayerNet" 784-100-10 with sigmoid, mini-batches of 100;
-* 784-256-128-64-20-10 with ReLU, mini-batches of 64.
+* 784-256-128-64-20-10 with ReLU, mini-batches of 64;
+
+each on the two input scalings of the source material: pixels / 255 in [0, 1] ("unit":
+81% of MNIST's inputs are zero, so nnkern's fused step reads only the nonzeros of the
+first layer's input) and (x / 255 - 0.5) / 0.5 in [-1, 1] ("symmetric": no input is zero,
+every product dense, as most users' data is). ``--hidden``, ``--activation``,
+``--batch-size``, ``--normalize`` and ``--dtype`` add the user's own network beside them.
 
 Every contender (each nnkern backend, the "numpy" reference, and PyTorch on the CPU when it
-can be imported) starts from the same initial weights and sees the same batches in the same
-order. Contenders run **interleaved** — A B C A B C ... — over several repeats, so that a
+can be imported) runs **in a process of its own** (two thread pools in one process spin on
+each other's cores), starts from the same initial weights and sees the same batches in the
+same order. The processes take turns — A B C A B C ... — over several repeats, so that a
 slow minute on a shared machine hurts all of them alike, with an untimed pause before each
 epoch so that the previous contender's idle thread pools have stopped spinning; the table
 reports medians.
 
 Reported per contender:
 
-* median samples/s, and its ratio to the NumPy reference;
-* achieved GFLOP/s of useful work, and its fraction of this machine's sgemm peak, measured
-  in the same run (best of a few ``np.matmul`` float32 n×n×n products, same thread count).
+* median samples/s, and its ratio to the NumPy reference and to PyTorch;
+* achieved GFLOP/s of useful work, and its fraction of this machine's GEMM peak for the
+  dtype, measured in the same run: the better of NumPy's BLAS and nnkern's own GEMM on
+  n×n×n products (best of a few, same thread count; on some CPUs the BLAS that NumPy ships
+  runs a kernel for an older instruction set and reaches half of what the cores can do).
   Useful work counts the three GEMMs of each layer: forward ``x @ W`` (2·N·in·out), the
   weight gradient ``x.T @ dY`` (2·N·in·out) and the input gradient ``dY @ W.T``
   (2·N·in·out), the last one for every layer but the first (nothing needs the gradient of
   the input images). Per sample: ``FLOPs = 4·Σ in·out + 2·Σ_{layers after the first} in·out``
   (the rule of thumb 6·Σ in·out without the first layer's input gradient). Activations,
-  bias, loss and update are O(N·out) and left out;
+  bias, loss and update are O(N·out) and left out; with "unit" inputs the sparse first
+  layer does fewer multiply-adds than it is credited with (its dense FLOPs are counted);
 * the test accuracy after the timed epoch, and whether the loss after the untimed warm-up
   steps (same weights, same batches) equals the reference's, so a fast but wrong backend
   shows.
@@ -83,21 +93,33 @@ __all__ = [
 LEARNING_RATE = 0.1
 # optimizer name -> learning rate; every contender builds its own library's optimizer
 OPTIMIZERS = {"sgd": LEARNING_RATE, "adam": 1e-3}
-DTYPE = np.float32
+DTYPE = np.float32  # the default dtype of a network
 REFERENCE = "numpy"
 TORCH = "torch"
-SCHEMA = "nnkern-bench/1"
+SCHEMA = "nnkern-bench/2"
 LOSS_RTOL = 1e-3
+MNIST_TRAIN_SAMPLES, MNIST_TEST_SAMPLES = 60_000, 10_000  # the canonical split
+
+
+# The input scalings of the source material: x / 255 ("unit", MNIST 81% zeros) and
+# (x / 255 - 0.5) / 0.5 ("symmetric", no zeros).
+NORMALIZATIONS = {"unit": "[0, 1]", "symmetric": "[-1, 1]"}
+# The hidden activations by name, and their class in both nnkern.nn and torch.nn (the same
+# name and defaults: LeakyReLU's slope 0.01, exact GELU).
+ACTIVATIONS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "ReLU", "leaky_relu": "LeakyReLU", "gelu": "GELU"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Network:
-    """A fully connected network: layer widths, the hidden activation, the batch size."""
+    """A fully connected network on MNIST: layer widths, the hidden activation, the batch
+    size, the input scaling (a key of ``NORMALIZATIONS``) and the dtype."""
 
     name: str
     sizes: tuple[int, ...]
     activation: str
     batch_size: int
+    normalize: str = "unit"
+    dtype: str = "float32"
 
     @property
     def layer_shapes(self) -> list[tuple[int, int]]:
@@ -109,10 +131,44 @@ class Network:
         products = [fan_in * fan_out for fan_in, fan_out in self.layer_shapes]
         return 4 * sum(products) + 2 * sum(products[1:])
 
+    @property
+    def inputs(self) -> str:
+        """The input scaling in words, e.g. "inputs in [-1, 1]"."""
+        return f"inputs in {NORMALIZATIONS[self.normalize]}"
 
+    def data(self, x_unit):
+        """MNIST images as this network takes them, from pixels / 255 (``x_unit``)."""
+        x = x_unit if self.normalize == "unit" else (x_unit - 0.5) / 0.5
+        return np.ascontiguousarray(x, dtype=self.dtype)
+
+
+def custom_network(hidden=(256, 128, 64, 20), activation: str = "relu", batch_size: int = 64,
+                   normalize: str = "symmetric", dtype: str = "float32") -> Network:
+    """The user's own MNIST network (784 inputs, ``hidden`` widths, 10 classes); ValueError
+    names a bad choice."""
+    hidden = tuple(int(h) for h in hidden)
+    if any(h < 1 for h in hidden):
+        raise ValueError(f"hidden widths must be positive, got {hidden}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose from {', '.join(ACTIVATIONS)}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"unknown input scaling {normalize!r}; choose from {', '.join(NORMALIZATIONS)}")
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    sizes = (784, *hidden, 10)
+    return Network("-".join(map(str, sizes)) + f" {activation}", sizes, activation, int(batch_size), normalize,
+                   np.dtype(dtype).name)
+
+
+_TWO_LAYER = Network("784-100-10 sigmoid", (784, 100, 10), "sigmoid", 100)
+_DEEP = Network("784-256-128-64-20-10 relu", (784, 256, 128, 64, 20, 10), "relu", 64)
 NETWORKS = (
-    Network("784-100-10 sigmoid", (784, 100, 10), "sigmoid", 100),
-    Network("784-256-128-64-20-10 relu", (784, 256, 128, 64, 20, 10), "relu", 64),
+    _TWO_LAYER,
+    dataclasses.replace(_TWO_LAYER, normalize="symmetric"),
+    _DEEP,
+    dataclasses.replace(_DEEP, normalize="symmetric"),
 )
 
 
@@ -215,20 +271,38 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def measure_sgemm_peak(size: int = 2048, repeats: int = 3) -> dict:
-    """This machine's float32 GEMM peak as NumPy's BLAS reaches it with the current thread
-    count: the best of ``repeats`` ``np.matmul`` products of ``size``² matrices."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((size, size), dtype=DTYPE)
-    b = rng.standard_normal((size, size), dtype=DTYPE)
-    out = np.empty((size, size), dtype=DTYPE)
-    np.matmul(a, b, out=out)  # first touch of the pages and of the BLAS threads
+def _best_gflops(product, size: int, repeats: int) -> float:
+    product()  # first touch of the pages and of the threads
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
-        np.matmul(a, b, out=out)
+        product()
         best = min(best, time.perf_counter() - start)
-    return {"gflops": 2.0 * size**3 / best / 1e9, "size": size, "repeats": repeats, "best_s": best}
+    return 2.0 * size**3 / best / 1e9
+
+
+def measure_sgemm_peak(size: int = 2048, repeats: int = 3, dtype=DTYPE) -> dict:
+    """This machine's GEMM peak for ``dtype`` with the current thread count: the best of
+    ``repeats`` products of ``size``² matrices by NumPy's BLAS and by nnkern's own GEMM (the
+    fastest compiled backend here), whichever is faster. Each is reported too: on some CPUs
+    NumPy's BLAS runs a kernel for an older instruction set."""
+    from . import ops
+
+    dtype = np.dtype(dtype)
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size)).astype(dtype)
+    b = rng.standard_normal((size, size)).astype(dtype)
+    out = np.empty((size, size), dtype=dtype)
+    found = {"blas_gflops": _best_gflops(lambda: np.matmul(a, b, out=out), size, repeats)}
+    backend = next((name for name in ("cython", "numba") if name in nnkern.available_backends()), None)
+    if backend is not None:
+        time.sleep(POOL_IDLE_PAUSE_S)  # the BLAS's idle workers stop spinning first
+        found["nnkern_gflops"] = _best_gflops(lambda: ops.matmul(a, b, out=out, backend=backend),
+                                              size, repeats)
+        found["nnkern_backend"] = backend
+    best_of = max((k for k in found if k.endswith("_gflops")), key=found.get)
+    return {"gflops": found[best_of], "by": best_of.removesuffix("_gflops"), **found, "size": size,
+            "repeats": repeats, "dtype": dtype.name}
 
 
 # ---------------------------------------------------------------------------------------
@@ -238,13 +312,13 @@ def measure_sgemm_peak(size: int = 2048, repeats: int = 3) -> dict:
 
 def initial_weights(network: Network, seed: int = 0) -> list[np.ndarray]:
     """[W0, b0, W1, b1, ...] as PyTorch initialises nn.Linear: U(-1/sqrt(in), 1/sqrt(in)),
-    W of shape (in, out); float32."""
+    W of shape (in, out), in the network's dtype."""
     rng = np.random.default_rng(seed)
     weights = []
     for fan_in, fan_out in network.layer_shapes:
         bound = 1.0 / math.sqrt(fan_in)
-        weights.append(rng.uniform(-bound, bound, (fan_in, fan_out)).astype(DTYPE))
-        weights.append(rng.uniform(-bound, bound, fan_out).astype(DTYPE))
+        weights.append(rng.uniform(-bound, bound, (fan_in, fan_out)).astype(network.dtype))
+        weights.append(rng.uniform(-bound, bound, fan_out).astype(network.dtype))
     return weights
 
 
@@ -263,8 +337,8 @@ class NnkernTrainer:
         for i, (fan_in, fan_out) in enumerate(network.layer_shapes):
             layers.append(nn.Linear(fan_in, fan_out))
             if i < last:
-                layers.append({"sigmoid": nn.Sigmoid, "relu": nn.ReLU}[network.activation]())
-        self.model = nn.Sequential(*layers, backend=backend, dtype=DTYPE)
+                layers.append(getattr(nn, ACTIVATIONS[network.activation])())
+        self.model = nn.Sequential(*layers, backend=backend, dtype=network.dtype)
         self.loss = nn.CrossEntropyLoss()
         make = {"sgd": optim.SGD, "adam": optim.Adam}[optimizer]
         self.optimizer = make(self.model, lr=OPTIMIZERS[optimizer])
@@ -308,8 +382,8 @@ class NnkernTrainer:
 
 
 class TorchTrainer:
-    """The same network in PyTorch (CPU, float32), trained by ``torch.optim.SGD`` (or
-    ``Adam``)."""
+    """The same network in PyTorch (CPU, the network's dtype), trained by
+    ``torch.optim.SGD`` (or ``Adam``)."""
 
     backend = TORCH
 
@@ -322,8 +396,8 @@ class TorchTrainer:
         for i, (fan_in, fan_out) in enumerate(network.layer_shapes):
             layers.append(torch.nn.Linear(fan_in, fan_out))
             if i < last:
-                layers.append({"sigmoid": torch.nn.Sigmoid, "relu": torch.nn.ReLU}[network.activation]())
-        self.model = torch.nn.Sequential(*layers)
+                layers.append(getattr(torch.nn, ACTIVATIONS[network.activation])())
+        self.model = torch.nn.Sequential(*layers).to(getattr(torch, network.dtype))
         self.loss = torch.nn.CrossEntropyLoss()
         make = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[optimizer]
         self.optimizer = make(self.model.parameters(), lr=OPTIMIZERS[optimizer])
@@ -375,56 +449,161 @@ def make_trainer(name: str, network: Network, weights: list[np.ndarray], optimiz
     return NnkernTrainer(name, network, weights, optimizer)
 
 
-def _contenders(network: Network, names: list[str], weights, optimizers) -> tuple[dict, dict]:
-    """Built trainers by (name, optimizer), and the reason for each that could not be
-    built."""
-    trainers, failed = {}, {}
-    for optimizer in optimizers:
-        for name in names:
-            try:
-                trainers[name, optimizer] = make_trainer(name, network, weights, optimizer)
-            except Exception as exc:  # one broken backend must not stop the comparison
-                failed[name, optimizer] = f"{type(exc).__name__}: {exc}"
-    return trainers, failed
-
-
 # Untimed pause before each timed epoch. The previous contender's idle workers keep spinning
 # after its last call (OpenBLAS's for ~0.1 s, libgomp's default ~5 ms) and steal the cores of
 # whoever runs next: measured on 2 cores, a cython epoch right after OpenBLAS calls took
-# 185-200 ms, after a 0.3 s pause 136-139 ms. Users do not interleave frameworks like this.
+# 185-200 ms, after a 0.3 s pause 136-139 ms.
 POOL_IDLE_PAUSE_S = 0.3
 
 
-def _time_network(network: Network, names: list[str], train, test, *, samples: int, repeats: int,
-                  warmup_batches: int, seed: int, peak_gflops: float, log, optimizers=("sgd",)) -> dict:
-    """The interleaved comparison of ``names`` x ``optimizers`` on one network (see
-    :func:`run`)."""
-    weights = initial_weights(network, seed)
-    batches = epoch_batches(*train, network.batch_size, samples, seed)
-    trainers, failed = _contenders(network, names, weights, optimizers)
-    inputs = {key: trainer.prepare(batches) for key, trainer in trainers.items()}
-    warmup_losses = {}
-    for key, trainer in list(trainers.items()):
-        try:  # compile / warm caches before timing; then back to the initial weights
-            trainer.reset()
-            warmup_losses[key] = trainer.train(inputs[key][:warmup_batches])
-        except Exception as exc:
-            failed[key] = f"{type(exc).__name__}: {exc}"
-            del trainers[key]
+def _contender_process(conn, name: str, optimizer: str, threads: int, test_samples: int) -> None:
+    """A contender's own process: builds its trainer for each network the parent names and
+    times one epoch whenever asked. Messages in: ("network", Network, samples, seed,
+    warmup_batches), ("epoch",), ("accuracy",), ("stop",); every answer is ("ok", value) or
+    ("failed", reason)."""
+    from .data import load_mnist
+
+    trainer = inputs = test = None
+    try:
+        if name == TORCH:
+            set_threads(threads)
+        else:  # nnkern's pools only: importing PyTorch would load its libgomp too
+            nnkern.set_num_threads(threads)
+        (x_unit, y_train), (x_test_unit, y_test) = load_mnist()
+    except Exception as exc:
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ok", None))
+    while True:
+        message = conn.recv()
+        try:
+            if message[0] == "stop":
+                return
+            if message[0] == "network":
+                network, samples, seed, warmup_batches = message[1:]
+                trainer = None  # the last network's buffers go before the next one's come
+                batches = epoch_batches(network.data(x_unit), y_train, network.batch_size, samples, seed)
+                test = (network.data(x_test_unit[:test_samples]), y_test[:test_samples])
+                trainer = make_trainer(name, network, initial_weights(network, seed), optimizer)
+                inputs = trainer.prepare(batches)
+                trainer.reset()  # compile / warm caches before timing; then back to the initial weights
+                answer = trainer.train(inputs[:warmup_batches])
+            elif message[0] == "epoch":
+                trainer.reset()
+                start = time.perf_counter()
+                loss = trainer.train(inputs)
+                answer = (time.perf_counter() - start, loss)
+            else:
+                answer = trainer.accuracy(*test)
+        except Exception as exc:  # one broken contender must not stop the comparison
+            trainer = None
+            conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+            continue
+        conn.send(("ok", answer))
+
+
+class _Contender:
+    """The parent's handle on a contender's process (:func:`_contender_process`)."""
+
+    def __init__(self, context, name: str, optimizer: str, threads: int, test_samples: int):
+        self.name, self.optimizer = name, optimizer
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_contender_process, daemon=True,
+                                       args=(child, name, optimizer, threads, test_samples))
+        self.process.start()
+        child.close()
+
+    def _answer(self):
+        try:
+            status, value = self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join(1.0)
+            raise RuntimeError(f"its process ended (exit code {self.process.exitcode})") from None
+        if status != "ok":
+            raise RuntimeError(value)
+        return value
+
+    def ask(self, *message):
+        """Send a message and return the answer's value; RuntimeError with the reason when
+        the contender failed or its process died."""
+        try:
+            self.conn.send(message)
+        except OSError:  # BrokenPipeError among them
+            raise RuntimeError(f"its process ended (exit code {self.process.exitcode})") from None
+        return self._answer()
+
+    def started(self) -> None:
+        """Wait until the process has loaded MNIST (raises as ask does)."""
+        self._answer()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(("stop",))
+        self.process.join(5.0)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+@contextlib.contextmanager
+def _contender_processes(names, optimizers, threads: int, test_samples: int, log):
+    """One process per (contender, optimizer), started together; yields ({key: _Contender},
+    {key: the reason it could not start})."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited thread pools
+    log(f"starting {len(names) * len(optimizers)} contender processes")
+    contenders = {(name, optimizer): _Contender(context, name, optimizer, threads, test_samples)
+                  for optimizer in optimizers for name in names}
+    failed = {}
+    try:
+        for key, contender in list(contenders.items()):
+            try:
+                contender.started()
+            except RuntimeError as exc:
+                failed[key] = str(exc)
+                contender.stop()
+                del contenders[key]
+        yield contenders, failed
+    finally:
+        for contender in contenders.values():
+            contender.stop()
+
+
+def _time_network(network: Network, contenders: dict, failed_to_start: dict, *, samples: int, repeats: int,
+                  warmup_batches: int, seed: int, peak_gflops: float, log) -> dict:
+    """The comparison of the contenders' processes on one network: each builds the network
+    and trains ``warmup_batches`` untimed steps; then they take turns, one timed epoch each,
+    ``repeats`` times."""
+    failed = dict(failed_to_start)
+    warmup_losses, ready = {}, {}
+    for key, contender in contenders.items():
+        try:
+            warmup_losses[key] = contender.ask("network", network, samples, seed, warmup_batches)
+            ready[key] = contender
+        except RuntimeError as exc:
+            failed[key] = str(exc)
     times, losses = defaultdict(list), {}
     for repeat in range(repeats):
-        for key, trainer in trainers.items():  # A B C A B C ...
-            trainer.reset()
+        for key, contender in list(ready.items()):  # A B C A B C ...
             time.sleep(POOL_IDLE_PAUSE_S)
-            start = time.perf_counter()
-            losses[key] = trainer.train(inputs[key])
-            times[key].append(time.perf_counter() - start)
-        log(f"{network.name}: repeat {repeat + 1}/{repeats} done")
+            try:
+                seconds, losses[key] = contender.ask("epoch")
+            except RuntimeError as exc:
+                failed[key] = str(exc)
+                del ready[key]
+                continue
+            times[key].append(seconds)
+        log(f"{network.name}, {network.inputs}, {network.dtype}: repeat {repeat + 1}/{repeats} done")
 
-    trained = len(batches) * network.batch_size
+    trained = samples - samples % network.batch_size
     rows = []
-    for key, trainer in trainers.items():
+    for key, contender in ready.items():
         name, optimizer = key
+        try:
+            accuracy = contender.ask("accuracy")
+        except RuntimeError as exc:
+            failed[key] = str(exc)
+            continue
         reference_loss = warmup_losses.get((REFERENCE, optimizer))
         median = statistics.median(times[key])
         rate = trained / median
@@ -439,7 +618,7 @@ def _time_network(network: Network, names: list[str], train, test, *, samples: i
             "gflops": gflops,
             "fraction_of_peak": gflops / peak_gflops,
             "final_train_loss": losses[key],
-            "test_accuracy": trainer.accuracy(*test),
+            "test_accuracy": accuracy,
             # the loss after the warm-up steps, from the same weights and batches, must be
             # the reference's (float32 with other summation orders: LOSS_RTOL relative)
             "warmup_loss": warmup_losses[key],
@@ -449,20 +628,27 @@ def _time_network(network: Network, names: list[str], train, test, *, samples: i
     by_key = {(r["contender"], r["optimizer"]): r for r in rows}
     for row in rows:
         reference = by_key.get((REFERENCE, row["optimizer"]))
+        torch = by_key.get((TORCH, row["optimizer"]))
         row["ratio_to_reference"] = row["samples_per_s"] / reference["samples_per_s"] if reference else None
+        row["ratio_to_torch"] = row["samples_per_s"] / torch["samples_per_s"] if torch else None
         # this optimizer's epoch time against SGD's, same contender, same run
         sgd = by_key.get((row["contender"], "sgd"))
         row["time_vs_sgd"] = row["median_s"] / sgd["median_s"] if sgd else None
+    several = len({optimizer for _, optimizer in [*contenders, *failed]}) > 1
     return {
         "name": network.name,
         "sizes": list(network.sizes),
         "activation": network.activation,
         "batch_size": network.batch_size,
+        "normalize": network.normalize,
+        "inputs": network.inputs,
+        "dtype": network.dtype,
         "samples_trained": trained,
-        "steps": len(batches),
+        "steps": trained // network.batch_size,
         "flops_per_sample": network.flops_per_sample,
+        "peak_gflops": peak_gflops,
         "results": rows,
-        "failed": {f"{name} {optimizer}" if len(optimizers) > 1 else name: reason
+        "failed": {f"{name} {optimizer}" if several else name: reason
                    for (name, optimizer), reason in failed.items()},
     }
 
@@ -492,20 +678,20 @@ def run(
     optimizers=("sgd",),
     log=None,
 ) -> dict:
-    """Time one epoch (or its first ``samples`` samples) per contender, interleaved over
-    ``repeats``; return the whole result as a JSON-ready dict.
+    """Time one epoch (or its first ``samples`` samples) per contender and network, the
+    contenders' processes taking turns over ``repeats``; return the whole result as a
+    JSON-ready dict.
 
     Contenders: the reference, the nnkern ``backends`` usable here (default: all; see
-    :func:`benchmark_backends`), and PyTorch when ``with_torch`` and importable. Each first
-    trains ``warmup_batches`` untimed steps (compilation, caches) whose loss is compared
-    with the reference's. Each repeat starts from the initial weights, so every repeat does
-    the same work and the test accuracy is that after one (partial) epoch. ``log`` (a
-    callable taking a line) reports progress. ``optimizers``: names from ``OPTIMIZERS``, each
-    contender trained with each, all interleaved in one run.
+    :func:`benchmark_backends`), and PyTorch when ``with_torch`` and importable, each in a
+    process of its own. Each first trains ``warmup_batches`` untimed steps (compilation,
+    caches) whose loss is compared with the reference's. Each repeat starts from the
+    initial weights, so every repeat does the same work and the test accuracy is that after
+    one (partial) epoch. ``log`` (a callable taking a line) reports progress.
+    ``optimizers``: names from ``OPTIMIZERS``, each contender trained with each.
     """
-    from .data import load_mnist
-
     optimizers = checked_optimizers(optimizers)
+    networks = list(networks)
     log = log or (lambda line: None)
     threads = threads or nnkern.get_num_threads()
     set_threads(threads)
@@ -514,19 +700,20 @@ def run(
     if not (with_torch and torch_importable):
         skipped[TORCH] = "not requested" if torch_importable else "PyTorch cannot be imported"
     names = timed + ([TORCH] if TORCH not in skipped else [])
+    samples = MNIST_TRAIN_SAMPLES if samples is None else min(samples, MNIST_TRAIN_SAMPLES)
+    test_samples = MNIST_TEST_SAMPLES if test_samples is None else min(test_samples, MNIST_TEST_SAMPLES)
 
-    (x_train, y_train), (x_test, y_test) = load_mnist(dtype=DTYPE)
-    samples = len(x_train) if samples is None else min(samples, len(x_train))
-    test_samples = len(x_test) if test_samples is None else min(test_samples, len(x_test))
-
-    log(f"measuring the sgemm peak ({peak_size}^3 float32, {threads} threads)")
-    peak = measure_sgemm_peak(peak_size)
-    networks = [
-        _time_network(network, names, (x_train, y_train), (x_test[:test_samples], y_test[:test_samples]),
-                      samples=samples, repeats=repeats, warmup_batches=warmup_batches, seed=seed,
-                      peak_gflops=peak["gflops"], log=log, optimizers=optimizers)
-        for network in networks
-    ]
+    peaks = {}
+    for dtype in dict.fromkeys(network.dtype for network in networks):
+        log(f"measuring the GEMM peak ({peak_size}^3 {dtype}, {threads} threads)")
+        peaks[dtype] = measure_sgemm_peak(peak_size, dtype=dtype)
+    with _contender_processes(names, optimizers, threads, test_samples, log) as (contenders, failed):
+        results = [
+            _time_network(network, contenders, failed, samples=samples, repeats=repeats,
+                          warmup_batches=warmup_batches, seed=seed, peak_gflops=peaks[network.dtype]["gflops"],
+                          log=log)
+            for network in networks
+        ]
     return {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -538,15 +725,15 @@ def run(
             "samples_per_repeat": samples,
             "test_samples": test_samples,
             "warmup_batches": warmup_batches,
-            "dtype": np.dtype(DTYPE).name,
             "optimizers": {name: {"lr": OPTIMIZERS[name]} for name in optimizers},
             "seed": seed,
-            "order": "interleaved",
+            "order": "each contender in its own process, taking turns",
             "flops_per_sample_formula": "4*sum(in*out) + 2*sum(in*out over the layers after the first)",
         },
-        "peak": peak,
+        "peak": peaks.get("float32") or next(iter(peaks.values())),
+        "peaks": peaks,
         "skipped": skipped,
-        "networks": networks,
+        "networks": results,
     }
 
 
@@ -555,37 +742,49 @@ def run(
 # ---------------------------------------------------------------------------------------
 
 
+def _peak_line(peak: dict) -> str:
+    """A measured GEMM peak and where it came from."""
+    sources = [f"NumPy's BLAS {peak['blas_gflops']:.1f}"]
+    if "nnkern_gflops" in peak:
+        sources.append(f"nnkern {peak['nnkern_backend']} {peak['nnkern_gflops']:.1f}")
+    return (f"{peak['gflops']:.1f} GFLOP/s {peak['dtype']} (best of {peak['repeats']} {peak['size']}^3 "
+            f"products: {', '.join(sources)})")
+
+
 def format_header(result: dict) -> str:
-    m, v, c, peak = result["machine"], result["versions"], result["config"], result["peak"]
+    m, v, c = result["machine"], result["versions"], result["config"]
     lines = [
         f"machine : {m['cpu']}, {m['cores']} cores, SIMD {' '.join(m['simd']) or 'none found'}",
         "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-        f"threads : {c['threads']} (nnkern, BLAS, PyTorch)   repeats: {c['repeats']}, interleaved   "
-        f"samples per repeat: {c['samples_per_repeat']}   test samples: {c['test_samples']}",
-        f"peak    : {peak['gflops']:.1f} GFLOP/s (np.matmul float32 {peak['size']}^3, best of {peak['repeats']})",
+        f"threads : {c['threads']} (nnkern, BLAS, PyTorch)   repeats: {c['repeats']}, each contender in its own "
+        f"process, taking turns   samples per repeat: {c['samples_per_repeat']}   test samples: {c['test_samples']}",
+        *(f"peak    : {_peak_line(peak)}" for peak in result["peaks"].values()),
     ]
     for name, reason in result["skipped"].items():
         lines.append(f"skipped : {name}: {reason}")
     return "\n".join(lines)
 
 
+def _ratio(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
 def format_table(network_result: dict) -> str:
     n = network_result
     optimizers = list(dict.fromkeys(row["optimizer"] for row in n["results"]))
     several = len(optimizers) > 1
-    title = (f"{n['name']}, batch {n['batch_size']}, {n['samples_trained']} samples per repeat, "
-             + ", ".join(f"{'SGD' if o == 'sgd' else 'Adam'} lr {OPTIMIZERS[o]}" for o in optimizers)
-             + ", float32")
+    title = (f"{n['name']}, batch {n['batch_size']}, {n['inputs']}, {n['dtype']}, {n['samples_trained']} samples "
+             "per repeat, " + ", ".join(f"{'SGD' if o == 'sgd' else 'Adam'} lr {OPTIMIZERS[o]}" for o in optimizers))
     header = (f"{'contender':<10} {'optimizer':<9} " if several else f"{'contender':<10} ") + (
-        f"{'samples/s':>11} {'vs numpy':>9} {'GFLOP/s':>8} {'of peak':>8} {'test acc':>9}  "
+        f"{'samples/s':>11} {'vs numpy':>9} {'vs torch':>9} {'GFLOP/s':>8} {'of peak':>8} {'test acc':>9}  "
         + ("time vs SGD  " if several else "") + "loss check")
     lines = [title, header, "-" * len(header)]
     for row in n["results"]:
-        ratio = "n/a" if row["ratio_to_reference"] is None else f"{row['ratio_to_reference']:.2f}x"
         vs_sgd = "n/a" if row.get("time_vs_sgd") is None else f"{row['time_vs_sgd']:.3f}x"
         lines.append(
             (f"{row['contender']:<10} {row['optimizer']:<9} " if several else f"{row['contender']:<10} ")
-            + f"{row['samples_per_s']:>11,.0f} {ratio:>9} {row['gflops']:>8.2f} "
+            + f"{row['samples_per_s']:>11,.0f} {_ratio(row['ratio_to_reference']):>9} "
+            f"{_ratio(row['ratio_to_torch']):>9} {row['gflops']:>8.2f} "
             f"{row['fraction_of_peak']:>8.1%} {row['test_accuracy']:>9.4f}  "
             + (f"{vs_sgd:>11}  " if several else "") + _loss_check(row)
         )
@@ -624,11 +823,11 @@ def plot(result: dict, path) -> None:
             ratio = row["ratio_to_reference"]
             ax.annotate(f"{ratio:.2f}x" if ratio else "", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=8)
-        ax.set_title(f"{n['name']} (batch {n['batch_size']})", fontsize=9)
+        ax.set_title(f"{n['name']} (batch {n['batch_size']})\n{n['inputs']}, {n['dtype']}", fontsize=9)
         ax.set_ylabel("samples/s (median)")
     c = result["config"]
     fig.suptitle(f"nnkern bench: MNIST training, {c['samples_per_repeat']} samples per repeat, "
-                 f"{', '.join(c['optimizers'])}, float32, "
+                 f"{', '.join(c['optimizers'])}, "
                  f"{c['threads']} threads, {result['machine']['cpu']} (reference and PyTorch in grey)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -780,22 +979,23 @@ def profile_networks(*, backends=None, networks=NETWORKS, steps: int = 50, threa
 
     set_threads(threads or nnkern.get_num_threads())
     timed, _ = benchmark_backends(backends)
-    (x_train, y_train), _ = load_mnist(dtype=DTYPE)
+    (x_unit, y_train), _ = load_mnist()
     profiles = []
     for network in networks:
-        xb, yb = epoch_batches(x_train, y_train, network.batch_size, network.batch_size, seed)[0]
+        xb, yb = epoch_batches(network.data(x_unit), y_train, network.batch_size, network.batch_size, seed)[0]
+        about = {"network": network.name, "batch_size": network.batch_size, "inputs": network.inputs,
+                 "dtype": network.dtype}
         for backend in timed:
             trainer = NnkernTrainer(backend, network, initial_weights(network, seed))
             trainer.reset()
             profile = profile_model(trainer.model, xb, yb, trainer.optimizer, trainer.loss, steps=steps)
-            profiles.append({"network": network.name, "batch_size": network.batch_size,
-                             "engine": "layer by layer", **profile})
+            profiles.append({**about, "engine": "layer by layer", **profile})
             trainer.prepare([(xb, yb)])  # builds the fused step, where the backend has one
             fused = trainer.fused_step
             if fused is not None and hasattr(fused, "profiled"):
                 trainer.reset()
-                profiles.append({"network": network.name, "batch_size": network.batch_size, "backend": backend,
-                                 "engine": "fused step", **profile_fused_step(fused, xb, yb, steps=steps)})
+                profiles.append({**about, "backend": backend, "engine": "fused step",
+                                 **profile_fused_step(fused, xb, yb, steps=steps)})
     return profiles
 
 
@@ -803,6 +1003,8 @@ def format_profile(profile: dict) -> str:
     """A profile as a text table (``network`` and ``batch_size`` are shown when present, as
     :func:`profile_networks` adds them)."""
     where = f"{profile['network']} on {profile['backend']}" if "network" in profile else profile["backend"]
+    if "inputs" in profile:
+        where += f", {profile['inputs']}, {profile['dtype']}"
     if "engine" in profile:
         where += f" ({profile['engine']})"
     fused = profile.get("engine") == "fused step"
@@ -834,9 +1036,33 @@ def _names(value) -> list[str] | None:
     return [name.strip() for item in items for name in item.split(",") if name.strip()]
 
 
+# nnkern bench's options that describe the user's own network (custom_network's arguments)
+CUSTOM_OPTIONS = ("hidden", "activation", "batch_size", "normalize", "dtype")
+
+
+def networks_of(args) -> list[Network]:
+    """The networks ``nnkern bench`` measures: the built-in ones, and the user's own when
+    any of CUSTOM_OPTIONS is given (the others then take custom_network's defaults);
+    ``no_builtin`` leaves the built-in ones out. ValueError names a bad option."""
+    chosen = {name: getattr(args, name) for name in CUSTOM_OPTIONS if getattr(args, name, None) is not None}
+    networks = [] if getattr(args, "no_builtin", False) else list(NETWORKS)
+    if chosen:
+        networks.append(custom_network(**chosen))
+    if not networks:
+        raise ValueError("--no-builtin leaves nothing to measure: describe a network (--hidden, --activation, "
+                         "--batch-size, --normalize, --dtype)")
+    return networks
+
+
 def run_cli(args) -> int:
     """``nnkern bench``: ``args`` is the argparse Namespace with ``quick``, ``json``,
-    ``backends``, ``repeats``, ``threads``, ``plot`` (and optionally ``profile``)."""
+    ``backends``, ``repeats``, ``threads``, ``plot`` (and optionally ``profile``,
+    ``optimizers``, CUSTOM_OPTIONS and ``no_builtin``)."""
+    try:
+        networks = networks_of(args)
+    except ValueError as exc:
+        print(f"nnkern bench: error: {exc}", file=sys.stderr)
+        return 2
     names = _names(getattr(args, "backends", None))
     with_torch = names is None or TORCH in names
     backends = None if names is None else [n for n in names if n != TORCH]
@@ -858,10 +1084,10 @@ def run_cli(args) -> int:
     def log(line):
         print(line, file=sys.stderr, flush=True)
 
-    result = run(backends=backends, with_torch=with_torch, threads=threads, log=log, **settings)
+    result = run(backends=backends, with_torch=with_torch, networks=networks, threads=threads, log=log, **settings)
     print(format_report(result))
     if getattr(args, "profile", False):
-        result["profile"] = profile_networks(backends=backends, threads=threads,
+        result["profile"] = profile_networks(backends=backends, networks=networks, threads=threads,
                                              steps=PROFILE_STEPS["quick" if getattr(args, "quick", False) else "full"])
         print()
         print("\n\n".join(format_profile(p) for p in result["profile"]))

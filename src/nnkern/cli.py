@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import math
 import os
 import platform
 import sys
+import tempfile
 import time
 from importlib import metadata
 
@@ -28,15 +30,17 @@ import numpy as np
 import nnkern
 from ._backend import BackendUnavailableError, fastest_cpu_backend
 
-__all__ = ["main", "build_parser", "build_mlp", "make_optimizer", "TrainingProgress", "LinearDecay"]
+__all__ = ["main", "build_parser", "build_mlp", "make_optimizer", "make_schedule", "TrainingProgress"]
 
 INPUT_FEATURES = 784
 NUM_CLASSES = 10
 DEFAULT_HIDDEN = (256, 128, 64, 20)
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "gelu")
-OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam")
+OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw")
 # A learning rate that works for each optimizer on MNIST when --lr is not given.
-DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adagrad": 0.01, "rmsprop": 1e-3, "adadelta": 1.0, "adam": 1e-3}
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adagrad": 0.01, "rmsprop": 1e-3, "adadelta": 1.0, "adam": 1e-3,
+              "adamw": 1e-3}
+LR_SCHEDULES = ("linear", "cosine", "constant")
 # The defaults of `nnkern train`: SGD with momentum 0.9, lr 0.05 decayed linearly to 0
 # after every step, L2 weight decay 1e-3, batch 64, 4 epochs. Measured on MNIST with the
 # default network (cython backend, float32): 98.27%, 98.17%, 98.21%, 98.20% test accuracy
@@ -90,6 +94,26 @@ def _nonnegative_float(text: str) -> float:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text}")
+    return value
+
+
 def _momentum(text: str) -> float:
     try:
         value = float(text)
@@ -137,7 +161,8 @@ def build_mlp(hidden=DEFAULT_HIDDEN, *, activation="relu", inputs=INPUT_FEATURES
 def make_optimizer(name: str, lr: float | None = None, momentum: float = DEFAULT_MOMENTUM,
                    weight_decay: float = 0.0):
     """The optimizer called ``name`` (one of ``OPTIMIZERS``); ``lr=None`` takes ``DEFAULT_LR``.
-    ``weight_decay`` adds ``weight_decay * p`` to every gradient (L2 regularisation)."""
+    ``weight_decay`` adds ``weight_decay * p`` to every gradient (L2 regularisation); for
+    "adamw" it is AdamW's decoupled decay (``p *= 1 - lr * weight_decay`` every step)."""
     from . import optim
 
     lr = DEFAULT_LR[name] if lr is None else lr
@@ -146,7 +171,7 @@ def make_optimizer(name: str, lr: float | None = None, momentum: float = DEFAULT
     if name == "momentum":
         return optim.SGD(lr, momentum=momentum, weight_decay=weight_decay)
     return {"adagrad": optim.Adagrad, "rmsprop": optim.RMSprop, "adadelta": optim.Adadelta,
-            "adam": optim.Adam}[name](lr=lr, weight_decay=weight_decay)
+            "adam": optim.Adam, "adamw": optim.AdamW}[name](lr=lr, weight_decay=weight_decay)
 
 
 def _load_mnist(path, dtype=np.float32):
@@ -190,11 +215,13 @@ class TrainingProgress:
     """What `nnkern train` shows while it trains (a callback of ``Sequential.fit``): a
     progress bar per epoch on stderr when stderr is a terminal, a plain line every
     ``plain_every_s`` seconds otherwise, and one line per epoch on stdout with the
-    train/test loss and accuracy and the training throughput (evaluation excluded)."""
+    train/test (or validation: ``validation_name``) loss and accuracy and the training
+    throughput (evaluation excluded)."""
 
     BAR_WIDTH = 30
 
-    def __init__(self, *, err=None, out=None, plain_every_s: float = 10.0):
+    def __init__(self, *, err=None, out=None, plain_every_s: float = 10.0, validation_name: str = "test"):
+        self.validation_name = validation_name
         self.err = err or sys.stderr
         self.out = out or sys.stdout
         self.on_terminal = self.err.isatty()
@@ -234,75 +261,181 @@ class TrainingProgress:
         if "accuracy" in logs:
             line += f" acc {logs['accuracy']:.2%}"
         if "val_loss" in logs:
-            line += f"  test loss {logs['val_loss']:.4f}"
+            line += f"  {self.validation_name} loss {logs['val_loss']:.4f}"
         if "val_accuracy" in logs:
             line += f" acc {logs['val_accuracy']:.2%}"
         line += f"  {_format_rate(self.samples, self.train_seconds)}  {self.train_seconds:.1f} s"
         print(line, file=self.out, flush=True)
 
 
-class LinearDecay:
-    """A callback of ``Sequential.fit`` that lowers the optimizer's learning rate after
-    every step, linearly from its initial value to zero at the end of training. Few-epoch
-    runs end much closer to the minimum this way than with a constant rate."""
+def make_schedule(name: str, total_steps: int, warmup: int = 0):
+    """The learning-rate schedule of ``nnkern train --lr-schedule NAME --warmup N`` for a
+    training of ``total_steps`` optimizer steps, stepped after every step (None: a
+    constant rate). "linear" decays the rate to 0 at the last step, "cosine" along a half
+    cosine to 0; ``warmup`` first raises it linearly from lr / warmup to lr over that many
+    steps, the decay taking the steps after it."""
+    from . import optim
 
-    def __init__(self, optimizer):
-        self.optimizer = optimizer
-        self.initial_lr = optimizer.lr
+    if not 0 <= warmup < total_steps:
+        raise CommandError(f"--warmup {warmup} must be fewer than the {total_steps} steps of the training")
+    decay_steps = total_steps - warmup
+    main = {"linear": lambda: optim.LinearLR(1.0, 0.0, total_iters=decay_steps, interval="step"),
+            "cosine": lambda: optim.CosineAnnealingLR(decay_steps, interval="step"),
+            "constant": lambda: None}[name]()
+    if not warmup:
+        return main
+    ramp = optim.LinearLR(1.0 / warmup, 1.0, total_iters=warmup, interval="step")
+    return ramp if main is None else optim.SequentialLR([ramp, main], [warmup], interval="step")
 
-    def on_train_begin(self, info: dict) -> None:
-        self.total_steps = info["epochs"] * info["steps"]
-        self.done = 0
 
-    def on_batch_end(self, epoch: int, step: int, steps: int, logs: dict) -> None:
-        self.done += 1
-        self.optimizer.lr = self.initial_lr * (1.0 - self.done / self.total_steps)
+def _check_outputs(outputs: dict) -> None:
+    """Fail before any long work when a file the command will write cannot be written:
+    ``outputs`` maps option names (such as "--save") to their paths (None: not given).
+    "--save" is written by Sequential.save, which renames a new file over an old one."""
+    from ._paths import check_writable
+
+    given = {option: path for option, path in outputs.items() if path}
+    by_path: dict[str, str] = {}
+    for option, path in given.items():
+        try:
+            check_writable(path, option, replaced_by_rename=option == "--save")
+        except OSError as exc:
+            raise CommandError(str(exc)) from None
+        other = by_path.setdefault(os.path.realpath(path), option)
+        if other != option:
+            raise CommandError(f"{other} and {option} both write {path}")
+
+
+def _require_matplotlib() -> None:
+    if importlib.util.find_spec("matplotlib") is None:
+        raise CommandError("writing a plot needs matplotlib; install it with: pip install nnkern[plot]")
+
+
+def _apply_threads(args) -> None:
+    """Set ``--threads``; a count above the usable cores is lowered to them, with a
+    warning on stderr, unless ``--oversubscribe`` (:func:`main` runs such a command inside
+    ``allow_oversubscription``) or NNKERN_ALLOW_OVERSUBSCRIPTION=1."""
+    if args.threads is None:
+        return
+    usable = nnkern._threads.default_num_threads()
+    if args.threads > usable and not nnkern._threads.oversubscription_allowed():
+        print(f"nnkern {args.command}: warning: --threads {args.threads} is more than the {usable} core(s) this "
+              f"process may use; using {usable} threads (more threads than cores make every step wait for "
+              f"threads that are not running). Add --oversubscribe to use {args.threads} anyway.",
+              file=sys.stderr, flush=True)
+        args.threads = usable
+    nnkern.set_num_threads(args.threads)
+
+
+def _fallback_path(path: str) -> str:
+    """Where a model that could not be saved at ``path`` goes instead: a new file in the
+    temporary folder, named after the original."""
+    stem = os.path.basename(path) or "model.npz"
+    fd, fallback = tempfile.mkstemp(prefix=f"nnkern-unsaved-{time.strftime('%Y%m%d-%H%M%S')}-",
+                                    suffix=f"-{stem}")
+    os.close(fd)
+    return fallback
+
+
+def _save_trained(model, path: str) -> int:
+    """Save the trained model at ``path``; if that fails (the disk filled up, the folder
+    went away), save it in the temporary folder instead and say where: the training is
+    never lost to a failed save. Returns the exit status."""
+    try:
+        model.save(path)
+    except OSError as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    else:
+        print(f"saved the model to {path}")
+        return 0
+    print(f"nnkern train: error: could not save the model to {path} ({reason})", file=sys.stderr)
+    try:
+        fallback = _fallback_path(path)
+        model.save(fallback)
+    except OSError as exc:
+        raise CommandError(f"could not save the trained model to {path} ({reason}), nor to the temporary "
+                           f"folder ({type(exc).__name__}: {exc})") from None
+    print(f"nnkern train: the trained model was saved to {fallback} instead; move it where you want it: "
+          f"mv {fallback} {path}", file=sys.stderr)
+    return 1
 
 
 def _train(args) -> int:
+    from . import callbacks as fit_callbacks
     from .nn import NonFiniteLossError
 
-    if args.threads is not None:
-        nnkern.set_num_threads(args.threads)
+    _check_outputs({"--save": args.save, "--plot": args.plot})
+    if args.plot:
+        _require_matplotlib()
+    if args.early_stopping and args.validation_split == 0:
+        raise CommandError("--early-stopping needs --validation-split above 0: it must not choose the model "
+                           "on the test images")
+    _apply_threads(args)
     backend = _check_backend(args.backend)
     dtype = np.dtype(args.dtype)
     (x_train, y_train), (x_test, y_test) = _load_mnist(args.data, dtype)
     if args.limit is not None:
         x_train, y_train = x_train[: args.limit], y_train[: args.limit]
+    split = args.validation_split if args.validation_split is not None else (0.1 if args.early_stopping else 0.0)
+    held_out = int(round(split * len(x_train)))
+    if split and not 0 < held_out < len(x_train):
+        raise CommandError(f"--validation-split {split:g} of {len(x_train)} images leaves no images to "
+                           f"{'validate on' if held_out == 0 else 'train on'}")
+    if held_out:  # the last images, as Keras' validation_split
+        validation = (x_train[-held_out:], y_train[-held_out:])
+        x_train, y_train = x_train[:-held_out], y_train[:-held_out]
+    else:
+        validation = (x_test, y_test)
+    validation_name = "val" if held_out else "test"
     model = build_mlp(args.hidden, activation=args.activation, backend=backend, dtype=dtype, seed=args.seed)
     optimizer = make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay)
+    steps = math.ceil(len(x_train) / args.batch_size) * args.epochs
+    optimizer.schedule = make_schedule(args.lr_schedule, steps, args.warmup)
     sizes = "-".join(str(n) for n in (INPUT_FEATURES, *args.hidden, NUM_CLASSES))
-    print(f"training {sizes} {args.activation} on {len(x_train)} MNIST images (test: {len(x_test)}),"
+    schedule = {"linear": " decayed linearly to 0", "cosine": " on a cosine to 0", "constant": " constant"}
+    print(f"training {sizes} {args.activation} on {len(x_train)} MNIST images (test: {len(x_test)}"
+          + (f", validation: the last {held_out} training images" if held_out else "") + "),"
           f" backend {backend}, {dtype.name}, {nnkern.get_num_threads()} thread(s)")
-    print(f"optimizer {args.optimizer} lr {optimizer.lr:g}"
+    print(f"optimizer {args.optimizer} lr {optimizer.schedule.base_lr if optimizer.schedule else optimizer.lr:g}"
           + (f" momentum {args.momentum:g}" if args.optimizer == "momentum" else "")
-          + (" decayed linearly to 0" if args.lr_schedule == "linear" else " constant")
+          + (f" warmed up over {args.warmup} steps," if args.warmup else "") + schedule[args.lr_schedule]
           + f", weight decay {args.weight_decay:g}, batch {args.batch_size}, {args.epochs} epoch(s),"
-          f" seed {args.seed}", flush=True)
+          f" seed {args.seed}"
+          + (f"; early stopping after {args.early_stopping} epoch(s) without a better val loss" if
+             args.early_stopping else ""), flush=True)
 
-    progress = TrainingProgress()
-    callbacks = [progress] + ([LinearDecay(optimizer)] if args.lr_schedule == "linear" else [])
+    progress = TrainingProgress(validation_name=validation_name)
+    callbacks = [progress]
+    stopper = None
+    if args.early_stopping:
+        stopper = fit_callbacks.EarlyStopping(patience=args.early_stopping, restore_best_weights=True)
+        callbacks.append(stopper)
     try:
         history = model.fit(
             x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, optimizer=optimizer,
-            shuffle=True, seed=args.seed, validation_data=(x_test, y_test), verbose=False,
-            callbacks=callbacks,
+            shuffle=True, seed=args.seed, validation_data=validation, verbose=False, callbacks=callbacks,
         )
     except NonFiniteLossError as exc:
         raise CommandError(str(exc)) from None
+    if stopper is not None and stopper.stopped_epoch is not None:
+        print(f"stopped after epoch {stopper.stopped_epoch}: no better val loss for {args.early_stopping} epoch(s);"
+              f" kept the weights of epoch {stopper.best_epoch} (val loss {stopper.best:.4f})")
     train_seconds = sum(progress.epoch_seconds)
-    test_loss, test_accuracy = history.history["val_loss"][-1], history.history["val_accuracy"][-1]
+    if held_out:
+        test_loss, test_accuracy = model.evaluate(x_test, y_test)
+    else:
+        test_loss, test_accuracy = history.history["val_loss"][-1], history.history["val_accuracy"][-1]
+    trained_samples = len(history.epochs) * len(x_train)
     print(f"test accuracy {test_accuracy:.2%} (loss {test_loss:.4f}); training time {train_seconds:.1f} s"
-          f" ({_format_rate(args.epochs * len(x_train), train_seconds)})")
-    if args.save:
-        model.save(args.save)
-        print(f"saved the model to {args.save}")
+          f" ({_format_rate(trained_samples, train_seconds)})")
+    status = _save_trained(model, args.save) if args.save else 0
     if args.plot:
         from .plots import plot_history
 
-        plot_history(history, args.plot, title=f"MNIST {sizes} {args.activation}, {args.optimizer}")
+        plot_history(history, args.plot, title=f"MNIST {sizes} {args.activation}, {args.optimizer}",
+                     validation_label="validation" if held_out else "test")
         print(f"wrote the training curves to {args.plot}")
-    return 0
+    return status
 
 
 # ---------------------------------------------------------------------------------------
@@ -438,6 +571,11 @@ def _numpy_blas_from_config() -> str:
 
 
 def _bench(args) -> int:
+    _check_outputs({"--json": args.json, "--plot": args.plot})
+    if args.plot:
+        _require_matplotlib()
+        _check_plot_format(args.plot)
+    _apply_threads(args)
     try:
         bench = importlib.import_module("nnkern.bench")
     except ModuleNotFoundError as exc:
@@ -447,9 +585,22 @@ def _bench(args) -> int:
     return bench.run_cli(args)
 
 
+def _check_plot_format(path: str) -> None:
+    """matplotlib picks the file format from the name's ending (the bench chart): refuse
+    an ending it cannot write, before the benchmark runs."""
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    ending = os.path.splitext(path)[1].lstrip(".").lower()
+    if ending not in formats:
+        raise CommandError(f"--plot {path}: matplotlib writes {', '.join(sorted(formats))} files, "
+                           f"named by their ending (e.g. bench.png)")
+
+
 def _plot_optimizers(args) -> int:
     from .plots import plot_optimizer_paths
 
+    _check_outputs({"PATH": args.path})
     paths = plot_optimizer_paths(args.path, steps=args.steps)
     for name, points in paths.items():
         print(f"{name:<9} ends at ({points[-1, 0]: .4f}, {points[-1, 1]: .4f})")
@@ -460,6 +611,7 @@ def _plot_optimizers(args) -> int:
 def _plot_gradient_descent(args) -> int:
     from .plots import GD_LEARNING_RATES, plot_gradient_descent
 
+    _check_outputs({"PATH": args.path})
     paths = plot_gradient_descent(args.path, steps=args.steps)
     for label, points in paths.items():
         end = points[-1]
@@ -478,6 +630,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nnkern", description="Train and run MLPs on MNIST with nnkern's kernels.")
     parser.add_argument("--version", action="version", version=f"nnkern {nnkern.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add_threads(command):
+        command.add_argument("--threads", type=_positive_int,
+                             help="threads for every kernel (default: the usable cores; more is lowered to them"
+                                  " with a warning unless --oversubscribe)")
+        command.add_argument("--oversubscribe", action="store_true",
+                             help="use --threads even above the usable cores")
 
     def add_data_and_backend(command, backend_help):
         command.add_argument("--data", metavar="DIR", help="directory with the MNIST IDX files"
@@ -498,8 +657,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"momentum of --optimizer momentum (default: {DEFAULT_MOMENTUM})")
     train.add_argument("--weight-decay", type=_nonnegative_float, default=DEFAULT_WEIGHT_DECAY,
                        help=f"L2 weight decay added to every gradient (default: {DEFAULT_WEIGHT_DECAY:g})")
-    train.add_argument("--lr-schedule", choices=("linear", "constant"), default="linear",
-                       help="linear: decay the learning rate to 0 over the training (default)")
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="linear",
+                       help="linear (default) or cosine: lower the learning rate after every step, to 0 at "
+                            "the end of the training; constant: keep it")
+    train.add_argument("--warmup", type=_nonnegative_int, default=0, metavar="STEPS",
+                       help="raise the learning rate linearly from lr/STEPS to lr over the first STEPS steps "
+                            "(default: 0)")
+    train.add_argument("--early-stopping", type=_positive_int, metavar="PATIENCE",
+                       help="stop when the validation loss has not improved for PATIENCE epochs and keep "
+                            "the best epoch's weights (validation: --validation-split, default 0.1)")
+    train.add_argument("--validation-split", type=_fraction, metavar="F",
+                       help="hold out the last fraction F of the training images for validation: the "
+                            "per-epoch val loss and accuracy (default: 0, the test images are shown instead;"
+                            " 0.1 with --early-stopping)")
     train.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
                        help=f"(default: {DEFAULT_BATCH_SIZE})")
     train.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS,
@@ -509,8 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="(default: float32)")
     train.add_argument("--seed", type=int, default=0,
                        help="seed of the initial weights and the shuffling (default: 0)")
-    train.add_argument("--threads", type=_positive_int, help="threads for every kernel (default: all cores)")
-    train.add_argument("--save", metavar="PATH", help="save the trained model there")
+    add_threads(train)
+    train.add_argument("--save", metavar="PATH", help="save the trained model there (checked before training;"
+                       " if saving fails after training, the model is saved in the temporary folder instead)")
     train.add_argument("--plot", metavar="PATH.png", help="write the loss and accuracy curves there")
     train.add_argument("--limit", type=_positive_int, metavar="N", help="train on the first N images only")
     train.set_defaults(run=_train)
@@ -535,13 +706,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="PATH", help="write the results there as JSON")
     bench.add_argument("--backends", metavar="NAME,...", help="backends to compare (default: all available)")
     bench.add_argument("--repeats", type=_positive_int, help="timed repeats per measurement")
-    bench.add_argument("--threads", type=_positive_int, help="threads for every kernel")
+    add_threads(bench)
     bench.add_argument("--plot", metavar="PATH.png", help="write a chart of the results there")
     bench.add_argument("--profile", action="store_true", help="also profile a training step per layer")
     bench.add_argument("--optimizers", metavar="NAME,...", default="sgd",
                        help="sgd, adam or sgd,adam: each contender trains with each, interleaved in one run; "
                             "with both, the table gives each contender's Adam epoch time against its SGD one "
                             "(default: sgd)")
+    mine = bench.add_argument_group(
+        "your own network", "any of these adds a 784-...-10 MNIST network beside the built-in ones; "
+        "the others then default to --hidden 256,128,64,20 --activation relu --batch-size 64 "
+        "--normalize symmetric --dtype float32")
+    mine.add_argument("--hidden", type=_layer_sizes, metavar="N,N,...", help="hidden layer sizes")
+    mine.add_argument("--activation", choices=ACTIVATIONS, help="hidden activation")
+    mine.add_argument("--batch-size", type=_positive_int, help="mini-batch size")
+    mine.add_argument("--normalize", choices=["unit", "symmetric"],
+                      help="inputs x/255 in [0, 1] (unit: MNIST is 81%% zeros) or (x/255 - 0.5)/0.5 in [-1, 1] "
+                           "(symmetric: dense)")
+    mine.add_argument("--dtype", choices=["float32", "float64"], help="the network's dtype")
+    mine.add_argument("--no-builtin", action="store_true", help="measure only your own network")
     bench.set_defaults(run=_bench)
 
     plot_opt = commands.add_parser("plot-optimizers", help="optimizer paths on x^2/20 + y^2 (PNG)")
@@ -561,6 +744,9 @@ def main(argv=None) -> int:
     """Run ``nnkern`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "oversubscribe", False):
+            with nnkern._threads.allow_oversubscription():
+                return args.run(args)
         return args.run(args)
     except (CommandError, BackendUnavailableError) as exc:
         print(f"nnkern {args.command}: error: {exc}", file=sys.stderr)

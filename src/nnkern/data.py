@@ -1,4 +1,4 @@
-"""MNIST, the IDX file format, and mini-batch iteration.
+"""MNIST, the IDX file format, and mini-batch iteration::
 
     from nnkern.data import load_mnist, DataLoader
     (x_train, y_train), (x_test, y_test) = load_mnist()          # (60000, 784) float32 in [0, 1]
@@ -500,44 +500,63 @@ class DataLoader:
     reused for every batch: **a yielded shuffled batch is only valid until the next one is
     requested**; ``.copy()`` it to keep it.
 
+    ``x`` or ``y`` may also be a tuple of arrays with one number of samples (a model with
+    several inputs or outputs): its batches are then tuples of batches, cut alike.
+
     ``len(loader)`` is the number of batches per epoch; with ``drop_last`` a final batch
-    smaller than ``batch_size`` is left out.
+    smaller than ``batch_size`` is left out. ``loader.samples`` is the number of samples.
     """
 
     def __init__(self, x, y, batch_size: int, shuffle: bool = False, seed=None, drop_last: bool = False):
-        self.x, self.y, self.batch_size = _check_batch_args(x, y, batch_size, "DataLoader")
+        self._x_is_tuple, self._y_is_tuple = isinstance(x, tuple), isinstance(y, tuple)
+        self._x_parts = [np.asarray(a) for a in (x if self._x_is_tuple else (x,))]
+        self._y_parts = [np.asarray(a) for a in (y if self._y_is_tuple else (y,))]
+        if not self._x_parts or not self._y_parts:
+            raise ValueError("DataLoader: an empty tuple of arrays")
+        for x_part in self._x_parts:
+            for y_part in self._y_parts:
+                *_, self.batch_size = _check_batch_args(x_part, y_part, batch_size, "DataLoader")
+        self.x = tuple(self._x_parts) if self._x_is_tuple else self._x_parts[0]
+        self.y = tuple(self._y_parts) if self._y_is_tuple else self._y_parts[0]
+        self.samples = len(self._x_parts[0])
         self.shuffle = shuffle
         self.drop_last = drop_last
         self._rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         if self.drop_last:
-            return len(self.x) // self.batch_size
-        return -(-len(self.x) // self.batch_size)
+            return self.samples // self.batch_size
+        return -(-self.samples // self.batch_size)
+
+    def _batch(self, x_parts: list, y_parts: list) -> tuple:
+        return (tuple(x_parts) if self._x_is_tuple else x_parts[0],
+                tuple(y_parts) if self._y_is_tuple else y_parts[0])
 
     def epoch_order(self):
         """The sample order of the next epoch: a new permutation from the loader's generator
         when shuffling (drawn as iterating draws it, so the next epoch moves on), else None,
         the stored order. For code that gathers the batches itself (the "cuda" engine)."""
-        return self._rng.permutation(len(self.x)) if self.shuffle else None
+        return self._rng.permutation(self.samples) if self.shuffle else None
 
     def __iter__(self):
         stops = range(self.batch_size, len(self) * self.batch_size + 1, self.batch_size)
         order = self.epoch_order()
         if order is None:
             for stop in stops:
-                yield self.x[stop - self.batch_size : stop], self.y[stop - self.batch_size : stop]
+                window = slice(stop - self.batch_size, stop)
+                yield self._batch([a[window] for a in self._x_parts], [a[window] for a in self._y_parts])
             return
-        x_buffer = np.empty((self.batch_size, *self.x.shape[1:]), dtype=self.x.dtype)
-        y_buffer = np.empty((self.batch_size, *self.y.shape[1:]), dtype=self.y.dtype)
+        x_buffers = [np.empty((self.batch_size, *a.shape[1:]), dtype=a.dtype) for a in self._x_parts]
+        y_buffers = [np.empty((self.batch_size, *a.shape[1:]), dtype=a.dtype) for a in self._y_parts]
         for stop in stops:
             indices = order[stop - self.batch_size : stop]
             count = len(indices)
             # mode="clip" lets take write straight into out (mode="raise" buffers);
             # a permutation is always in range.
-            xb = np.take(self.x, indices, axis=0, out=x_buffer[:count], mode="clip")
-            yb = np.take(self.y, indices, axis=0, out=y_buffer[:count], mode="clip")
-            yield xb, yb
+            yield self._batch(
+                [np.take(a, indices, axis=0, out=b[:count], mode="clip") for a, b in zip(self._x_parts, x_buffers)],
+                [np.take(a, indices, axis=0, out=b[:count], mode="clip") for a, b in zip(self._y_parts, y_buffers)],
+            )
 
 
 def random_batch(x, y, batch_size: int, rng=None, *, replace: bool = False):

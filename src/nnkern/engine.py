@@ -5,19 +5,25 @@ by an elementwise activation (or none), trained with cross entropy on integer la
 any nnkern optimizer, :func:`fused_train_step` returns a step function that runs forward,
 loss, backward and the update of every parameter in one GIL-free call
 (kernels/cython/_cy_train.pyx, backends/numba_train.py) into preallocated buffers.
-``Sequential.fit`` uses it automatically and falls back to the layer-by-layer path for
-anything else. The parameters, losses and optimizer states are those of the layer-by-layer
+``fit`` uses it automatically (for a Sequential, or a Graph that is a chain) and falls
+back to the layer-by-layer path for anything else. The parameters, losses and optimizer states are those of the layer-by-layer
 path (same kernels), to round-off. One difference: with weight decay, the layer path (and
 the numba step) add ``weight_decay * W`` into the gradient arrays before the update, while
 the Cython step folds it into the update and leaves the gradient arrays holding the loss's
-gradient alone. On the CPU backends the last Linear must not be followed by an activation
-(its output is the logits).
+gradient alone. (AdamW's decoupled decay scales the parameters in every path and never
+touches the gradients.) The step reads the optimizer's learning rate at every call, so a
+schedule (:mod:`nnkern.optim`) that changes it between steps or epochs takes effect. On the
+CPU backends the last Linear must not be followed by an activation (its output is the
+logits).
 
 On the "cuda" backend the step trains on the device (backends/cuda_train.py): the whole
 data set, the parameters and the optimizer state live there, and besides ``step(xb, yb)``
 the step has ``step.run_epoch(loader)``, which ``fit`` calls to train a whole epoch in the
-DataLoader's order with one kernel launch and one read-back of the epoch's losses. Any
-activation after the last Linear is backpropagated through there.
+DataLoader's order with one kernel launch and one read-back of the epoch's losses. The
+learning rate of each step of the epoch is the optimizer's schedule's (for one stepped per
+batch, the rates it will set step by step); other changes to the hyperparameters made
+during an epoch (by a callback) take effect from the next epoch. Any activation after the
+last Linear is backpropagated through there.
 
 Sparse input: when at most ``SPARSE_INPUT_MAX_DENSITY`` of the training data is nonzero
 (MNIST's pixels: 19%), the fused step's first layer runs its two products with the input,
@@ -57,13 +63,17 @@ _RULES = {
     "RMSprop": (3, ("alpha", None)),
     "Adadelta": (4, ("rho", None)),
     "Adam": (5, ("beta1", "beta2")),
+    "AdamW": (6, ("beta1", "beta2")),
 }
 
 
 def _layer_pairs(model):
-    """[(linear, activation layer or None)], or None when the model is not a plain MLP."""
+    """[(linear, activation layer or None)], or None when the model is not a plain MLP
+    (a chain: one input, one output, each layer reading the one before)."""
     from . import nn
 
+    if not model.is_chain:
+        return None
     pairs, i, layers = [], 0, model.layers
     while i < len(layers):
         linear = layers[i]
@@ -185,18 +195,32 @@ def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
 
 
 def _hyperparameters(optimizer, names) -> dict:
-    """The optimizer's current hyperparameters as the fused steps take them."""
+    """The optimizer's current hyperparameters other than the learning rate, as the cuda
+    step takes them."""
     a_name, b_name = names
     hyper = optimizer.hyperparameters
-    return {"lr": hyper["lr"], "a": hyper[a_name] if a_name else 0.0, "b": hyper[b_name] if b_name else 0.0,
+    return {"a": hyper[a_name] if a_name else 0.0, "b": hyper[b_name] if b_name else 0.0,
             "eps": hyper.get("eps", 0.0), "weight_decay": hyper.get("weight_decay", 0.0)}
+
+
+def _step_rates(optimizer, steps: int) -> list[float]:
+    """The learning rate of each of the optimizer's next ``steps`` steps: its rate now, and
+    where its schedule steps after every batch (as fit steps it), the rates the schedule
+    will set."""
+    lr = optimizer.hyperparameters["lr"]
+    schedule = optimizer.schedule
+    if schedule is None or schedule.interval != "step":
+        return [lr] * steps
+    return [lr] + [schedule.lr_at(schedule.last_epoch + k) for k in range(1, steps)]
 
 
 def _cuda_step(pairs, state_of, optimizer, rule, dtype, rows, x, y):
     """The "cuda" engine's step: ``step(xb, yb)`` trains one host batch (as the CPU
     engines' steps do), and ``step.run_epoch(loader, stop_on_nonfinite=True)`` trains a
     whole epoch of the DataLoader over (x, y) on the device, in the loader's order,
-    returning ``[(mean loss, right predictions, rows)]`` per step, read back once."""
+    returning ``[(mean loss, right predictions, rows)]`` per step, read back once. The
+    epoch's learning rates are those of the optimizer's schedule, step by step, as ``fit``
+    steps the schedule after every batch (which it does, for the epoch, after the epoch)."""
     from .backends import cuda_train
 
     if rule[0] not in cuda_train.RULES or not cuda_train.data_fits(x.size * np.dtype(dtype).itemsize):
@@ -206,25 +230,26 @@ def _cuda_step(pairs, state_of, optimizer, rule, dtype, rows, x, y):
               for linear, act_layer in pairs]
     trainer = cuda_train.FusedCudaTrainer(layers, rule[0], dtype, rows, x, y)
 
-    def run(**where):
+    def run(steps, **where):
         trainer.load_model()
-        losses, correct, batch_rows = trainer.run(hyper=_hyperparameters(optimizer, rule[1]), t0=optimizer.t,
-                                                  **where)
+        losses, correct, batch_rows = trainer.run(hyper=_hyperparameters(optimizer, rule[1]),
+                                                  rates=_step_rates(optimizer, steps), t0=optimizer.t, **where)
         trainer.store_model()
         optimizer.t += len(losses)
         return losses, correct, batch_rows
 
     def step(xb, yb):
-        losses, correct, _ = run(order=None, batch=(xb, yb), stop_on_nonfinite=False)
+        losses, correct, _ = run(1, order=None, batch=(xb, yb), stop_on_nonfinite=False)
         return float(losses[0]), int(correct[0])
 
     def run_epoch(loader, *, stop_on_nonfinite=True):
-        if loader.batch_size != rows or len(loader.x) != trainer.n_samples:
-            raise ValueError(f"run_epoch: the loader has {len(loader.x)} samples in batches of {loader.batch_size}; "
+        if loader.batch_size != rows or loader.samples != trainer.n_samples:
+            raise ValueError(f"run_epoch: the loader has {loader.samples} samples in batches of {loader.batch_size}; "
                              f"this step was made for {trainer.n_samples} in batches of {rows}")
         order = loader.epoch_order()
-        order = np.arange(len(loader.x)) if order is None else order
-        losses, correct, batch_rows = run(order=order[:len(loader) * rows], stop_on_nonfinite=stop_on_nonfinite)
+        order = np.arange(loader.samples) if order is None else order
+        losses, correct, batch_rows = run(len(loader), order=order[:len(loader) * rows],
+                                          stop_on_nonfinite=stop_on_nonfinite)
         return [(float(v), int(c), int(r)) for v, c, r in zip(losses, correct, batch_rows)]
 
     step.run_epoch = run_epoch

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _arrays
-from .nn import Sequential, get_loss
+from .nn import Graph
 
 __all__ = ["numerical_gradient", "gradcheck", "assert_gradcheck", "gradients_match", "relative_error",
            "GRADCHECK_TOLERANCE"]
@@ -57,36 +57,39 @@ def relative_error(analytic, numeric) -> float:
     return float(worst / scale) if scale > 0 else float(worst)
 
 
-def gradcheck(model: Sequential, loss, x, y, *, h: float = 1e-4) -> dict[str, float]:
+def gradcheck(model: Graph, loss, x, y, *, h: float = 1e-4, loss_weights=None) -> dict[str, float]:
     """Compare every parameter gradient of ``model`` (from its backward pass) with the
     numerical gradient of ``loss(model(x), y)``, both in float64 on the model's backend.
 
     A float32 model is checked through a float64 copy of it. Layers run in evaluation
     mode (Dropout off). Returns ``{parameter name: relative error}`` (see
-    :func:`relative_error`), names as in ``model.named_parameters()``.
+    :func:`relative_error`), names as in ``model.named_parameters()``. A graph model
+    with several inputs or outputs takes ``x``, ``y``, ``loss`` and ``loss_weights`` as
+    its ``fit`` does; the function checked is then the weighted sum of the losses.
     """
     if any(_arrays.is_device_array(p) for p in model.parameters()):
         raise ValueError(f"gradcheck: runs on host backends; the model lives on {model.backend!r} device memory")
     if model.dtype != np.float64:
         model = model.clone(dtype=np.float64)
-    loss = get_loss(loss)
-    x = np.ascontiguousarray(x, dtype=np.float64)
+    objective = model._objective(loss, loss_weights)
+    inputs = [np.ascontiguousarray(a, dtype=np.float64) for a in model._input_arrays(x)]
+    targets = model._target_arrays(y)
 
     def loss_value(_=None) -> float:
-        return loss.forward(model.forward(x), y, backend=model.backend)
+        return objective.forward(model._forward(inputs, training=False), targets, model.backend)
 
     loss_value()
-    model.backward(loss.backward())
+    model._backward(objective.backward(), input_grad=False)
     analytic = {name: np.array(g, dtype=np.float64) for (name, _), g in zip(model.named_parameters(), model.gradients())}
     return {name: relative_error(analytic[name], numerical_gradient(loss_value, p, h))
             for name, p in model.named_parameters()}
 
 
-def assert_gradcheck(model: Sequential, loss, x, y, *, tol: float = GRADCHECK_TOLERANCE,
-                     h: float = 1e-4) -> dict[str, float]:
+def assert_gradcheck(model: Graph, loss, x, y, *, tol: float = GRADCHECK_TOLERANCE,
+                     h: float = 1e-4, loss_weights=None) -> dict[str, float]:
     """:func:`gradcheck`, raising AssertionError naming every parameter whose relative
     error exceeds ``tol``; returns the errors when all pass."""
-    errors = gradcheck(model, loss, x, y, h=h)
+    errors = gradcheck(model, loss, x, y, h=h, loss_weights=loss_weights)
     failed = {name: error for name, error in errors.items() if not error <= tol}
     if failed:
         listing = ", ".join(f"{name}: {error:.3g}" for name, error in failed.items())
@@ -94,6 +97,7 @@ def assert_gradcheck(model: Sequential, loss, x, y, *, tol: float = GRADCHECK_TO
     return errors
 
 
-def gradients_match(model: Sequential, loss, x, y, *, tol: float = GRADCHECK_TOLERANCE, h: float = 1e-4) -> bool:
+def gradients_match(model: Graph, loss, x, y, *, tol: float = GRADCHECK_TOLERANCE, h: float = 1e-4,
+                    loss_weights=None) -> bool:
     """Whether every parameter gradient of ``model`` agrees with the numerical one within ``tol``."""
-    return all(error <= tol for error in gradcheck(model, loss, x, y, h=h).values())
+    return all(error <= tol for error in gradcheck(model, loss, x, y, h=h, loss_weights=loss_weights).values())

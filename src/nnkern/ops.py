@@ -526,10 +526,26 @@ def adam_update(p, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, *, bac
     v = b2*v + (1-b2)*g*g; p -= lr * (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)``."""
     op = "adam_update"
     be = _backend(backend)
+    _update(op, be, _adam_scalars(op, t, lr, beta1, beta2, eps), p, g, m=m, v=v)
+
+
+def _adam_scalars(op, t, lr, beta1, beta2, eps) -> tuple:
+    """Adam's and AdamW's validated (t, lr, beta1, beta2, eps)."""
     if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral) or t < 1:
         raise ValueError(f"{op}: t is the 1-based step number, got {t!r}")
-    args = (int(t), _scalar(lr, op, "lr", minimum=0),
+    return (int(t), _scalar(lr, op, "lr", minimum=0),
             _scalar(beta1, op, "beta1", minimum=0, below_one=True),
             _scalar(beta2, op, "beta2", minimum=0, below_one=True),
             _scalar(eps, op, "eps", minimum=0))
+
+
+def adamw_update(p, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, *,
+                 backend=None):
+    """AdamW as torch.optim.AdamW, step ``t`` (1-based): the decoupled weight decay
+    ``p *= 1 - lr * weight_decay``, then Adam's step on the plain gradient,
+    ``m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
+    p -= lr * (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)``."""
+    op = "adamw_update"
+    be = _backend(backend)
+    args = (*_adam_scalars(op, t, lr, beta1, beta2, eps), _scalar(weight_decay, op, "weight_decay", minimum=0))
     _update(op, be, args, p, g, m=m, v=v)

@@ -4,7 +4,9 @@
 * :func:`plot_gradient_descent` -- gradient descent on ``x0**2 + x1**2`` from (-3, 4) with a
   good, a too-large and a too-small learning rate;
 * :func:`plot_optimizer_paths` -- SGD, momentum, Adagrad, RMSprop, Adadelta and Adam on the
-  contours of ``x**2 / 20 + y**2``.
+  contours of ``x**2 / 20 + y**2``;
+* :func:`plot_graph` -- the nodes and edges of a model (a Graph or a Sequential), each node
+  with its layer and output shape (:func:`graph_layout` places them).
 
 The paths are computed by nnkern's own optimizer kernels (:mod:`nnkern.ops`, numpy backend)
 on two-element parameter arrays, and returned so that they can be checked; computing them
@@ -31,6 +33,8 @@ __all__ = [
     "GD_LEARNING_RATES",
     "OPTIMIZER_START",
     "OPTIMIZER_LEARNING_RATES",
+    "graph_layout",
+    "plot_graph",
 ]
 
 # The source material's gradient-descent demonstration: f(x0, x1) = x0^2 + x1^2 from (-3, 4).
@@ -87,12 +91,12 @@ def _save(fig, path) -> str:
     return path
 
 
-def plot_history(history, path, *, title: str | None = None) -> str:
+def plot_history(history, path, *, title: str | None = None, validation_label: str = "test") -> str:
     """Train/test loss and accuracy against the epoch, as a PNG at ``path``.
 
     ``history`` is a ``History`` returned by ``model.fit`` or its ``.history`` dict, with
     lists under "loss", "accuracy" and, when validation data was given, "val_loss" and
-    "val_accuracy". Returns the path written.
+    "val_accuracy" (drawn as ``validation_label``). Returns the path written.
     """
     curves = history.history if hasattr(history, "history") else history
     if not isinstance(curves, Mapping) or not curves.get("loss"):
@@ -100,7 +104,7 @@ def plot_history(history, path, *, title: str | None = None) -> str:
     fig = _matplotlib_figure(figsize=(10, 4))
     epochs = np.arange(1, len(curves["loss"]) + 1)
     for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy")):
-        for key, name, style in ((metric, "train", "o-"), (f"val_{metric}", "test", "s--")):
+        for key, name, style in ((metric, "train", "o-"), (f"val_{metric}", validation_label, "s--")):
             values = curves.get(key)
             if values:
                 ax.plot(epochs[: len(values)], values, style, label=name)
@@ -216,3 +220,63 @@ def plot_optimizer_paths(path, *, learning_rates: Mapping[str, float] = OPTIMIZE
     fig.tight_layout()
     _save(fig, path)
     return paths
+
+
+def graph_layout(model) -> dict[str, tuple[float, float]]:
+    """Where :func:`plot_graph` draws each node of ``model``: {name: (x, y)}, one row per
+    depth (the longest path from an input, so every edge points down), y = -depth, and
+    the nodes of a row side by side in topological order, centred on x = 0. An input
+    sits in the row just above its first reader, so that a second input joining late
+    does not cross the rows between."""
+    depth = {}
+    for node in model.nodes:  # topological order: the nodes read are placed already
+        depth[node.name] = 1 + max((depth[source] for source in node.inputs), default=-1)
+    for node in model.nodes:
+        for source in node.inputs:
+            if source in model.input_names:
+                depth[source] = max(depth[source], min(depth[n.name] for n in model.nodes if source in n.inputs) - 1)
+    rows: dict[int, list[str]] = {}
+    for node in model.nodes:
+        rows.setdefault(depth[node.name], []).append(node.name)
+    return {name: (i - (len(names) - 1) / 2, -float(level))
+            for level, names in rows.items() for i, name in enumerate(names)}
+
+
+def plot_graph(model, path, *, title: str | None = None) -> str:
+    """The graph of ``model`` as a PNG at ``path``: a box per node (name, layer, output
+    shape; inputs blue, merges green, outputs yellow) and an arrow per edge, curved where
+    it skips rows (a residual connection). Returns the path written. For Graphviz,
+    ``model.to_dot()`` gives the same graph in the DOT language."""
+    from .nn import _Merge, _width_str
+
+    position = graph_layout(model)
+    columns = max(sum(1 for p in position.values() if p[1] == y) for _, y in position.values())
+    rows = 1 + int(-min(y for _, y in position.values()))
+    fig = _matplotlib_figure(figsize=(max(4.0, 2.6 * columns), 0.4 + 0.95 * rows))
+    ax = fig.subplots()
+    ax.set_axis_off()
+    ax.set_xlim(-columns / 2 - 0.1, columns / 2 + 0.1)
+    ax.set_ylim(-rows + 0.5, 0.5)
+    for node in model.nodes:
+        if node.layer is None:
+            what, colour = "Input", "#cfe3f6"
+        else:
+            what = repr(node.layer)
+            colour = "#fff3b0" if node.name in model.output_names else (
+                "#d3f0d3" if isinstance(node.layer, _Merge) else "white")
+        ax.text(*position[node.name], f"{node.name}\n{what}\n{_width_str(node.features)}", ha="center",
+                va="center", fontsize=8, bbox={"boxstyle": "round,pad=0.4", "facecolor": colour, "edgecolor": "0.4"})
+    for node in model.nodes:
+        x1, y1 = position[node.name]
+        for source in node.inputs:
+            x0, y0 = position[source]
+            # an edge over rows between (a residual connection) curves past the boxes
+            # there, away from the middle (a positive rad bends a downward edge left)
+            bend = 0.0 if y0 - y1 <= 1 else (-0.45 if x0 + x1 > 0 else 0.45)
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                        arrowprops={"arrowstyle": "-|>", "color": "0.3", "shrinkA": 20, "shrinkB": 20,
+                                    "connectionstyle": f"arc3,rad={bend}"})
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -17,7 +17,7 @@ from numba import cuda
 
 import nnkern
 from nnkern import ops
-from _tolerance import UPDATES, assert_close, assert_linear_close, assert_matmul_close
+from _tolerance import STEPPED_UPDATES, UPDATES, assert_close, assert_linear_close, assert_matmul_close
 
 DTYPES = [np.float32, np.float64]
 PLACEMENTS = ["host", "device"]
@@ -278,7 +278,7 @@ def _run_updates(name, backend, placement, p0, states0, grads):
     states = [_place(s.copy(), placement) for s in states0]
     for step, g in enumerate(grads, start=1):
         g = _place(g, placement)
-        args = (p, g, *states, step) if name == "adam_update" else (p, g, *states)
+        args = (p, g, *states, step) if name in STEPPED_UPDATES else (p, g, *states)
         getattr(ops, name)(*args, **hyper, backend=backend)
     return _fetch(p, placement), [_fetch(s, placement) for s in states]
 

@@ -97,14 +97,20 @@ def test_fit_runs_whole_epochs_on_the_device(monkeypatch):
         return step
 
     monkeypatch.setattr(engine, "_cuda_step", counting_step)
-    histories = []
+    histories, rates, weights = [], [], []
     for backend in ("cuda", "numpy"):
         model = _small_model(backend, np.float64)
-        histories.append(model.fit(x, y, epochs=2, batch_size=5, optimizer=optim.SGD(0.3, momentum=0.9),
-                                   seed=1, verbose=False).history)
+        # a schedule stepped after every batch: each device step has its own rate
+        opt = optim.SGD(0.3, momentum=0.9, schedule=optim.ExponentialLR(0.5, interval="step"))
+        histories.append(model.fit(x, y, epochs=2, batch_size=5, optimizer=opt, seed=1, verbose=False).history)
+        rates.append(opt.lr)
+        weights.append(model.state_dict())
     assert calls == [2, 2]
     np.testing.assert_allclose(histories[0]["loss"], histories[1]["loss"], rtol=1e-12)
     assert histories[0]["accuracy"] == histories[1]["accuracy"]
+    assert rates[0] == rates[1] == 0.3 * 0.5**4
+    for name, values in weights[1].items():
+        np.testing.assert_allclose(weights[0][name], values, rtol=1e-12, atol=1e-15, err_msg=name)
 
 
 OPTIMIZERS = {
@@ -114,6 +120,7 @@ OPTIMIZERS = {
     "rmsprop": lambda: optim.RMSprop(lr=0.01),
     "adadelta": lambda: optim.Adadelta(),
     "adam": lambda: optim.Adam(lr=1e-2, weight_decay=1e-3),
+    "adamw": lambda: optim.AdamW(lr=1e-2, weight_decay=0.1),
 }
 
 

@@ -27,6 +27,7 @@ Raw kernel signatures (outputs are written in place; losses return a Python floa
     rmsprop_update(p, g, h, lr, alpha, eps)
     adadelta_update(p, g, h, d, lr, rho, eps)
     adam_update(p, g, m, v, t, lr, beta1, beta2, eps)
+    adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay)
 
 ``act`` is one of ``ACTIVATIONS``; ``slope`` is leaky_relu's negative slope (ignored by
 the others). ``ACTIVATION_CODES`` gives the integer code compiled kernels switch on.
@@ -50,6 +51,7 @@ KERNELS = (
     "rmsprop_update",
     "adadelta_update",
     "adam_update",
+    "adamw_update",
 )
 
 # "gelu" is the exact erf form; "gelu_tanh" the tanh approximation (ops.activation maps

@@ -270,3 +270,9 @@ def adadelta_update(p, g, h, d, lr, rho, eps):
 def adam_update(p, g, m, v, t, lr, beta1, beta2, eps):
     _update("adam_update", p, g, (m, v),
             (lr, beta1, 1.0 - beta1, beta2, 1.0 - beta2, 1.0 - beta1**t, 1.0 - beta2**t, eps))
+
+
+def adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
+    _update("adamw_update", p, g, (m, v),
+            (1.0 - lr * weight_decay, lr, beta1, 1.0 - beta1, beta2, 1.0 - beta2, 1.0 - beta1**t,
+             1.0 - beta2**t, eps))

@@ -505,10 +505,29 @@ def kernel_family(dtype) -> SimpleNamespace:
             adam_at(i, p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
                     bias_correction1, bias_correction2, eps)
 
+    @cuda.jit(device=True)
+    def adamw_at(i, p, g, m, v, decay, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
+                 bias_correction1, bias_correction2, eps):
+        """torch.optim.AdamW: p *= decay (1 - lr * weight_decay), then Adam's step."""
+        grad = g[i]
+        m_i = beta1 * m[i] + one_minus_beta1 * grad
+        v_i = beta2 * v[i] + one_minus_beta2 * grad * grad
+        m[i] = m_i
+        v[i] = v_i
+        decayed = p[i] * decay
+        p[i] = decayed - lr * (m_i / bias_correction1) / (math.sqrt(v_i / bias_correction2) + eps)
+
+    @kernel(vec, vec, vec, vec, real, real, real, real, real, real, real, real, real)
+    def adamw_update(p, g, m, v, decay, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
+                     bias_correction1, bias_correction2, eps):
+        for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+            adamw_at(i, p, g, m, v, decay, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
+                     bias_correction1, bias_correction2, eps)
+
     # The device functions other kernel modules build on (cuda_train's fused step).
     device = SimpleNamespace(activate=activate, local_grad=local_grad, sgd_at=sgd_at,
                              momentum_at=momentum_at, adagrad_at=adagrad_at, rmsprop_at=rmsprop_at,
-                             adadelta_at=adadelta_at, adam_at=adam_at)
+                             adadelta_at=adadelta_at, adam_at=adam_at, adamw_at=adamw_at)
 
     return SimpleNamespace(scalar=f, signatures=signatures, device=device, **launchable)
 

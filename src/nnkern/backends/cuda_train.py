@@ -110,17 +110,18 @@ FAN_IN, FAN_OUT, ACT, KEEP_PREACT, P_OFF, H_OFF, Z_OFF, D_OFF = range(8)
 LAYER_COLUMNS = 8
 # Entries of the hyperparameter array (in the parameters' dtype, converted from the
 # optimizer's float64 values as cuda_backend converts them).
-LR, A, ONE_MINUS_A, B, ONE_MINUS_B, EPS, NEG_WEIGHT_DECAY = range(7)
-HYPER_SIZE = 7
-# Columns of the per-step coefficients: the batch's rows (the loss's divisor) and Adam's
-# bias corrections 1 - beta**t.
-ROWS, BIAS_CORRECTION1, BIAS_CORRECTION2 = range(3)
-STEP_COLUMNS = 3
+A, ONE_MINUS_A, B, ONE_MINUS_B, EPS, NEG_WEIGHT_DECAY = range(6)
+HYPER_SIZE = 6
+# Columns of the per-step coefficients: the batch's rows (the loss's divisor), the learning
+# rate (a schedule may change it every step), Adam's bias corrections 1 - beta**t and
+# AdamW's decay 1 - lr * weight_decay.
+ROWS, LR, BIAS_CORRECTION1, BIAS_CORRECTION2, DECAY = range(5)
+STEP_COLUMNS = 5
 # status[HALTED_AT]: the first step whose loss was not finite (n_steps while none was).
 HALTED_AT = 0
 # Optimizer rules: nnkern.engine's codes.
-RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM = range(6)
-RULES = frozenset(range(6))
+RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM, RULE_ADAMW = range(7)
+RULES = frozenset(range(7))
 # What a GEMM's epilogue does after storing (acc + bias).
 POST_NONE, POST_ACTIVATE, POST_GRAD_MASK = range(3)
 
@@ -496,6 +497,7 @@ def kernels(dtype, block_side: int = BLOCK_SIDE, max_registers: int = 0) -> Simp
 
     sgd_at, momentum_at, adagrad_at = device.sgd_at, device.momentum_at, device.adagrad_at
     rmsprop_at, adadelta_at, adam_at = device.rmsprop_at, device.adadelta_at, device.adam_at
+    adamw_at = device.adamw_at
 
     @cuda.jit(device=True)
     def update_item(item, step, params, grads, state0, state1, hyper, step_coeffs, rule, weight_decay):
@@ -504,7 +506,7 @@ def kernels(dtype, block_side: int = BLOCK_SIDE, max_registers: int = 0) -> Simp
         g += wd * p that nnkern.optim adds first."""
         start = item * update_chunk
         stop = min(params.shape[0], start + update_chunk)
-        lr = hyper[LR]
+        lr = step_coeffs[step, LR]
         for i in range(start + cuda.threadIdx.x, stop, threads):
             if weight_decay:
                 sgd_at(i, grads, params, hyper[NEG_WEIGHT_DECAY])  # g -= (-wd) * p
@@ -518,10 +520,14 @@ def kernels(dtype, block_side: int = BLOCK_SIDE, max_registers: int = 0) -> Simp
                 rmsprop_at(i, params, grads, state0, lr, hyper[A], hyper[ONE_MINUS_A], hyper[EPS])
             elif rule == RULE_ADADELTA:
                 adadelta_at(i, params, grads, state0, state1, lr, hyper[A], hyper[ONE_MINUS_A], hyper[EPS])
-            else:
+            elif rule == RULE_ADAM:
                 adam_at(i, params, grads, state0, state1, lr, hyper[A], hyper[ONE_MINUS_A], hyper[B],
                         hyper[ONE_MINUS_B], step_coeffs[step, BIAS_CORRECTION1],
                         step_coeffs[step, BIAS_CORRECTION2], hyper[EPS])
+            else:
+                adamw_at(i, params, grads, state0, state1, step_coeffs[step, DECAY], lr, hyper[A],
+                         hyper[ONE_MINUS_A], hyper[B], hyper[ONE_MINUS_B], step_coeffs[step, BIAS_CORRECTION1],
+                         step_coeffs[step, BIAS_CORRECTION2], hyper[EPS])
 
     @cuda.jit(device=True)
     def run_phase(phase, step, first_item, item_stride, x, y, order, params, grads, state0, state1, acts, ws,
@@ -829,31 +835,32 @@ class FusedCudaTrainer:
 
     # -- running ----------------------------------------------------------------------
 
-    def _coefficients(self, hyper, t0, steps, n_samples):
+    def _coefficients(self, hyper, rates, t0, steps, n_samples):
         """The hyperparameter array and the per-step coefficients, in the parameters'
         dtype, from float64 values as cuda_backend forms them."""
         values = np.zeros(HYPER_SIZE, np.float64)
-        values[LR], values[A], values[B], values[EPS] = hyper["lr"], hyper["a"], hyper["b"], hyper["eps"]
+        values[A], values[B], values[EPS] = hyper["a"], hyper["b"], hyper["eps"]
         values[ONE_MINUS_A], values[ONE_MINUS_B] = 1.0 - hyper["a"], 1.0 - hyper["b"]
         values[NEG_WEIGHT_DECAY] = -hyper["weight_decay"]
         coeffs = np.ones((steps, STEP_COLUMNS), np.float64)
-        rows = np.minimum(self.batch_size, n_samples - self.batch_size * np.arange(steps))
-        coeffs[:, ROWS] = rows
-        if self.rule == RULE_ADAM:
-            t = t0 + 1 + np.arange(steps)
+        coeffs[:, ROWS] = np.minimum(self.batch_size, n_samples - self.batch_size * np.arange(steps))
+        coeffs[:, LR] = rates[:steps]
+        if self.rule in (RULE_ADAM, RULE_ADAMW):
             beta1, beta2 = hyper["a"], hyper["b"]
-            coeffs[:, BIAS_CORRECTION1] = [1.0 - beta1**step for step in t]
-            coeffs[:, BIAS_CORRECTION2] = [1.0 - beta2**step for step in t]
+            coeffs[:, BIAS_CORRECTION1] = [1.0 - beta1**t for t in range(t0 + 1, t0 + 1 + steps)]
+            coeffs[:, BIAS_CORRECTION2] = [1.0 - beta2**t for t in range(t0 + 1, t0 + 1 + steps)]
+        if self.rule == RULE_ADAMW:
+            coeffs[:, DECAY] = [1.0 - lr * hyper["weight_decay"] for lr in rates[:steps]]
         return values.astype(self.dtype), coeffs.astype(self.dtype)
 
-    def run(self, order, hyper, t0: int, *, stop_on_nonfinite: bool, batch=None):
+    def run(self, order, hyper, rates, t0: int, *, stop_on_nonfinite: bool, batch=None):
         """Train on the data set in ``order`` (int array of sample indices; steps of
         batch_size in it, the last one shorter), or on one host ``batch`` (x, y) for one
-        step. ``hyper``: {"lr", "a", "b", "eps", "weight_decay"} as floats; ``t0``: the
-        optimizer's step count before. Works on the flat buffers (load_model / store_model
-        move the model's arrays). Returns (mean loss per step, right predictions per step,
-        rows per step) for the steps that ran: up to the first step whose loss was not
-        finite when ``stop_on_nonfinite``, else all."""
+        step. ``hyper``: {"a", "b", "eps", "weight_decay"} as floats; ``rates``: the learning
+        rate of each step; ``t0``: the optimizer's step count before. Works on the flat
+        buffers (load_model / store_model move the model's arrays). Returns (mean loss per
+        step, right predictions per step, rows per step) for the steps that ran: up to the
+        first step whose loss was not finite when ``stop_on_nonfinite``, else all."""
         if batch is not None:
             if not 1 <= len(batch[1]) <= self.batch_size:
                 raise ValueError(f"FusedCudaTrainer: batch of {len(batch[1])} rows, expected 1..{self.batch_size}")
@@ -865,7 +872,9 @@ class FusedCudaTrainer:
         steps = -(-len(order) // self.batch_size)
         if steps == 0:
             return [], [], []
-        values, coeffs = self._coefficients(hyper, t0, steps, len(order))
+        if len(rates) < steps:
+            raise ValueError(f"FusedCudaTrainer: {len(rates)} learning rates for {steps} steps")
+        values, coeffs = self._coefficients(hyper, rates, t0, steps, len(order))
         self.order[:len(order)].copy_to_device(order)
         self.hyper.copy_to_device(values)
         self.step_coeffs[:steps].copy_to_device(coeffs)
@@ -873,7 +882,8 @@ class FusedCudaTrainer:
         args = (x, y, self.order, self.params, self.grads, self.states[0], self.states[1], self.acts, self.ws,
                 self.counters, self.layers_device, self.phases_device, self.slopes, self.hyper, self.step_coeffs,
                 self.row_loss, self.row_correct, self.step_loss, self.step_correct, self.status,
-                len(order), self.batch_size, self.rule, bool(hyper["weight_decay"]), bool(stop_on_nonfinite))
+                len(order), self.batch_size, self.rule, bool(hyper["weight_decay"]) and self.rule != RULE_ADAMW,
+                bool(stop_on_nonfinite))
         if self.executor == "persistent":
             try:
                 self._launch_persistent(args, steps)

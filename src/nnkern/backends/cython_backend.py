@@ -78,3 +78,7 @@ def adadelta_update(p, g, h, d, lr, rho, eps):
 
 def adam_update(p, g, m, v, t, lr, beta1, beta2, eps):
     _cy_optim.adam_update(p, g, m, v, t, lr, beta1, beta2, eps, get_num_threads())
+
+
+def adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
+    _cy_optim.adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, get_num_threads())

@@ -126,3 +126,10 @@ def adam_update(p, g, m, v, t, lr, beta1, beta2, eps):
     step_size, inv_sqrt_bias_correction2 = adam_scalars(t, lr, beta1, beta2)
     _k.adam_update(p, g, m, v, real(beta1), real(1.0 - beta1), real(beta2), real(1.0 - beta2),
                    real(step_size), real(inv_sqrt_bias_correction2), real(eps))
+
+
+def adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
+    real = p.dtype.type
+    step_size, inv_sqrt_bias_correction2 = adam_scalars(t, lr, beta1, beta2)
+    _k.adamw_update(p, g, m, v, real(1.0 - lr * weight_decay), real(beta1), real(1.0 - beta1), real(beta2),
+                    real(1.0 - beta2), real(step_size), real(inv_sqrt_bias_correction2), real(eps))

@@ -8,24 +8,23 @@ and :mod:`nnkern.backends.numba_backend` hands over flat views and dtype-typed s
 GEMM (``gemm``), Goto style. Numba's LLVM pipeline runs the loop vectorizer but not the
 SLP vectorizer, so a register tile of scalar accumulators never becomes vector code; the
 micro-kernel (``_micro_kernel``) is therefore an ``@intrinsic`` that emits the LLVM IR
-itself: a 6 x 16 float32 (6 x 8 float64) output tile held in twelve <8 x float>
-(<4 x double>) accumulators, each k step one broadcast of op(a) and two ``llvm.fma`` per
-row, no spills. op(b) is packed per column block into 16-column (8) panels, which also
-absorbs its transpose; op(a) is read where it lies, through its strides (6 rows of it per
-tile, contiguous along k or along the rows, L1 friendly either way), so that only a last
-partial 6-row panel is packed (``_pack_a_tail``) and no thread waits for an A pack; k in
-blocks of at most ``GEMM_KC`` = 256 split evenly. Panels are zero padded; edge tiles go
-through a scratch tile and only their valid part is stored. Columns are split across
-threads in multiples of the panel width, each thread packing its own columns. The fused
-linear adds the bias and applies the activation to each finished column block. Each
+itself: an MR x NR output tile held in MR x 2 vector accumulators, each k step one
+broadcast of op(a) and two ``llvm.fma`` per row, no spills. The vectors are as wide as the
+target's registers (``GEMM_VECTOR_BYTES``): with AVX-512, 8 x 32 float32 (8 x 16 float64)
+in sixteen <16 x float> (<8 x double>) of the 32 registers; with AVX2, 6 x 16 (6 x 8) in
+twelve <8 x float> (<4 x double>) of the 16. (A fixed 256-bit tile ran at half the speed
+of the Cython GEMM on an AVX-512 machine.) op(b) is packed per column block into NR-column
+panels, which also absorbs its transpose; op(a) is read where it lies, through its strides
+(MR rows of it per tile, contiguous along k or along the rows, L1 friendly either way), so
+that only a last partial MR-row panel is packed (``_pack_a_tail``) and no thread waits for
+an A pack; k in blocks of at most ``GEMM_KC`` = 256 split evenly. Panels are zero padded;
+edge tiles go through a scratch tile and only their valid part is stored. Columns are split
+across threads in multiples of the panel width, each thread packing its own columns. The
+fused linear adds the bias and applies the activation to each finished column block. Each
 output is one summation order whatever the thread count or transposes (bit for bit).
 
-Measured against np.matmul (OpenBLAS) in float32, ratio of the median times, on the 2-core
-AVX-512 development VM (``NNKERN_BENCH_THREADS=1 pytest benchmarks/test_bench_kernels.py
--m "not training" -k "test_gemm and not 2048"``, and with 2 threads), 1 / 2 threads:
-x @ W (64x784)@(784x256) 0.69x / 0.76x, (128x784)@(784x256) 0.96x / 0.76x, x.T @ dY
-(784x64)@(64x256) 1.02x / 0.70x, dY @ W.T (64x256)@(256x784) 0.79x / 0.95x. Reading op(a)
-in place instead of packing it all gained 2-10% (side by side with the packing version).
+Its speed against np.matmul and the Cython GEMM: BENCHMARKS.md (``pytest benchmarks/ -k
+test_gemm``).
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import prange, types
 from numba.core import cgutils
@@ -81,11 +81,26 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _GELU_TANH_C = 0.044715
 BCE_CLAMP = 1e-12
 
-# GEMM blocking (see the module docstring): MR x NR output tiles (NR = two AVX vectors:
-# 16 float32, 8 float64), k in blocks of at most GEMM_KC (a packed B panel of 16 KiB in L1).
-GEMM_MR = 6
-GEMM_NR32 = 16
-GEMM_NR64 = 8
+
+
+def _vector_bytes() -> int:
+    """The width of the vector registers Numba compiles for: 64 bytes where that target has
+    AVX-512F (the host, unless NUMBA_CPU_NAME / NUMBA_CPU_FEATURES name another), else 32."""
+    if numba.config.CPU_FEATURES is not None:
+        return 64 if "+avx512f" in numba.config.CPU_FEATURES.split(",") else 32
+    if numba.config.CPU_NAME is not None:  # a named target (e.g. "generic" for portable caches)
+        return 32
+    return 64 if llvm_binding.get_host_cpu_features().get("avx512f", False) else 32
+
+
+# GEMM blocking (see the module docstring): MR x NR output tiles (NR = two vectors: 32
+# float32 / 16 float64 with AVX-512, whose 32 registers hold 8 x 2 accumulators; 16 / 8
+# with AVX2, whose 16 hold 6 x 2), k in blocks of at most GEMM_KC (a packed B panel of
+# 16-32 KiB in L1).
+GEMM_VECTOR_BYTES = _vector_bytes()
+GEMM_MR = 8 if GEMM_VECTOR_BYTES == 64 else 6
+GEMM_NR32 = 2 * GEMM_VECTOR_BYTES // 4
+GEMM_NR64 = 2 * GEMM_VECTOR_BYTES // 8
 GEMM_KC = 256
 # Below this many multiply-adds a GEMM runs on one thread: a parallel region costs more
 # than it saves, and leaves the other cores free for the BLAS or a second model.
@@ -369,6 +384,20 @@ def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step
         p[i] -= step_size * mi / (math.sqrt(vi) * inv_sqrt_bias_correction2 + eps)
 
 
+@_jit()
+def adamw_update(p, g, m, v, decay, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size,
+                 inv_sqrt_bias_correction2, eps):
+    """torch.optim.AdamW: p is scaled by decay = 1 - lr * weight_decay (not added to g), then
+    Adam's step on the plain gradient."""
+    for i in range(p.shape[0]):
+        gi = g[i]
+        mi = beta1 * m[i] + one_minus_beta1 * gi
+        vi = beta2 * v[i] + one_minus_beta2 * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] = p[i] * decay - step_size * mi / (math.sqrt(vi) * inv_sqrt_bias_correction2 + eps)
+
+
 # ---------------------------------------------------------------------------------------
 # GEMM: out = act(op(a) @ op(b) + bias), packed panels and an LLVM vector micro-kernel
 # ---------------------------------------------------------------------------------------
@@ -378,10 +407,11 @@ def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step
 def _micro_kernel(typingctx, a, a_at, a_step_i, a_step_p, b_pack, b_at, kc, c, first):
     """c[:MR, :NR] = (first) or += (else) sum over p < kc of
     a[a_at + i*a_step_i + p*a_step_p] * b_pack[b_at + p*NR + j], with NR = 2 vectors of W
-    lanes (W = 8 float32, 4 float64). ``a`` is any array, indexed in elements from its data
-    pointer: a packed panel (steps 1 and MR) or op(a) where it lies (its strides), so that
-    full row panels need no packing. The MR x 2 accumulators are LLVM vectors (12 of the 16
-    AVX2 registers) and every step is one broadcast of A and two fused multiply-adds per row.
+    lanes (GEMM_VECTOR_BYTES of the dtype). ``a`` is any array, indexed in elements from its
+    data pointer: a packed panel (steps 1 and MR) or op(a) where it lies (its strides), so
+    that full row panels need no packing. The MR x 2 accumulators are LLVM vectors (16 of
+    the 32 AVX-512 registers, 12 of the 16 AVX2 ones) and every step is one broadcast of A
+    and two fused multiply-adds per row.
     ``c``: a 2D array whose rows are contiguous. Emitted as LLVM IR because Numba's
     vectorizers never turn a register tile of scalars into this (see the module docstring)."""
     dtype = c.dtype
@@ -390,7 +420,7 @@ def _micro_kernel(typingctx, a, a_at, a_step_i, a_step_p, b_pack, b_at, kc, c, f
     def codegen(context, builder, sig, args):
         a_v, a_at_v, a_step_i_v, a_step_p_v, b_v, b_at_v, kc_v, c_v, first_v = args
         flt = context.get_value_type(dtype)
-        lanes = 8 if dtype == types.float32 else 4
+        lanes = GEMM_VECTOR_BYTES // (dtype.bitwidth // 8)
         nr = 2 * lanes
         i64 = ir.IntType(64)
         vec = ir.VectorType(flt, lanes)

@@ -43,18 +43,19 @@ FAN_IN, FAN_OUT, ACT, KEEP_PREACT, W, B, GW, GB, H, Z, W_S0, W_S1, B_S0, B_S1 = 
 TABLE_COLUMNS = 14
 
 # Entries of the ``hyper`` array (in the parameters' dtype), as numba_backend converts them.
-LR, A, ONE_MINUS_A, B_, ONE_MINUS_B, EPS, NEG_WEIGHT_DECAY, STEP_SIZE, INV_SQRT_BC2 = range(9)
-HYPER_SIZE = 9
+LR, A, ONE_MINUS_A, B_, ONE_MINUS_B, EPS, NEG_WEIGHT_DECAY, STEP_SIZE, INV_SQRT_BC2, DECAY = range(10)
+HYPER_SIZE = 10
 
 # The rules, in the order of nnkern.engine's codes (those of the Cython update_rules.pxd).
-RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM = range(6)
+RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM, RULE_ADAMW = range(7)
 
 IDENTITY = ACTIVATION_CODES["identity"]
 
 
 @_k._jit()
 def _update(rule, p, g, s0, s1, hyper, weight_decay):
-    """One optimizer update of a flat parameter, by the numba backend's update kernels."""
+    """One optimizer update of a flat parameter, by the numba backend's update kernels.
+    weight_decay: add the L2 term to g first (AdamW's decoupled decay is in hyper[DECAY])."""
     if weight_decay:  # g += wd * p, as nnkern.optim does it: g -= (-wd) * p
         _k.sgd_update(g, p, hyper[NEG_WEIGHT_DECAY])
     if rule == RULE_SGD:
@@ -67,9 +68,12 @@ def _update(rule, p, g, s0, s1, hyper, weight_decay):
         _k.rmsprop_update(p, g, s0, hyper[LR], hyper[A], hyper[ONE_MINUS_A], hyper[EPS])
     elif rule == RULE_ADADELTA:
         _k.adadelta_update(p, g, s0, s1, hyper[LR], hyper[A], hyper[ONE_MINUS_A], hyper[EPS])
-    else:
+    elif rule == RULE_ADAM:
         _k.adam_update(p, g, s0, s1, hyper[A], hyper[ONE_MINUS_A], hyper[B_], hyper[ONE_MINUS_B],
                        hyper[STEP_SIZE], hyper[INV_SQRT_BC2], hyper[EPS])
+    else:
+        _k.adamw_update(p, g, s0, s1, hyper[DECAY], hyper[A], hyper[ONE_MINUS_A], hyper[B_],
+                        hyper[ONE_MINUS_B], hyper[STEP_SIZE], hyper[INV_SQRT_BC2], hyper[EPS])
 
 
 # Below this many elements one thread updates a parameter (as in the Cython update rules):
@@ -324,10 +328,12 @@ class FusedMLPStep:
         hyper[LR], hyper[A], hyper[B_], hyper[EPS] = lr, a, b, eps
         hyper[ONE_MINUS_A], hyper[ONE_MINUS_B] = 1.0 - a, 1.0 - b
         hyper[NEG_WEIGHT_DECAY] = -weight_decay
-        if self.rule == RULE_ADAM:
+        hyper[DECAY] = 1.0 - lr * weight_decay
+        if self.rule in (RULE_ADAM, RULE_ADAMW):
             hyper[STEP_SIZE], hyper[INV_SQRT_BC2] = _backend.adam_scalars(t, lr, a, b)
+        l2_decay = weight_decay != 0.0 and self.rule != RULE_ADAMW
         loss, correct = train_step(x, labels, self.bufs, self.table, self.slopes, self.rule, hyper,
-                                   weight_decay != 0.0, self.delta0, self.delta1, self.delta2,
+                                   l2_decay, self.delta0, self.delta1, self.delta2,
                                    self.a_tail, self.b_pack, self.spare, self.sparse_input,
                                    self.cols, self.row_count, self.rows_of, self.col_count,
                                    min(num_threads, _backend.num_threads()))

@@ -184,3 +184,8 @@ def adam_update(p, g, m, v, t, lr, beta1, beta2, eps):
     m_hat = m / (1.0 - beta1**t)
     v_hat = v / (1.0 - beta2**t)
     p -= lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+def adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
+    p *= 1.0 - lr * weight_decay  # decoupled weight decay, before Adam's step (as torch.optim.AdamW)
+    adam_update(p, g, m, v, t, lr, beta1, beta2, eps)
