@@ -67,7 +67,7 @@ GEMM_SHAPES = (  # (name, m, n, k, trans_a, trans_b): op(a) is m x k, op(b) k x 
     ("4096^3", 4096, 4096, 4096, False, False),
 )
 DRY_GEMM_SHAPES = (("(8x24)@(24x12)", 8, 12, 24, False, False), ("x.T @ dY, (24x8)@(8x12)", 24, 12, 8, True, False))
-DRY = {"samples": 16, "width": 24, "batch_sizes": (16,), "repeats": 1, "threads": (1, 2)}
+DRY = {"samples": 16, "width": 24, "batch_sizes": (16,), "repeats": 0, "threads": (1, 2)}  # one epoch each
 TARGETS = {"mnist_vs_torch_eager": 1.0, "gemm_4096_of_cublas": 0.5, "gemm_training_vs_cublas": 1.0}
 
 
@@ -267,7 +267,7 @@ def part_mnist(ctx, budget: Budget) -> dict:
         weights = bench.initial_weights(network)
         # (contender, executor, register cap, timed epochs); the uncapped kernels are
         # built once, for every network (the cap is what to tune first on a new GPU)
-        contenders = [("nnkern cuda", "persistent", None, repeats), ("nnkern cuda", "launches", None, 1),
+        contenders = [("nnkern cuda", "persistent", None, repeats), ("nnkern cuda", "launches", None, min(1, repeats)),
                       ("torch eager", None, None, repeats)]
         if not ctx.dry_run:
             contenders.insert(1, ("nnkern cuda", "persistent", 0, repeats))
