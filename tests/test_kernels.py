@@ -167,8 +167,8 @@ def test_sigmoid_is_stable_for_large_inputs(any_backend):
 
 
 def test_float_sigmoid_is_accurate_over_its_whole_range(fast_backend):
-    """The Cython backend computes float sigmoid with its own vectorised exp: within a few
-    float ulps of the exact value wherever that is a normal float, and 0 (not a subnormal)
+    """The Cython and the Numba backend compute float sigmoid with their own vectorised exp
+    (Cephes' expf): within a few float ulps of the exact value wherever that is a normal float, and 0 (not a subnormal)
     where exp underflows; every vector lane and the scalar tail alike."""
     x = np.concatenate([np.linspace(-120, 120, 20011), [-87.4, -87.3, -87.2, -1e-30, 0.0, 1e-30, 88.0],
                         np.float32(2.0) ** np.arange(-30, 7)]).astype(np.float32)

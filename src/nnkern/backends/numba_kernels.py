@@ -49,14 +49,17 @@ FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 
 def _jit(*, parallel: bool = False, inline: bool = False):
-    """``numba.njit`` for every kernel here: lazy, fast-math, GIL released, cached on disk.
-    Where no cache location is writable (read-only install, no writable home and no
-    NUMBA_CACHE_DIR) the kernels still work, compiled once per process instead.
+    """``numba.njit`` for every kernel here: lazy, fast-math, GIL released, cached on disk,
+    with NumPy's error model (a float division by zero gives inf or nan, as in NumPy, where
+    Python's model raises: its check on every division kept LLVM from vectorising any loop
+    that divides, the sigmoid's among them). Where no cache location is writable
+    (read-only install, no writable home and no NUMBA_CACHE_DIR) the kernels still work,
+    compiled once per process instead.
     ``inline``: a helper inlined into its callers by Numba itself, where LLVM, left to
     decide, kept the call and the helper's loop lost its vectorisation."""
 
     def decorate(fn):
-        options = dict(nogil=True, fastmath=set(FASTMATH), parallel=parallel,
+        options = dict(nogil=True, fastmath=set(FASTMATH), error_model="numpy", parallel=parallel,
                        inline="always" if inline else "never")
         try:
             return numba.njit(cache=True, **options)(fn)
@@ -119,6 +122,48 @@ def _sigmoid(x):
     return one / (one + e) if x >= 0 else e / (one + e)
 
 
+@intrinsic
+def _float32_of_bits(typingctx, bits):
+    """The float32 whose bits are the int32 ``bits`` (a bitcast, which vectorises)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+@_jit(inline=True)
+def _exp_nonpositive_f32(x):
+    """exp(x) for float32 x <= 0, in operations a loop vectorises (math.exp is a libm call
+    per element: a sigmoid over a 100 x 100 batch cost ~27 us): the Cephes expf of the
+    Cython backend (kernels/cython/nnk_act.h), x = n ln2 + r with |r| <= ln2 / 2, a degree-7
+    polynomial for exp(r), times 2^n built in the exponent bits; 0 below -87.34, where exp
+    leaves the normal floats. n is floor(x / ln2 + 1/2): the Cython version's add-and-subtract
+    rounding would not survive the fast-math reassociation."""
+    underflow = x < np.float32(-87.33654)
+    x = np.float32(-87.33654) if underflow else x
+    n = np.floor(x * np.float32(1.44269504088896341) + np.float32(0.5))
+    r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    exponent = np.int32(n if n == n else np.float32(0.0))  # NaN: p is NaN already; no NaN cast
+    value = p * _float32_of_bits((exponent + np.int32(127)) << np.int32(23))
+    return np.float32(0.0) if underflow else value
+
+
+@_jit(inline=True)
+def _sigmoid_f32(x):
+    """sigmoid(x) of a float32 through _exp_nonpositive_f32 (vectorises)."""
+    e = _exp_nonpositive_f32(-abs(np.float32(x)))
+    r = np.float32(1.0) / (np.float32(1.0) + e)
+    return r if x >= 0 else e * r
+
+
 @_jit()
 def _gelu(x):
     return type(x)(0.5) * x * (type(x)(1) + math.erf(x * type(x)(_SQRT1_2)))
@@ -160,7 +205,10 @@ def _gelu_tanh_grad(x):
 def activation(act, x, slope, out):
     n = x.shape[0]
     zero = x.dtype.type(0)
-    if act == SIGMOID:
+    if act == SIGMOID and x.itemsize == 4:  # float32: the vectorised exp
+        for i in range(n):
+            out[i] = _sigmoid_f32(x[i])
+    elif act == SIGMOID:  # float64 keeps math.exp (its tolerance is tight)
         for i in range(n):
             out[i] = _sigmoid(x[i])
     elif act == TANH:
