@@ -988,12 +988,14 @@ def profile_networks(*, backends=None, networks=NETWORKS, steps: int = 50, threa
         for backend in timed:
             trainer = NnkernTrainer(backend, network, initial_weights(network, seed))
             trainer.reset()
+            time.sleep(POOL_IDLE_PAUSE_S)  # the last backend's idle BLAS workers stop spinning first
             profile = profile_model(trainer.model, xb, yb, trainer.optimizer, trainer.loss, steps=steps)
             profiles.append({**about, "engine": "layer by layer", **profile})
             trainer.prepare([(xb, yb)])  # builds the fused step, where the backend has one
             fused = trainer.fused_step
             if fused is not None and hasattr(fused, "profiled"):
                 trainer.reset()
+                time.sleep(POOL_IDLE_PAUSE_S)
                 profiles.append({**about, "backend": backend, "engine": "fused step",
                                  **profile_fused_step(fused, xb, yb, steps=steps)})
     return profiles
