@@ -83,4 +83,7 @@ _content = readme_examples_page(ROOT / "README.md")
 if not _page.exists() or _page.read_text() != _content:  # unchanged: Sphinx keeps its cache
     _page.write_text(_content)
 
-sys.path.insert(0, str(ROOT / "src"))  # without an installed nnkern, autodoc finds it here
+try:  # the installed nnkern (with its compiled backends), which the README examples run on
+    import nnkern  # noqa: F401
+except ImportError:  # without an installed nnkern, autodoc reads the sources
+    sys.path.insert(0, str(ROOT / "src"))
