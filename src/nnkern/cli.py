@@ -64,64 +64,28 @@ class CommandError(Exception):
 # ---------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _number_type(convert, accepts, expected: str, not_a_number: str | None = None):
+    """An argparse type: the text as convert (int or float) makes it, refused unless
+    accepts(value); the errors read "expected <expected> (or <not_a_number> when the text is
+    no number), got <text>"."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {not_a_number or expected}, got {text!r}") from None
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text}")
-    return value
-
-
-def _momentum(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"momentum must be in [0, 1), got {text}")
-    return value
+_positive_int = _number_type(int, lambda v: v >= 1, "a positive integer")
+_nonnegative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
+_positive_float = _number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number", "a number")
+_nonnegative_float = _number_type(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0", "a number")
+_fraction = _number_type(float, lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)", "a number")
 
 
 def _layer_sizes(text: str) -> tuple[int, ...]:
@@ -653,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"(default: {DEFAULT_OPTIMIZER})")
     train.add_argument("--lr", type=_positive_float, help="initial learning rate (default per optimizer: "
                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
-    train.add_argument("--momentum", type=_momentum, default=DEFAULT_MOMENTUM,
+    train.add_argument("--momentum", type=_fraction, default=DEFAULT_MOMENTUM,
                        help=f"momentum of --optimizer momentum (default: {DEFAULT_MOMENTUM})")
     train.add_argument("--weight-decay", type=_nonnegative_float, default=DEFAULT_WEIGHT_DECAY,
                        help=f"L2 weight decay added to every gradient (default: {DEFAULT_WEIGHT_DECAY:g})")

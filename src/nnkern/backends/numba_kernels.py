@@ -420,19 +420,6 @@ def adadelta_update(p, g, h, d, lr, rho, one_minus_rho, eps):
 
 
 @_jit()
-def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size,
-                inv_sqrt_bias_correction2, eps):
-    """torch.optim.Adam's form: p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)."""
-    for i in range(p.shape[0]):
-        gi = g[i]
-        mi = beta1 * m[i] + one_minus_beta1 * gi
-        vi = beta2 * v[i] + one_minus_beta2 * gi * gi
-        m[i] = mi
-        v[i] = vi
-        p[i] -= step_size * mi / (math.sqrt(vi) * inv_sqrt_bias_correction2 + eps)
-
-
-@_jit()
 def adamw_update(p, g, m, v, decay, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size,
                  inv_sqrt_bias_correction2, eps):
     """torch.optim.AdamW: p is scaled by decay = 1 - lr * weight_decay (not added to g), then
@@ -444,6 +431,15 @@ def adamw_update(p, g, m, v, decay, beta1, one_minus_beta1, beta2, one_minus_bet
         m[i] = mi
         v[i] = vi
         p[i] = p[i] * decay - step_size * mi / (math.sqrt(vi) * inv_sqrt_bias_correction2 + eps)
+
+
+@_jit()
+def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step_size,
+                inv_sqrt_bias_correction2, eps):
+    """torch.optim.Adam's form: p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps): AdamW's
+    step without the decay (p * 1 is p exactly)."""
+    adamw_update(p, g, m, v, type(beta1)(1), beta1, one_minus_beta1, beta2, one_minus_beta2, step_size,
+                 inv_sqrt_bias_correction2, eps)
 
 
 # ---------------------------------------------------------------------------------------
