@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from .nn import Callback, History
+from .training import Callback, History
 
 __all__ = ["BestWeights", "EarlyStopping", "FIT_LOGS"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _arrays
-from .nn import Graph
+from .models import Graph
 
 __all__ = ["numerical_gradient", "gradcheck", "assert_gradcheck", "gradients_match", "relative_error",
            "GRADCHECK_TOLERANCE"]

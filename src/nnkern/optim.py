@@ -40,6 +40,7 @@ epoch (or, with ``interval="step"``, after each batch)::
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 import numbers
 
@@ -47,8 +48,9 @@ import numpy as np
 
 from . import _arrays, ops
 from ._backend import backend_module, get_backend
+from .backends import UPDATE_RULE_CODES
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "get", "OPTIMIZERS",
+__all__ = ["Optimizer", "UpdateRule", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "get", "OPTIMIZERS",
            "LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "LinearLR", "LambdaLR",
            "SequentialLR", "ReduceLROnPlateau", "SCHEDULES"]
 
@@ -65,14 +67,35 @@ def _hyperparameter(owner: str, name: str, value, *, below_one: bool = False) ->
     return value
 
 
+@dataclasses.dataclass(frozen=True)
+class UpdateRule:
+    """An optimizer's update rule as the fused training engines run it: the rule's name
+    (one of :data:`nnkern.backends.UPDATE_RULES`), its code in the compiled kernels, and
+    the hyperparameters now in force (``a``, ``b``: the rule's own, e.g. momentum, or
+    Adam's beta1 and beta2; 0 where it has none)."""
+
+    name: str
+    code: int
+    lr: float
+    a: float = 0.0
+    b: float = 0.0
+    eps: float = 0.0
+    weight_decay: float = 0.0
+
+
 class Optimizer:
     """Base class: holds the bound parameters, their gradients and per-parameter state.
 
     Subclasses set ``STATE`` (the names of the per-parameter state arrays, created as
-    zeros at bind time) and implement ``_update(p, g, state)`` with one ops call.
+    zeros at bind time) and implement ``_update(p, g, state)`` with one ops call. Those
+    whose rule the fused engines also run set ``RULE``: the rule's name in
+    :data:`nnkern.backends.UPDATE_RULES` and the names of the hyperparameters it takes as
+    ``a`` and ``b`` (a subclass that overrides ``_update`` without a ``RULE`` of its own
+    trains on the layer-by-layer path, which calls its ``_update``).
     """
 
     STATE: tuple[str, ...] = ()
+    RULE: tuple[str, str | None, str | None] | None = None
     # Whether weight_decay is the L2 term added to the gradient before the update (torch's
     # form for every optimizer but AdamW, whose rule decays the parameter itself).
     L2_WEIGHT_DECAY = True
@@ -208,6 +231,47 @@ class Optimizer:
     def _update(self, p, g, state: dict) -> None:
         raise NotImplementedError
 
+    # -- what the fused training engines read -----------------------------------------
+
+    def _rule_name(self, name: str) -> str:
+        return name
+
+    def update_rule(self) -> UpdateRule | None:
+        """The rule the fused training engines run for this optimizer, with the
+        hyperparameters now in force; None when they have none for it."""
+        owner = next(cls for cls in type(self).__mro__ if "_update" in cls.__dict__)
+        spec = owner.__dict__.get("RULE")
+        if spec is None:
+            return None
+        name, a_name, b_name = spec
+        name = self._rule_name(name)
+        h = self.hyperparameters
+        return UpdateRule(name, UPDATE_RULE_CODES[name], h["lr"], h[a_name] if a_name else 0.0,
+                          h[b_name] if b_name else 0.0, h.get("eps", 0.0), h.get("weight_decay", 0.0))
+
+    def state_of(self, param) -> tuple:
+        """The state arrays of the bound parameter ``param`` (the very array), in the
+        order of ``STATE``: what an engine updates in place."""
+        for p, state in zip(self.params, self.state):
+            if p is param:
+                return tuple(state.values())
+        raise ValueError(f"{type(self).__name__} is not bound to this parameter of shape {tuple(param.shape)}")
+
+    def count_steps(self, steps: int) -> int:
+        """Count ``steps`` more steps taken (by an engine that updated the parameters
+        itself) and return the step count, ``t``: the 1-based number of the last step."""
+        self.t += int(steps)
+        return self.t
+
+    def upcoming_rates(self, steps: int) -> list[float]:
+        """The learning rate of each of the next ``steps`` steps: the rate now, and where
+        the schedule steps after every batch (as ``fit`` steps it), the rates it will set."""
+        lr = self.hyperparameters["lr"]
+        schedule = self.schedule
+        if schedule is None or schedule.interval != "step":
+            return [lr] * steps
+        return [lr] + [schedule.lr_at(schedule.last_epoch + k) for k in range(1, steps)]
+
     # -- state ----------------------------------------------------------------------
 
     def state_dict(self) -> dict:
@@ -260,6 +324,8 @@ class SGD(Optimizer):
     """Stochastic gradient descent, as torch.optim.SGD: ``p -= lr * g``; with momentum
     ``v = momentum * v + g; p -= lr * v`` (v starts at zero)."""
 
+    RULE = ("sgd", "momentum", None)
+
     def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, momentum=0.0, weight_decay=0.0, schedule=None):
         self.STATE = ("v",) if momentum else ()  # before a torch-style bind creates the state
         super().__init__(lr_or_params, lr, 0.01, momentum=momentum, weight_decay=weight_decay, schedule=schedule)
@@ -271,11 +337,15 @@ class SGD(Optimizer):
         else:
             ops.sgd_update(p, g, h["lr"], backend=self.backend)
 
+    def _rule_name(self, name):
+        return "momentum" if self.hyperparameters["momentum"] else name
+
 
 class Adagrad(Optimizer):
     """As torch.optim.Adagrad: ``h += g * g; p -= lr * g / (sqrt(h) + eps)``."""
 
     STATE = ("h",)
+    RULE = ("adagrad", None, None)
 
     def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, eps=1e-10, weight_decay=0.0, schedule=None):
         super().__init__(lr_or_params, lr, 0.01, eps=eps, weight_decay=weight_decay, schedule=schedule)
@@ -290,6 +360,7 @@ class RMSprop(Optimizer):
     p -= lr * g / (sqrt(h) + eps)``."""
 
     STATE = ("h",)
+    RULE = ("rmsprop", "alpha", None)
 
     def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, alpha=0.99, eps=1e-8, weight_decay=0.0, schedule=None):
         super().__init__(lr_or_params, lr, 0.01, alpha=alpha, eps=eps, weight_decay=weight_decay, schedule=schedule)
@@ -305,6 +376,7 @@ class Adadelta(Optimizer):
     p -= lr * delta``."""
 
     STATE = ("h", "d")
+    RULE = ("adadelta", "rho", None)
 
     def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, rho=0.9, eps=1e-6, weight_decay=0.0, schedule=None):
         super().__init__(lr_or_params, lr, 1.0, rho=rho, eps=eps, weight_decay=weight_decay, schedule=schedule)
@@ -319,6 +391,7 @@ class Adam(Optimizer):
     p -= lr * (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)``, t the step number."""
 
     STATE = ("m", "v")
+    RULE = ("adam", "beta1", "beta2")
 
     def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  schedule=None):
@@ -347,6 +420,7 @@ class AdamW(Adam):
     are left as backward wrote them."""
 
     L2_WEIGHT_DECAY = False
+    RULE = ("adamw", "beta1", "beta2")
 
     def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
                  schedule=None):
