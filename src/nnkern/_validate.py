@@ -5,21 +5,22 @@
     n = _validate.integer("StepLR", "step_size", step_size, minimum=1)
     mode = _validate.choice("EarlyStopping", "mode", mode, ("auto", "min", "max"))
 
-A number is refused with a TypeError when it is no number at all (a bool counts as none,
-NumPy's bools and numbers are treated as Python's), and with a ValueError when it is
-non-finite or out of bounds. The messages read ``"<owner>: <name> must be <what>, got
-<value>"``; <what> names the condition the value broke ("finite", ">= 0", "< 1"), or is
-the caller's ``expected`` text, which then stands for every failure. Callers whose
-contract is a ValueError for any bad value (a wrong type included) pass
-``type_error=ValueError``.
+A number is refused with a TypeError when it is no number at all (a bool counts as none:
+Python's bool is an int, NumPy's is no number to the ``numbers`` ABCs, while NumPy's
+integers and floats are), and with a ValueError when it is non-finite or out of bounds.
+The messages read ``"<owner>: <name> must be <what>, got <value>"``; <what> names the
+condition the value broke ("finite", ">= 0", "< 1"), or is the caller's ``expected``
+text, which then stands for every failure. Callers whose contract is a ValueError for
+any bad value (a wrong type included) pass ``type_error=ValueError``.
+
+No NumPy import: :mod:`nnkern._threads` uses this module and must stay light (it runs
+before any library that might load an OpenMP runtime).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-
-import numpy as np
 
 
 def _prefix(owner: str) -> str:
@@ -46,7 +47,7 @@ def real(owner: str, name: str, value, *, low=None, high=None, low_open: bool = 
          expected: str | None = None, type_error: type[Exception] = TypeError) -> float:
     """``value`` as a float: a real number (not a bool), finite, and within ``[low, high]``
     (an end left None is open; ``low_open``/``high_open`` exclude the bound itself)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise _wrong_type(owner, name, value, "a real number", expected, type_error)
     value = float(value)
     broken = "finite" if not math.isfinite(value) else _broken_bound(value, low, high, low_open, high_open)
@@ -59,7 +60,7 @@ def integer(owner: str, name: str, value, *, minimum=None, maximum=None, expecte
             type_error: type[Exception] = TypeError) -> int:
     """``value`` as an int: an integer (Python's or NumPy's, not a bool) within
     ``[minimum, maximum]`` (an end left None is open)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise _wrong_type(owner, name, value, "an integer", expected, type_error)
     value = int(value)
     broken = _broken_bound(value, minimum, maximum, False, False)
