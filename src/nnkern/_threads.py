@@ -21,6 +21,8 @@ import os
 import sys
 import warnings
 
+from . import _validate
+
 # How long an idle OpenMP thread (the Cython kernels' and Numba's "omp" layer) busy-waits for
 # the next parallel region or barrier before it sleeps. libgomp's default spins ~5 ms: a
 # training step opens many short regions, and whenever another process holds a core a
@@ -107,8 +109,7 @@ def set_num_threads(n: int, *, oversubscribe: bool = False) -> None:
     :class:`OversubscriptionWarning`, unless ``oversubscribe=True`` or the environment
     sets ``NNKERN_ALLOW_OVERSUBSCRIPTION=1``."""
     global _num_threads
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"set_num_threads: n must be a positive integer, got {n!r}")
+    n = _validate.integer("set_num_threads", "n", n, minimum=1, expected="a positive integer", type_error=ValueError)
     usable = default_num_threads()
     if n > usable and not (oversubscribe or oversubscription_allowed()):
         warnings.warn(

@@ -46,7 +46,7 @@ import numbers
 
 import numpy as np
 
-from . import _arrays, ops
+from . import _arrays, _validate, ops
 from ._backend import backend_module, get_backend
 from .backends import UPDATE_RULE_CODES
 
@@ -58,13 +58,9 @@ _UNSET = object()
 
 
 def _hyperparameter(owner: str, name: str, value, *, below_one: bool = False) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (below_one and value >= 1):
-        bounds = "in [0, 1)" if below_one else "finite and >= 0"
-        raise ValueError(f"{owner}: {name} must be {bounds}, got {value}")
-    return value
+    if below_one:
+        return _validate.real(owner, name, value, low=0, high=1, high_open=True, expected="in [0, 1)")
+    return _validate.real(owner, name, value, low=0, expected="finite and >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -452,24 +448,8 @@ def get(name: str, **hyperparameters) -> Optimizer:
 _INTERVALS = ("epoch", "step")
 
 
-def _count(owner: str, name: str, value, *, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{owner}: {name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _real(owner: str, name: str, value, *, low=None, high=None, low_open=False) -> float:
-    """A finite real number in [low, high] (or (low, high] with low_open)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
-    value = float(value)
-    too_low = low is not None and (value <= low if low_open else value < low)
-    if not math.isfinite(value) or too_low or (high is not None and value > high):
-        bounds = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-        raise ValueError(f"{owner}: {name} must be a finite number in {bounds}, got {value}")
-    return value
+# How the schedules word a rate factor's bound >= 0.
+_NONNEGATIVE = "a finite number in [0, inf]"
 
 
 class LRScheduler:
@@ -493,9 +473,7 @@ class LRScheduler:
     """
 
     def __init__(self, *, interval: str = "epoch"):
-        if interval not in _INTERVALS:
-            raise ValueError(f"{type(self).__name__}: interval must be 'epoch' or 'step', got {interval!r}")
-        self.interval = interval
+        self.interval = _validate.choice(type(self).__name__, "interval", interval, _INTERVALS)
         self.optimizer: Optimizer | None = None
         self.base_lr: float | None = None
         self.last_epoch = 0
@@ -563,7 +541,7 @@ class LRScheduler:
         if state.get("type") != name:
             raise ValueError(f"{name}.load_state_dict: the state is of a {state.get('type')!r} schedule")
         self.base_lr = state["base_lr"]
-        self.last_epoch = _count(name, "last_epoch", state["last_epoch"], minimum=0)
+        self.last_epoch = _validate.integer(name, "last_epoch", state["last_epoch"], minimum=0)
         self._last_lr = state["last_lr"]
         if self.optimizer is not None and self._last_lr is not None:
             self.optimizer.lr = self._last_lr  # where the schedule had brought it
@@ -584,8 +562,8 @@ class StepLR(LRScheduler):
 
     def __init__(self, step_size: int, gamma: float = 0.1, *, interval: str = "epoch"):
         super().__init__(interval=interval)
-        self.step_size = _count("StepLR", "step_size", step_size, minimum=1)
-        self.gamma = _real("StepLR", "gamma", gamma, low=0)
+        self.step_size = _validate.integer("StepLR", "step_size", step_size, minimum=1)
+        self.gamma = _validate.real("StepLR", "gamma", gamma, low=0, expected=_NONNEGATIVE)
 
     def _arguments(self):
         return {"step_size": self.step_size, "gamma": self.gamma}
@@ -600,8 +578,8 @@ class MultiStepLR(LRScheduler):
 
     def __init__(self, milestones, gamma: float = 0.1, *, interval: str = "epoch"):
         super().__init__(interval=interval)
-        self.milestones = sorted(_count("MultiStepLR", "milestone", m, minimum=1) for m in milestones)
-        self.gamma = _real("MultiStepLR", "gamma", gamma, low=0)
+        self.milestones = sorted(_validate.integer("MultiStepLR", "milestone", m, minimum=1) for m in milestones)
+        self.gamma = _validate.real("MultiStepLR", "gamma", gamma, low=0, expected=_NONNEGATIVE)
 
     def _arguments(self):
         return {"milestones": self.milestones, "gamma": self.gamma}
@@ -615,7 +593,7 @@ class ExponentialLR(LRScheduler):
 
     def __init__(self, gamma: float, *, interval: str = "epoch"):
         super().__init__(interval=interval)
-        self.gamma = _real("ExponentialLR", "gamma", gamma, low=0)
+        self.gamma = _validate.real("ExponentialLR", "gamma", gamma, low=0, expected=_NONNEGATIVE)
 
     def _arguments(self):
         return {"gamma": self.gamma}
@@ -631,8 +609,8 @@ class CosineAnnealingLR(LRScheduler):
 
     def __init__(self, T_max: int, eta_min: float = 0.0, *, interval: str = "epoch"):  # noqa: N803 (torch's name)
         super().__init__(interval=interval)
-        self.T_max = _count("CosineAnnealingLR", "T_max", T_max, minimum=1)
-        self.eta_min = _real("CosineAnnealingLR", "eta_min", eta_min, low=0)
+        self.T_max = _validate.integer("CosineAnnealingLR", "T_max", T_max, minimum=1)
+        self.eta_min = _validate.real("CosineAnnealingLR", "eta_min", eta_min, low=0, expected=_NONNEGATIVE)
 
     def _arguments(self):
         return {"T_max": self.T_max, "eta_min": self.eta_min}
@@ -650,9 +628,11 @@ class LinearLR(LRScheduler):
     def __init__(self, start_factor: float = 1.0 / 3, end_factor: float = 1.0, total_iters: int = 5, *,
                  interval: str = "epoch"):
         super().__init__(interval=interval)
-        self.start_factor = _real("LinearLR", "start_factor", start_factor, low=0, high=1, low_open=True)
-        self.end_factor = _real("LinearLR", "end_factor", end_factor, low=0, high=1)
-        self.total_iters = _count("LinearLR", "total_iters", total_iters, minimum=1)
+        self.start_factor = _validate.real("LinearLR", "start_factor", start_factor, low=0, high=1, low_open=True,
+                                           expected="a finite number in (0, 1]")
+        self.end_factor = _validate.real("LinearLR", "end_factor", end_factor, low=0, high=1,
+                                         expected="a finite number in [0, 1]")
+        self.total_iters = _validate.integer("LinearLR", "total_iters", total_iters, minimum=1)
 
     def _arguments(self):
         return {"start_factor": self.start_factor, "end_factor": self.end_factor, "total_iters": self.total_iters}
@@ -692,7 +672,7 @@ class SequentialLR(LRScheduler):
     def __init__(self, schedules, milestones, *, interval: str = "epoch"):
         super().__init__(interval=interval)
         self.schedules = list(schedules)
-        self.milestones = [_count("SequentialLR", "milestone", m, minimum=1) for m in milestones]
+        self.milestones = [_validate.integer("SequentialLR", "milestone", m, minimum=1) for m in milestones]
         if not self.schedules or len(self.milestones) != len(self.schedules) - 1:
             raise ValueError(f"SequentialLR: {len(self.schedules)} schedules need {max(len(self.schedules) - 1, 0)} "
                              f"milestones, got {len(self.milestones)}")
@@ -729,19 +709,15 @@ class ReduceLROnPlateau(LRScheduler):
         name = "ReduceLROnPlateau"
         if not isinstance(monitor, str):
             raise TypeError(f"{name}: monitor must be the name of a fit log such as 'val_loss', got {monitor!r}")
-        if mode not in ("min", "max"):
-            raise ValueError(f"{name}: mode must be 'min' or 'max', got {mode!r}")
-        if threshold_mode not in ("rel", "abs"):
-            raise ValueError(f"{name}: threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
-        factor = _real(name, "factor", factor, low=0)
-        if factor >= 1.0:
-            raise ValueError(f"{name}: factor must be < 1, got {factor}")
+        _validate.choice(name, "mode", mode, ("min", "max"))
+        _validate.choice(name, "threshold_mode", threshold_mode, ("rel", "abs"))
+        factor = _validate.real(name, "factor", factor, low=0, high=1, high_open=True)
         self.monitor, self.mode, self.factor, self.threshold_mode = monitor, mode, factor, threshold_mode
-        self.patience = _count(name, "patience", patience, minimum=0)
-        self.threshold = _real(name, "threshold", threshold, low=0)
-        self.cooldown = _count(name, "cooldown", cooldown, minimum=0)
-        self.min_lr = _real(name, "min_lr", min_lr, low=0)
-        self.eps = _real(name, "eps", eps, low=0)
+        self.patience = _validate.integer(name, "patience", patience, minimum=0)
+        self.threshold = _validate.real(name, "threshold", threshold, low=0, expected=_NONNEGATIVE)
+        self.cooldown = _validate.integer(name, "cooldown", cooldown, minimum=0)
+        self.min_lr = _validate.real(name, "min_lr", min_lr, low=0, expected=_NONNEGATIVE)
+        self.eps = _validate.real(name, "eps", eps, low=0, expected=_NONNEGATIVE)
         self._reset()
 
     def _arguments(self):
