@@ -44,6 +44,7 @@ import os
 
 import numpy as np
 
+from . import _validate
 from ._threads import get_num_threads
 from .backends import ACTIVATION_CODES
 from .layers import ActivationLayer, Identity, Linear
@@ -101,8 +102,7 @@ def _activation_spec(layer):
 def _sparse_input(x) -> bool:
     """Whether the first layer should read only the nonzeros of the data x."""
     setting = os.environ.get("NNKERN_SPARSE_INPUT", "auto").strip().lower()
-    if setting not in ("auto", "0", "1"):
-        raise ValueError(f"NNKERN_SPARSE_INPUT must be 'auto', '0' or '1', got {setting!r}")
+    _validate.choice("", "NNKERN_SPARSE_INPUT", setting, ("auto", "0", "1"))
     if setting != "auto":
         return setting == "1"
     return np.count_nonzero(x) <= SPARSE_INPUT_MAX_DENSITY * x.size

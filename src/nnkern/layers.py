@@ -8,11 +8,10 @@ buffers; the models (:mod:`nnkern.models`) bind layers to a backend and dtype an
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
-from . import _arrays, ops
+from . import _arrays, _validate, ops
 from ._backend import backend_module, get_backend
 from ._workspace import DTYPES, Buffers, shape_str
 
@@ -100,15 +99,12 @@ def _init_std(init, in_features: int) -> float:
         if init == "xavier":
             return math.sqrt(1.0 / in_features)
         raise ValueError(f"Linear: init must be 'he', 'xavier' or a standard deviation, got {init!r}")
-    if isinstance(init, bool) or not isinstance(init, numbers.Real) or not (math.isfinite(init) and init >= 0):
-        raise ValueError(f"Linear: init must be 'he', 'xavier' or a standard deviation >= 0, got {init!r}")
-    return float(init)
+    return _validate.real("Linear", "init", init, low=0, expected="'he', 'xavier' or a standard deviation >= 0",
+                          type_error=ValueError)
 
 
 def check_features(value, name: str, owner: str = "Linear") -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-    return int(value)
+    return _validate.integer(owner, name, value, minimum=1, expected="a positive integer", type_error=ValueError)
 
 
 class Linear(Layer):
@@ -238,10 +234,8 @@ class LeakyReLU(ActivationLayer):
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
-        if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real) \
-                or not math.isfinite(negative_slope):
-            raise ValueError(f"LeakyReLU: negative_slope must be a finite number, got {negative_slope!r}")
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = _validate.real("LeakyReLU", "negative_slope", negative_slope, expected="a finite number",
+                                             type_error=ValueError)
 
     @property
     def grad_from_output(self) -> bool:
@@ -262,9 +256,7 @@ class GELU(ActivationLayer):
 
     def __init__(self, approximate: str = "none"):
         super().__init__()
-        if approximate not in ("none", "tanh"):
-            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
-        self.approximate = approximate
+        self.approximate = _validate.choice("GELU", "approximate", approximate, ("none", "tanh"))
 
     def op_params(self):
         return {"approximate": self.approximate}
@@ -315,9 +307,9 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5, seed=None):
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
-        self.p, self.seed = float(p), seed
+        self.p = _validate.real("Dropout", "p", p, low=0, high=1, high_open=True, expected="in [0, 1)",
+                                type_error=ValueError)
+        self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._mask = None
 

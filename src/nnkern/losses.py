@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from . import _arrays, ops
+from . import _arrays, _validate, ops
 from ._backend import get_backend
 from ._workspace import Buffers
 from .layers import add_into
@@ -96,9 +96,7 @@ class MSELoss(Loss):
 
     def __init__(self, reduction: str = "mean"):
         super().__init__()
-        if reduction not in ("mean", "half_sum"):
-            raise ValueError(f"MSELoss: reduction must be 'mean' or 'half_sum', got {reduction!r}")
-        self.reduction = reduction
+        self.reduction = _validate.choice("MSELoss", "reduction", reduction, ("mean", "half_sum"))
 
     def forward(self, pred, target, *, backend=None) -> float:
         backend = backend or get_backend()

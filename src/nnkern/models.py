@@ -8,12 +8,10 @@ prediction, and :func:`load`. Training runs in :mod:`nnkern.training`; the file 
 
 from __future__ import annotations
 
-import math
-import numbers
 
 import numpy as np
 
-from . import _arrays, modelfile, training
+from . import _arrays, _validate, modelfile, training
 from ._backend import backend_module, get_backend
 from ._graph import checked_nodes, named_graph, width_str
 from ._workspace import Buffers, check_dtype, shape_str
@@ -98,10 +96,8 @@ def _per_name(value, names: list[str], what: str, where: str, *, arrays: bool, k
 
 
 def _check_loss_weight(value, name: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
-            or not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"loss weight of output {name!r} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return _validate.real("", f"loss weight of output {name!r}", value, low=0, expected="a finite number >= 0",
+                          type_error=ValueError)
 
 
 # ---------------------------------------------------------------------------------------
@@ -545,8 +541,8 @@ class Graph:
                             on_nonfinite=on_nonfinite, callbacks=callbacks, fused=fused, loss_weights=loss_weights)
 
     def _chunks(self, x, batch_size: int):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = _validate.integer("", "batch_size", batch_size, minimum=1, expected="a positive integer",
+                                       type_error=ValueError)
         for start in range(0, len(x), batch_size):
             yield start, min(start + batch_size, len(x))
 

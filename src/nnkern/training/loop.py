@@ -5,10 +5,9 @@ optimizer's learning-rate schedule and the check for a non-finite loss."""
 from __future__ import annotations
 
 import math
-import numbers
 import time
 
-from .. import optim
+from .. import _validate, optim
 from ..data import DataLoader
 from .history import EpochPrinter, History, NonFiniteLossError, dispatch
 from .steps import select_step
@@ -71,10 +70,8 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer, loss="
         on_nonfinite: str = "raise", callbacks=(), fused: bool = True, loss_weights=None) -> History:
     """Train ``model`` (a :class:`nnkern.nn.Graph` or Sequential); the arguments are those
     of :meth:`nnkern.nn.Graph.fit`, which calls this."""
-    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
-        raise ValueError(f"fit: epochs must be an integer >= 0, got {epochs!r}")
-    if on_nonfinite not in ("raise", "ignore"):
-        raise ValueError(f"fit: on_nonfinite must be 'raise' or 'ignore', got {on_nonfinite!r}")
+    epochs = _validate.integer("fit", "epochs", epochs, minimum=0, expected="an integer >= 0", type_error=ValueError)
+    _validate.choice("fit", "on_nonfinite", on_nonfinite, ("raise", "ignore"))
     objective = model._objective(loss, loss_weights)
     optimizer = bound_optimizer(model, optimizer)
     xs, ys = model._input_arrays(x), model._target_arrays(y)
