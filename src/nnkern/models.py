@@ -490,21 +490,21 @@ class Graph:
                                                                       arrays=False), names)]
         return Objective(losses, weights, names)
 
-    def compute_gradients(self, x, y, loss) -> tuple[float, object]:
+    def compute_gradients(self, x, y, loss, sample_weight=None) -> tuple[float, object]:
         """Forward (training mode), loss, backward: returns (loss value, model output)
         and leaves the gradients in :meth:`gradients`. With several outputs ``y`` and
-        ``loss`` are given per output (see :meth:`fit`) and the value is the weighted sum."""
+        ``loss`` are given per output (see :meth:`fit`) and the value is the weighted sum.
+        ``sample_weight`` (one number >= 0 per row) makes the loss the rows' weighted mean."""
         objective = self._objective(loss)
         outputs = self._forward(self._input_arrays(x), training=True)
-        value = objective.forward(outputs, self._target_arrays(y), self.backend)
+        value = objective.forward(outputs, self._target_arrays(y), self.backend, sample_weight)
         self._backward(objective.backward(), input_grad=False)
         return value, (outputs[0] if len(outputs) == 1 else outputs)
 
-    def train_step(self, x, y, optimizer, loss) -> tuple[float, object]:
+    def train_step(self, x, y, optimizer, loss, sample_weight=None) -> tuple[float, object]:
         """One optimisation step on the batch (x, y): returns (loss before the step,
-        model output). ``fit`` calls this once per batch, so a backend with a fused
-        training engine can replace just this method."""
-        value, output = self.compute_gradients(x, y, loss)
+        model output); the layer-by-layer engine of ``fit`` calls this once per batch."""
+        value, output = self.compute_gradients(x, y, loss, sample_weight)
         optimizer.step()
         return value, output
 
@@ -512,7 +512,8 @@ class Graph:
 
     def fit(self, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer, loss="cross_entropy",
             shuffle: bool = True, seed=None, validation_data=None, verbose: bool = True,
-            on_nonfinite: str = "raise", callbacks=(), fused: bool = True, loss_weights=None) -> History:
+            on_nonfinite: str = "raise", callbacks=(), fused: bool = True, loss_weights=None,
+            sample_weight=None) -> History:
         """Train on (x, y) for ``epochs`` passes in mini-batches of ``batch_size``.
 
         ``optimizer``: an nnkern.optim optimizer (bound to this model's parameters here
@@ -535,10 +536,15 @@ class Graph:
         ``loss_weights`` (default 1 each) weighs them: the loss minimised is
         ``sum(weight * loss)``. The logs then hold that "loss" and, per output,
         "<output>_loss" and "<output>_accuracy" (for classification losses).
+
+        ``sample_weight`` (one number >= 0 per sample of ``x``) trains on the weighted mean
+        loss of each batch, on every engine (a batch whose weights are all zero takes no
+        step); the epoch's "loss" log is then the weighted mean too.
         """
         return training.fit(self, x, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss,
                             shuffle=shuffle, seed=seed, validation_data=validation_data, verbose=verbose,
-                            on_nonfinite=on_nonfinite, callbacks=callbacks, fused=fused, loss_weights=loss_weights)
+                            on_nonfinite=on_nonfinite, callbacks=callbacks, fused=fused, loss_weights=loss_weights,
+                            sample_weight=sample_weight)
 
     def _chunks(self, x, batch_size: int):
         batch_size = _validate.integer("", "batch_size", batch_size, minimum=1, expected="a positive integer",
