@@ -8,7 +8,9 @@ pytest process of its own (with scikit-learn's conftest as a plugin, for its
 fails with the upstream failure's text.
 
 Deselected: the tests that read or write scikit-learn's private attributes, each named
-with the attribute it needs (nnkern's estimators have no such attributes).
+with the attribute it needs. (``_no_improvement_count``, the stopping rule's counter,
+exists here under scikit-learn's name and meaning, so test_n_iter_no_change and
+test_n_iter_no_change_inf run.)
 """
 
 from __future__ import annotations
@@ -33,8 +35,6 @@ DESELECTED = {
     "test_gradient": "_loss_grad_lbfgs (the packed loss-and-gradient function of lbfgs)",
     "test_learning_rate_warmstart": "_optimizer.learning_rate (the SGD optimizer object)",
     "test_adaptive_learning_rate": "_optimizer.learning_rate (the SGD optimizer object)",
-    "test_n_iter_no_change": "_no_improvement_count (the stopping rule's counter)",
-    "test_n_iter_no_change_inf": "_no_improvement_count (the stopping rule's counter)",
 }
 
 
