@@ -406,8 +406,10 @@ class _BaseMLP(BaseEstimator):
                 sample_weight = np.full(n, float(sample_weight))
             if sample_weight.shape != (n,):
                 raise ValueError(f"sample_weight.shape == {sample_weight.shape}, expected ({n},)!")
-            if not np.isfinite(sample_weight).all():
-                raise ValueError("sample_weight must be finite")
+            if not np.isfinite(sample_weight).all() or np.any(sample_weight < 0):
+                raise ValueError("sample_weight must be finite and non-negative")
+            if not np.any(sample_weight):
+                raise ValueError("Sample weights must contain at least one non-zero number.")
         class_weight = getattr(self, "class_weight", None)
         if class_weight is not None:
             labels = self._label_binarizer.inverse_transform(y)
@@ -504,6 +506,8 @@ class _BaseMLP(BaseEstimator):
                     index = sample_idx[batch] if self.shuffle else batch
                     swb = None if sw_train is None else sw_train[index]
                     weight_sum = (batch.stop - batch.start) if swb is None else float(swb.sum())
+                    if not weight_sum:  # a batch of zero weights has no loss: no step
+                        continue
                     loss = self._backprop(model, _rows(X_train, index, dtype), y_train[index], swb, weight_sum)
                     loss = loss / weight_sum + self._add_l2(model, settings["alpha"], weight_sum)
                     optimizer.step()
