@@ -106,6 +106,19 @@ class _NesterovSGD(optim.SGD):
         self._kernels.sgd_update(p.reshape(-1), v.reshape(-1), -lr * (1.0 - momentum))
 
 
+class _ScikitLearnAdam(optim.Adam):
+    """Adam with scikit-learn's placement of epsilon, ``p -= lr_t * m / (sqrt(v) + eps)`` with
+    ``lr_t = lr * sqrt(1 - b2**t) / (1 - b1**t)``: torch's rule (nnkern's kernel) run with
+    ``eps / sqrt(1 - b2**t)``. (It matters for weights whose gradient is about eps, such as
+    those of always-zero inputs under the L2 penalty.)"""
+
+    def _update(self, p, g, state):
+        h = self.hyperparameters
+        eps = h["eps"] / math.sqrt(1.0 - h["beta2"] ** self.t)
+        ops.adam_update(p, g, state["m"], state["v"], self.t, h["lr"], h["beta1"], h["beta2"], eps,
+                        backend=self.backend)
+
+
 def _check(name, value, kind, *, low=None, high=None, low_open=False, high_open=False):
     """A hyperparameter of ``kind`` (numbers.Integral or numbers.Real) within the bounds,
     or a TypeError / ValueError naming it."""
@@ -424,10 +437,11 @@ class _BaseMLP(BaseEstimator):
         if solver == "sgd":
             momentum = settings["momentum"]
             return (_NesterovSGD if self.nesterovs_momentum and momentum else optim.SGD)(lr, momentum=momentum)
-        if solver in ("adam", "adamw"):
-            cls = optim.Adam if solver == "adam" else optim.AdamW
-            kwargs = {"weight_decay": 0.0} if solver == "adamw" else {}
-            return cls(lr, betas=(settings["beta_1"], settings["beta_2"]), eps=settings["epsilon"], **kwargs)
+        betas = (settings["beta_1"], settings["beta_2"])
+        if solver == "adam":
+            return _ScikitLearnAdam(lr, betas=betas, eps=settings["epsilon"])
+        if solver == "adamw":  # its decoupled decay is alpha's L2 term here
+            return optim.AdamW(lr, betas=betas, eps=settings["epsilon"], weight_decay=0.0)
         return {"adagrad": optim.Adagrad, "rmsprop": optim.RMSprop, "adadelta": optim.Adadelta}[solver](lr)
 
     def _optimizer_for(self, model, settings, incremental: bool) -> optim.Optimizer:
