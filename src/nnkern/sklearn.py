@@ -27,7 +27,11 @@ scikit-learn's own test file for these estimators runs on them
 
 The network computes on an nnkern backend (``backend``) through the layer-by-layer
 path of :class:`nnkern.nn.Sequential` (``model_``); the output activation, the loss and its
-gradient are computed here in NumPy.
+gradient are computed here in NumPy. At the same ``random_state`` the weights reached are
+scikit-learn's to rounding, with one exception: while the rate of "sgd" changes
+("invscaling", "adaptive"), its momentum is torch's (a velocity of gradients, scaled by the
+current rate) where scikit-learn's velocity carries the rates of past steps. The stopping
+rule's counter is kept as scikit-learn's, ``_no_improvement_count``.
 
 Beyond scikit-learn:
 
@@ -756,7 +760,7 @@ _SHARED_PARAMETERS = """
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
-    """A multi-layer perceptron classifier with scikit-learn's interface and behaviour,
+    __doc__ = """A multi-layer perceptron classifier with scikit-learn's interface and behaviour,
     trained by nnkern: binary (one logistic output), multiclass (softmax) and multilabel
     (a logistic output per label, 2-D 0/1 targets).
 
@@ -880,7 +884,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
-    """A multi-layer perceptron regressor with scikit-learn's interface and behaviour,
+    __doc__ = """A multi-layer perceptron regressor with scikit-learn's interface and behaviour,
     trained by nnkern on one or several outputs.
 
     loss : {"squared_error", "poisson"}, default "squared_error"
