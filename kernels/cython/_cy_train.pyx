@@ -103,6 +103,7 @@ cdef struct StepPlan:
     int n_layers
     int rule
     double lr, a, b, eps, weight_decay
+    double bias_weight_decay  # the biases' (0: the weights' alone decay, as scikit-learn's L2)
     long t
     void *delta0
     void *delta1
@@ -209,13 +210,14 @@ cdef inline void _column_sums(const real *x, Py_ssize_t rows, Py_ssize_t cols, P
 
 
 cdef inline void _update_elements(const StepPlan *plan, real *p, const real *g, void *s0, void *s1,
-                                  Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+                                  Py_ssize_t lo, Py_ssize_t hi, double weight_decay) noexcept nogil:
     """The update of elements [lo, hi) of one parameter p (gradient g, states s0, s1 or
-    NULL), on this thread."""
+    NULL) with the given weight decay (the plan's for weights, or for biases), on this
+    thread."""
     if hi > lo:
         apply_update(plan.rule, p + lo, g + lo, <real *>s0 + lo if s0 != NULL else NULL,
                      <real *>s1 + lo if s1 != NULL else NULL, hi - lo, plan.lr, plan.a, plan.b,
-                     plan.eps, plan.t, plan.weight_decay, 1)
+                     plan.eps, plan.t, weight_decay, 1)
 
 
 cdef inline void _update_share(StepPlan *plan, nnk_team *team, int thread, real *p, real *g,
@@ -227,7 +229,7 @@ cdef inline void _update_share(StepPlan *plan, nnk_team *team, int thread, real 
         nnk_partition(n, team.size, thread, &lo, &hi)
     elif thread != owner % team.size:
         return
-    _update_elements(plan, p, g, s0, s1, lo, hi)
+    _update_elements(plan, p, g, s0, s1, lo, hi, plan.weight_decay)
 
 
 cdef struct BlockUpdate:
@@ -449,16 +451,18 @@ cdef void _row_chain_share(StepCall *call, nnk_team *team, int thread, const rea
                                  layer.fan_in, <double *>layer.delta, layer.fan_out, <double *>layer.gw,
                                  layer.fan_out, NULL, 1)
         _column_sums(<real *>layer.delta, rows, layer.fan_out, 0, layer.fan_out, <real *>layer.gb)
-        _update_elements(plan, <real *>layer.b, <real *>layer.gb, layer.b_state0, layer.b_state1, 0, layer.fan_out)
+        _update_elements(plan, <real *>layer.b, <real *>layer.gb, layer.b_state0, layer.b_state1, 0, layer.fan_out,
+                         plan.bias_weight_decay)
         _update_elements(plan, <real *>layer.w, <real *>layer.gw, layer.w_state0, layer.w_state1, 0,
-                         layer.fan_in * layer.fan_out)
+                         layer.fan_in * layer.fan_out, plan.weight_decay)
     layer = &plan.layers[0]
     first_layer_update.plan = plan
     first_layer_update.layer = layer
     _sparse_weight_grad(call, x, <real *>layer.delta, &first_layer_update)
     nnk_partition(layer.fan_out, team.size, thread, &lo, &hi)
     _column_sums(<real *>layer.delta, rows, layer.fan_out, lo, hi, <real *>layer.gb)
-    _update_elements(plan, <real *>layer.b, <real *>layer.gb, layer.b_state0, layer.b_state1, lo, hi)
+    _update_elements(plan, <real *>layer.b, <real *>layer.gb, layer.b_state0, layer.b_state1, lo, hi,
+                     plan.bias_weight_decay)
     if status != 0:
         nnk_flag_set(&call.failed)
 
@@ -526,7 +530,8 @@ cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x)
         # db = column sums of delta, and b's update, over this thread's columns
         nnk_partition(layer.fan_out, team.size, thread, &lo, &hi)
         _column_sums(delta, rows, layer.fan_out, lo, hi, <real *>layer.gb)
-        _update_elements(plan, <real *>layer.b, <real *>layer.gb, layer.b_state0, layer.b_state1, lo, hi)
+        _update_elements(plan, <real *>layer.b, <real *>layer.gb, layer.b_state0, layer.b_state1, lo, hi,
+                         plan.bias_weight_decay)
         if l == 0:
             break  # the parallel region's end joins the threads
         # delta for the layer below: (delta @ W.T) * act'(its z or h)
@@ -688,25 +693,26 @@ cdef class FusedMLPStep:
             raise MemoryError(f"FusedMLPStep: could not allocate the {2 * index}-byte index of a sparse input")
 
     def step(self, x, labels, double lr, double a, double b, double eps, double weight_decay,
-             long t, int num_threads, row_weights=None):
+             long t, int num_threads, row_weights=None, bias_weight_decay=None):
         """One step on the batch (x, labels): returns (mean loss, number of rows whose
         largest logit is their label). x: (rows, fan_in) C-contiguous, rows <= max_rows.
         ``row_weights``: float64 (rows,), each row's share of a weighted mean loss (summing
-        to 1); None: the plain mean."""
+        to 1); None: the plain mean. ``bias_weight_decay``: the biases' weight decay (None:
+        ``weight_decay``, as the weights')."""
         cdef StepCall call
         call.profiled = False
-        self._run(&call, x, labels, lr, a, b, eps, weight_decay, t, num_threads, row_weights)
+        self._run(&call, x, labels, lr, a, b, eps, weight_decay, t, num_threads, row_weights, bias_weight_decay)
         return call.loss, call.correct
 
     def step_profiled(self, x, labels, double lr, double a, double b, double eps,
-                      double weight_decay, long t, int num_threads, row_weights=None):
+                      double weight_decay, long t, int num_threads, row_weights=None, bias_weight_decay=None):
         """As step(), also returning the seconds of each phase of the step (in the order
         of phase_names(); the last one runs from the last barrier to the end of the
         parallel region: the first layer's backward and update)."""
         cdef StepCall call
         cdef int i
         call.profiled = True
-        self._run(&call, x, labels, lr, a, b, eps, weight_decay, t, num_threads, row_weights)
+        self._run(&call, x, labels, lr, a, b, eps, weight_decay, t, num_threads, row_weights, bias_weight_decay)
         return call.loss, call.correct, [call.marks[i + 1] - call.marks[i] for i in range(call.n_marks - 1)]
 
     def phase_names(self):
@@ -742,7 +748,7 @@ cdef class FusedMLPStep:
         return names
 
     cdef _run(self, StepCall *call, x, const int64_t[::1] labels, double lr, double a, double b,
-              double eps, double weight_decay, long t, int num_threads, row_weights):
+              double eps, double weight_decay, long t, int num_threads, row_weights, bias_weight_decay):
         cdef Py_ssize_t rows = labels.shape[0]
         cdef const double[::1] weights
         cdef const float[:, ::1] xs
@@ -763,6 +769,7 @@ cdef class FusedMLPStep:
         try:
             self.plan.lr, self.plan.a, self.plan.b, self.plan.eps = lr, a, b, eps
             self.plan.weight_decay, self.plan.t = weight_decay, t
+            self.plan.bias_weight_decay = weight_decay if bias_weight_decay is None else bias_weight_decay
             call.plan = &self.plan
             call.labels = &labels[0]
             call.row_weights = &weights[0] if row_weights is not None else NULL

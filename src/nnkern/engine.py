@@ -175,7 +175,7 @@ def build_fused_step(model, optimizer, loss, x, y, batch_size: int):
         yb = np.ascontiguousarray(yb, dtype=np.int64)
         now = optimizer.update_rule()  # the hyperparameters as they are now (a schedule changes lr)
         return method(xb, yb, now.lr, now.a, now.b, now.eps, now.weight_decay, optimizer.count_steps(1),
-                      get_num_threads(), row_weights)
+                      get_num_threads(), row_weights, now.bias_weight_decay)
 
     def step(xb, yb, row_weights=None):
         return run(fused.step, xb, yb, row_weights)
@@ -206,6 +206,8 @@ def _cuda_step(pairs, states, optimizer, dtype, rows, x, y):
     rule = optimizer.update_rule()
     if rule.code not in cuda_train.RULES:
         raise FusedStepUnavailable(f"the cuda engine has no {rule.name!r} rule")
+    if rule.bias_weight_decay != rule.weight_decay:
+        raise FusedStepUnavailable("the cuda engine decays biases as weights")
     if not cuda_train.data_fits(x.size * np.dtype(dtype).itemsize):
         raise FusedStepUnavailable("the training set takes more than half the free device memory")
     layers = [(linear.W, linear.b, linear.dW, linear.db, *_activation_spec(act_layer),
