@@ -205,6 +205,7 @@ class Graph:
         self.loss: Loss | dict | None = None
         self.loss_weights = None
         self.stop_training = False
+        self.training = True  # the mode model(x) and forward(x) compute in, as torch's (see train())
 
     def _plan(self, slot: dict) -> list:
         """The stages of the forward pass, in topological order; a Linear read only by an
@@ -410,12 +411,34 @@ class Graph:
         self._forward_rows = rows.pop()
         return [values[slot] for slot in self._output_slots]
 
-    def forward(self, x, training: bool = False):
+    def forward(self, x, training: bool | None = None):
         """The model's output for the batch ``x`` (an array, or a list or dict of arrays
-        for several inputs); a list of arrays for several outputs. The results are
+        for several inputs); a list of arrays for several outputs, in the model's mode
+        (:meth:`train` / :meth:`eval`) unless ``training`` says which. The results are
         workspaces reused by the next forward pass of the same batch size."""
-        outputs = self._forward(self._input_arrays(x), training)
+        outputs = self._forward(self._input_arrays(x), self.training if training is None else bool(training))
         return outputs[0] if len(outputs) == 1 else outputs
+
+    __call__ = forward
+
+    # -- modes, as torch.nn.Module's ------------------------------------------------------
+
+    def train(self, mode: bool = True):
+        """Set training mode (``mode=True``: Dropout drops, BatchNorm normalises by the
+        batch and updates its running statistics) or evaluation mode (``False``); returns
+        the model. ``model(x)`` and ``forward(x)`` compute in the mode set; ``fit`` trains
+        in training mode and restores the mode it found; ``predict`` and ``evaluate``
+        always compute in evaluation mode. A ``backward`` after an evaluation-mode forward
+        works as torch's: it differentiates what that forward computed (Dropout as the
+        identity, BatchNorm with its running statistics)."""
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"train: mode must be True or False, got {mode!r}")
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: ``train(False)``."""
+        return self.train(False)
 
     def backward(self, grad_output, input_grad: bool = False):
         """Backpropagate ``grad_output`` (the loss gradient with respect to the output, or
@@ -606,8 +629,6 @@ class Graph:
             return np.argmax(output, axis=1)
 
         return classes(outputs) if len(self.output_names) == 1 else [classes(output) for output in outputs]
-
-    __call__ = predict
 
     # -- files ------------------------------------------------------------------------
 

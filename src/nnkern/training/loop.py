@@ -98,6 +98,17 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer, loss="
     history = History()
     steps = len(loader)
     model.stop_training = False
+    mode = model.training
+    model.train()
+    try:
+        return _epochs(model, step, loader, objective, callbacks, history, epochs, steps, validation_data,
+                       on_nonfinite)
+    finally:
+        model.train(mode)
+
+
+def _epochs(model, step, loader, objective, callbacks, history, epochs, steps, validation_data, on_nonfinite):
+    """fit's epochs, in training mode."""
     dispatch(callbacks, "set_model", model)
     dispatch(callbacks, "on_train_begin", {"epochs": epochs, "steps": steps, "samples": loader.samples,
                                            "validation": validation_data is not None})
