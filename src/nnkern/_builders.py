@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import nn, optim
+
 __all__ = ["build_mlp", "make_optimizer", "HIDDEN_ACTIVATIONS", "OPTIMIZERS", "DEFAULT_LR"]
 
 # The default network: the source material's deeper MNIST classifier 784-256-128-64-20-10.
 INPUT_FEATURES = 784
 NUM_CLASSES = 10
 DEFAULT_HIDDEN = (256, 128, 64, 20)
-# Hidden activations by name, and their class, named alike in nnkern.nn and torch.nn (with
-# the same defaults: LeakyReLU's slope 0.01, exact GELU).
-HIDDEN_ACTIVATIONS = {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh", "leaky_relu": "LeakyReLU",
-                      "gelu": "GELU"}
+# Hidden activations by name and their layer class: nnkern.nn's one table (the classes are
+# named alike in torch.nn, with the same defaults: LeakyReLU's slope 0.01, exact GELU).
+HIDDEN_ACTIVATIONS = nn.ACTIVATION_LAYERS
 # He initialisation suits the rectifiers, Xavier the saturating activations.
 _HE_INIT = frozenset({"relu", "leaky_relu", "gelu"})
 
@@ -36,9 +37,7 @@ def build_mlp(hidden=DEFAULT_HIDDEN, *, activation="relu", inputs=INPUT_FEATURES
     (a key of ``HIDDEN_ACTIVATIONS``) after each hidden layer and logits at the end (the
     loss applies the softmax). Layer ``i`` is initialised with seed ``seed + i`` (None:
     unseeded)."""
-    from . import nn
-
-    layer_class = getattr(nn, HIDDEN_ACTIVATIONS[activation])
+    layer_class = HIDDEN_ACTIVATIONS[activation]
     init = "he" if activation in _HE_INIT else "xavier"
     sizes = (inputs, *hidden, outputs)
     layers = []
@@ -56,8 +55,6 @@ def make_optimizer(name: str, lr: float | None = None, momentum: float = DEFAULT
     ``weight_decay`` adds ``weight_decay * p`` to every gradient (L2 regularisation); for
     "adamw" it is AdamW's decoupled decay (``p *= 1 - lr * weight_decay`` every step).
     ``model``: bind it to that model's parameters now (None: ``fit`` binds it)."""
-    from . import optim
-
     lr = DEFAULT_LR[name] if lr is None else lr
     bound_to = () if model is None else (model,)
     if name == "sgd":

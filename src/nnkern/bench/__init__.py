@@ -89,8 +89,8 @@ from .trainers import (
     OPTIMIZERS,
     NnkernTrainer,
     TorchTrainer,
-    fused_step_for,
     make_trainer,
+    training_step_for,
 )
 
 __all__ = [
@@ -109,7 +109,7 @@ __all__ = [
     "NnkernTrainer",
     "TorchTrainer",
     "make_trainer",
-    "fused_step_for",
+    "training_step_for",
     "run",
     "checked_optimizers",
     "format_header",

@@ -10,6 +10,7 @@ from collections import defaultdict
 
 import nnkern
 
+from ..data import load_mnist
 from .machine import (
     REFERENCE,
     TORCH,
@@ -34,8 +35,6 @@ def _contender_process(conn, name: str, optimizer: str, threads: int, test_sampl
     times one epoch whenever asked. Messages in: ("network", Network, samples, seed,
     warmup_batches), ("epoch",), ("accuracy",), ("stop",); every answer is ("ok", value) or
     ("failed", reason)."""
-    from ..data import load_mnist
-
     trainer = inputs = test = None
     try:
         if name == TORCH:

@@ -15,7 +15,9 @@ import numpy as np
 
 import nnkern
 
+from .. import ops
 from .._threads import default_num_threads, openmp_defaults
+from ..backends import BACKENDS
 from .networks import DTYPE
 
 REFERENCE = "numpy"  # every ratio is taken to it
@@ -37,8 +39,6 @@ def benchmark_backends(requested=None) -> tuple[list[str], dict[str, str]]:
     timings mean nothing. ``requested`` (names) narrows the list; the reference is always
     kept, since every ratio is taken to it.
     """
-    from ..backends import BACKENDS
-
     if requested is not None:
         unknown = sorted(set(requested) - set(BACKENDS))
         if unknown:
@@ -131,8 +131,6 @@ def measure_sgemm_peak(size: int = 2048, repeats: int = 3, dtype=DTYPE) -> dict:
     ``repeats`` products of ``size``² matrices by NumPy's BLAS and by nnkern's own GEMM (the
     fastest compiled backend here), whichever is faster. Each is reported too: on some CPUs
     NumPy's BLAS runs a kernel for an older instruction set."""
-    from .. import ops
-
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size)).astype(dtype)

@@ -10,6 +10,9 @@ from collections import defaultdict
 
 import nnkern
 
+from .._backend import backend_module
+from ..backends import KERNELS
+from ..data import load_mnist
 from .machine import benchmark_backends, set_threads, wait_for_idle_pools
 from .networks import NETWORKS, epoch_batches, initial_weights
 from .trainers import NnkernTrainer
@@ -47,8 +50,6 @@ def _timed_kernels(backend: str):
     yields a dict it fills when the block ends: {call label: [total seconds, calls]}, in
     the order of the first call. A kernel called by another kernel (the reference's
     ``linear`` calls its ``activation``) counts as part of its caller."""
-    from .._backend import backend_module
-    from ..backends import KERNELS
 
     module = backend_module(backend)
     originals = {name: getattr(module, name) for name in KERNELS}
@@ -150,8 +151,6 @@ def profile_networks(*, backends=None, networks=NETWORKS, steps: int = 50, threa
     """:func:`profile_step` of a training step of each network on each backend (layer by
     layer, kernel by kernel), and :func:`profile_fused_step` of the fused step where the
     backend's can time its phases."""
-    from ..data import load_mnist
-
     set_threads(threads or nnkern.get_num_threads())
     timed, _ = benchmark_backends(backends)
     (x_unit, y_train), _ = load_mnist()

@@ -6,7 +6,9 @@ import math
 
 import numpy as np
 
+from .. import nn
 from .._builders import HIDDEN_ACTIVATIONS, build_mlp, make_optimizer
+from ..training import FusedStep, TrainingStep, select_step
 from .machine import TORCH, import_torch
 from .networks import Network
 
@@ -15,15 +17,13 @@ LEARNING_RATE = 0.1
 OPTIMIZERS = {"sgd": LEARNING_RATE, "adam": 1e-3}
 
 
-def fused_step_for(model, optimizer, loss, batches):
-    """The fused training step of ``model`` for ``batches``, or None where its backend has
-    none (the trainer then takes ``model.train_step``): the one place the bench picks its
-    training engine. It checks the whole data set once, as ``fit`` does."""
-    from ..engine import fused_train_step
-
+def training_step_for(model, optimizer, loss, batches) -> TrainingStep:
+    """The training step of ``model`` for ``batches``, chosen as ``fit`` chooses it
+    (:func:`nnkern.training.select_step`: the backend's fused engine where it applies,
+    else layer by layer), checking the whole data set once."""
     xs = np.concatenate([xb for xb, _ in batches])
     ys = np.concatenate([yb for _, yb in batches])
-    return fused_train_step(model, optimizer, loss, xs, ys, max(len(xb) for xb, _ in batches))
+    return select_step(model, optimizer, model._objective(loss), [xs], [ys], max(len(xb) for xb, _ in batches))
 
 
 class NnkernTrainer:
@@ -32,15 +32,13 @@ class NnkernTrainer:
     does), else through ``model.train_step``."""
 
     def __init__(self, backend: str, network: Network, weights: list[np.ndarray], optimizer: str = "sgd"):
-        from .. import nn
-
         self.backend = backend
         self.weights = weights
         self.model = build_mlp(network.sizes[1:-1], activation=network.activation, inputs=network.sizes[0],
                                outputs=network.sizes[-1], backend=backend, dtype=network.dtype)
         self.loss = nn.CrossEntropyLoss()
         self.optimizer = make_optimizer(optimizer, lr=OPTIMIZERS[optimizer], model=self.model)
-        self.fused_step = None
+        self.training_step: TrainingStep | None = None
 
     def reset(self) -> None:
         """Back to the initial weights and a fresh optimizer (state zeroed in place: the
@@ -54,15 +52,19 @@ class NnkernTrainer:
 
     def prepare(self, batches):
         """The batches as this trainer takes them (NumPy arrays: as they are); builds the
-        fused step for them where the backend has one (:func:`fused_step_for`)."""
-        self.fused_step = fused_step_for(self.model, self.optimizer, self.loss, batches)
+        training step for them (:func:`training_step_for`)."""
+        self.training_step = training_step_for(self.model, self.optimizer, self.loss, batches)
         return batches
 
+    @property
+    def fused_step(self):
+        """The fused engine's own step function (with ``profiled`` on "cython"), or None
+        where the model trains layer by layer."""
+        step = self.training_step
+        return step.function if isinstance(step, FusedStep) else None
+
     def step(self, xb, yb) -> float:
-        if self.fused_step is not None:
-            return self.fused_step(xb, yb)[0]
-        loss, _ = self.model.train_step(xb, yb, self.optimizer, self.loss)
-        return loss
+        return self.training_step.step(xb, yb)[0]
 
     def train(self, batches) -> float:
         loss = math.nan
@@ -89,7 +91,7 @@ class TorchTrainer:
         for i, (fan_in, fan_out) in enumerate(network.layer_shapes):
             layers.append(torch.nn.Linear(fan_in, fan_out))
             if i < last:
-                layers.append(getattr(torch.nn, HIDDEN_ACTIVATIONS[network.activation])())
+                layers.append(getattr(torch.nn, HIDDEN_ACTIVATIONS[network.activation].__name__)())
         self.model = torch.nn.Sequential(*layers).to(getattr(torch, network.dtype))
         self.loss = torch.nn.CrossEntropyLoss()
         make = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[optimizer]
