@@ -55,6 +55,10 @@ def _jit(*, parallel: bool = False, inline: bool = False):
     that divides, the sigmoid's among them). Where no cache location is writable
     (read-only install, no writable home and no NUMBA_CACHE_DIR) the kernels still work,
     compiled once per process instead.
+    A kernel called from another kernel is compiled for the types of its arguments, and
+    Numba types a constant argument (``False``, ``0``) as a Literal of that value: callers
+    pass flags and codes as run-time values (``bool(False)``, ``int(0)``) so that each
+    kernel is compiled once per dtype, whichever caller reaches it first.
     ``inline``: a helper inlined into its callers by Numba itself, where LLVM, left to
     decide, kept the call and the helper's loop lost its vectorisation."""
 
@@ -581,7 +585,7 @@ def _pack_a_tail(a, trans_a, a_tail, m, k):
     op(a)[m // MR * MR + r, p] at p*MR + r. The full panels are read where they lie."""
     m_full = m // GEMM_MR * GEMM_MR
     if m_full < m:
-        _pack_panel(a, trans_a, m_full, m - m_full, 0, k, GEMM_MR, a_tail, 0)
+        _pack_panel(a, trans_a, m_full, m - m_full, int(0), k, int(GEMM_MR), a_tail, int(0))
 
 
 @_jit()
@@ -707,5 +711,7 @@ def gemm(a, trans_a, b, trans_b, out, bias, has_bias, act, slope, a_tail, b_pack
         gemm_parallel(a, trans_a, a_tail, b, trans_b, b_pack, spare, out, bias, has_bias, act,
                       slope, block_cols)
     else:
-        gemm_columns(a, trans_a, a_tail, b, trans_b, b_pack, spare, out, 0, n, bias, has_bias,
-                     act, slope)
+        # int(0): a run-time column index, as gemm_parallel passes (a constant 0 would be a
+        # Literal type to Numba, and gemm_columns would be compiled a second time for it)
+        gemm_columns(a, trans_a, a_tail, b, trans_b, b_pack, spare, out, int(0), n, bias,
+                     has_bias, act, slope)

@@ -178,45 +178,53 @@ def _sparse_weight_grad(x, delta, gw, cols, row_count, rows_of, col_count):
 
 @_k._jit()
 def train_step(x, labels, row_weights, bufs, table, slopes, rule, hyper, bias_hyper, weight_decay,
-               bias_weight_decay, delta0, delta1,
-               delta2, a_tail, b_pack, spare, sparse, cols, row_count, rows_of, col_count,
+               bias_weight_decay, delta0, delta1, delta2, a_tail, b_pack, spare, sparse_lists,
                num_threads):
     """One training step on (x, labels): returns (mean loss, rows whose first largest
     logit is their label). x: (rows, fan_in) C-contiguous; labels int64 in range.
-    row_weights: float64, each row's share of a weighted mean loss, or empty for the mean.
+    row_weights: float64, each row's share of a weighted mean loss, or None for the mean.
     bias_hyper, bias_weight_decay: the biases' hyperparameters and L2 flag (their weight
     decay may differ from the weights').
     delta0-2: flat buffers of rows * the widest layer; the derivative mask reads one and
-    writes another (in place, LLVM would not vectorise it). sparse: the first layer reads
-    only x's nonzeros, listed in cols, row_count, rows_of, col_count (int32)."""
+    writes another (in place, LLVM would not vectorise it). sparse_lists: None, or the
+    first layer reads only x's nonzeros, listed in (cols, row_count, rows_of, col_count)
+    (int32).
+
+    None arguments are told apart by type: Numba compiles the step once per combination
+    and prunes the branches of the absent ones before typing them, so that a dense,
+    unweighted fit compiles neither the sparse kernels nor the weighted loss."""
     rows = x.shape[0]
     n_layers = table.shape[0]
     dummy = bufs[0]
     zero = slopes.dtype.type(0)
+    # run-time flags and codes: constants would reach numba_kernels.gemm as Literal types,
+    # and it would be compiled once per combination of them (numba_kernels._jit)
+    no, yes, identity = bool(False), bool(True), int(IDENTITY)
 
     inp = x
     for l in range(n_layers):  # forward: h = act(inp @ W + b), fused in the GEMM
         fan_in, fan_out, act = table[l, FAN_IN], table[l, FAN_OUT], table[l, ACT]
         w = bufs[table[l, W]].reshape((fan_in, fan_out))
         h = bufs[table[l, H]][:rows * fan_out].reshape((rows, fan_out))
-        if l == 0 and sparse:
+        if sparse_lists is not None and l == 0:
+            cols, row_count, _, _ = sparse_lists
             pre = bufs[table[l, Z]][:rows * fan_out] if table[l, KEEP_PREACT] else h.reshape(-1)
             _sparse_linear(inp, w, bufs[table[l, B]], pre.reshape((rows, fan_out)), cols, row_count)
             _k.activation(act, pre, slopes[l], h.reshape(-1))
         elif table[l, KEEP_PREACT]:
             z = bufs[table[l, Z]][:rows * fan_out]
-            _k.gemm(inp, False, w, False, z.reshape((rows, fan_out)), bufs[table[l, B]], True,
-                    IDENTITY, slopes[l], a_tail, b_pack, spare, num_threads)
+            _k.gemm(inp, no, w, no, z.reshape((rows, fan_out)), bufs[table[l, B]], yes,
+                    identity, slopes[l], a_tail, b_pack, spare, num_threads)
             _k.activation(act, z, slopes[l], h.reshape(-1))
         else:
-            _k.gemm(inp, False, w, False, h, bufs[table[l, B]], True, act, slopes[l], a_tail,
+            _k.gemm(inp, no, w, no, h, bufs[table[l, B]], yes, act, slopes[l], a_tail,
                     b_pack, spare, num_threads)
         inp = h
 
     n_classes = table[n_layers - 1, FAN_OUT]
     logits = bufs[table[n_layers - 1, H]][:rows * n_classes].reshape((rows, n_classes))
     delta = delta0[:rows * n_classes].reshape((rows, n_classes))
-    if row_weights.shape[0]:
+    if row_weights is not None:
         loss = _k.softmax_cross_entropy_labels_weighted(logits, labels, row_weights, delta)
     else:
         loss = _k.softmax_cross_entropy_labels(logits, labels, delta)
@@ -240,17 +248,18 @@ def train_step(x, labels, row_weights, bufs, table, slopes, rule, hyper, bias_hy
         w = bufs[table[l, W]].reshape((fan_in, fan_out))
         gw = bufs[table[l, GW]].reshape((fan_in, fan_out))
         # dW = inp.T @ delta; db = column sums of delta
-        if l == 0 and sparse:
+        if sparse_lists is not None and l == 0:
+            cols, row_count, rows_of, col_count = sparse_lists
             _sparse_weight_grad(inp, delta, gw, cols, row_count, rows_of, col_count)
         else:
-            _k.gemm(inp, True, delta, False, gw, dummy, False, IDENTITY, zero, a_tail, b_pack,
-                    spare, num_threads)
+            _k.gemm(inp, yes, delta, no, gw, dummy, no, identity, zero, a_tail, b_pack, spare,
+                    num_threads)
         _k.bias_grad(delta, bufs[table[l, GB]])
         if l > 0:  # delta for the layer below: (delta @ W.T) * act'(its z or h)
             below = l - 1
             grad = free0[:rows * fan_in]
-            _k.gemm(delta, False, w, True, grad.reshape((rows, fan_in)), dummy, False, IDENTITY,
-                    zero, a_tail, b_pack, spare, num_threads)
+            _k.gemm(delta, no, w, yes, grad.reshape((rows, fan_in)), dummy, no, identity, zero,
+                    a_tail, b_pack, spare, num_threads)
             src = bufs[table[below, Z] if table[below, KEEP_PREACT] else table[below, H]]
             _k.activation_grad(table[below, ACT], src[:rows * fan_in], grad, slopes[below],
                                free1[:rows * fan_in])
@@ -319,13 +328,13 @@ class FusedMLPStep:
         self.a_tail = np.empty(a_size, dtype)
         self.b_pack = np.empty(b_size, dtype)
         self.spare = np.empty(spare_size, dtype)
-        # the sparse input's index lists (1-element placeholders when unused)
+        # the sparse input's index lists (cols, row_count, rows_of, col_count), or None
         self.sparse_input = bool(sparse_input)
-        index = self.max_rows * int(table[0, FAN_IN]) if sparse_input else 1
-        self.cols, self.rows_of = np.empty(index, np.int32), np.empty(index, np.int32)
-        self.row_count = np.empty(self.max_rows if sparse_input else 1, np.int32)
-        self.no_weights = np.empty(0, np.float64)
-        self.col_count = np.empty(int(table[0, FAN_IN]) if sparse_input else 1, np.int32)
+        self.sparse_lists = None
+        if sparse_input:
+            fan_in = int(table[0, FAN_IN])
+            self.sparse_lists = (np.empty(self.max_rows * fan_in, np.int32), np.empty(self.max_rows, np.int32),
+                                 np.empty(self.max_rows * fan_in, np.int32), np.empty(fan_in, np.int32))
 
     def step(self, x, labels, lr, a, b, eps, weight_decay, t, num_threads, row_weights=None,
              bias_weight_decay=None):
@@ -337,9 +346,7 @@ class FusedMLPStep:
         rows = len(labels)
         if rows == 0 or rows > self.max_rows:
             raise ValueError(f"FusedMLPStep: batch of {rows} rows, expected 1..{self.max_rows}")
-        if row_weights is None:
-            row_weights = self.no_weights
-        elif len(row_weights) != rows:
+        if row_weights is not None and len(row_weights) != rows:
             raise ValueError(f"FusedMLPStep: {len(row_weights)} row weights for a batch of {rows} rows")
         hyper = self.hyper
         hyper[LR], hyper[A], hyper[B_], hyper[EPS] = lr, a, b, eps
@@ -358,7 +365,6 @@ class FusedMLPStep:
             bias_l2_decay = bias_weight_decay != 0.0 and self.rule != RULE_ADAMW
         loss, correct = train_step(x, labels, row_weights, self.bufs, self.table, self.slopes, self.rule, hyper,
                                    bias_hyper, l2_decay, bias_l2_decay, self.delta0, self.delta1, self.delta2,
-                                   self.a_tail, self.b_pack, self.spare, self.sparse_input,
-                                   self.cols, self.row_count, self.rows_of, self.col_count,
+                                   self.a_tail, self.b_pack, self.spare, self.sparse_lists,
                                    min(num_threads, _backend.num_threads()))
         return loss, correct
