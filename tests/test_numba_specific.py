@@ -249,10 +249,67 @@ def test_entry_points_compile_for_c_contiguous_arrays_only():
         ops.matmul(x.T, x, backend="numba")  # an F-contiguous view
         ops.activation("tanh", x[:, ::2], backend="numba")
     k_ = _kernels()
-    for kernel in (k_.gemm_columns, k_.gemm_parallel, k_.activation):
+    for kernel in (k_.gemm, k_.gemm_columns, k_.activation):
         for signature in kernel.signatures:
             layouts = {arg.layout for arg in signature if hasattr(arg, "layout")}
             assert layouts <= {"C"}, (kernel.__name__, signature)
+
+
+# The fused step (dense input, then sparse input and weighted rows; 1 and 2 threads each),
+# then the layer path, in float32 and a fresh cache: the signatures each kernel is compiled for
+_FUSED_STEPS_AND_LAYER_PATH = """
+    import json
+    import numpy as np
+    from numba.core import event
+    import nnkern
+    from nnkern import engine, nn, ops, optim
+
+    compiled = {}
+
+    class Record(event.Listener):
+        def on_start(self, ev):
+            compiled.setdefault(ev.data["dispatcher"].py_func.__qualname__, []).append(
+                [type(arg).__name__ for arg in ev.data["args"]])
+
+        def on_end(self, ev):
+            pass
+
+    event.register("numba:compile", Record())
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((40, 12)).astype(np.float32)
+    x[x < 1] = 0  # mostly zeros (84%): the sparse first layer
+    y = np.arange(40) % 3
+    sparse = []
+    for data, weights in ((x + 1, None), (x, np.full(20, 1 / 20))):  # dense, then sparse and weighted
+        model = nn.Sequential(nn.Linear(12, 6, seed=0), nn.Sigmoid(), nn.Linear(6, 3, seed=1),
+                              backend="numba", dtype=np.float32)
+        step = engine.fused_train_step(model, optim.Adam(model, lr=0.01), nn.CrossEntropyLoss(), data, y, 20)
+        sparse.append(bool(step.sparse_input))
+        for threads in (1, 2):
+            nnkern.set_num_threads(threads)
+            step(data[:20], y[:20], weights)
+    ops.linear(x, x[:12, :5].copy(), np.zeros(5, np.float32), activation="relu", backend="numba")
+    ops.matmul(x, x[:12, :5].copy(), backend="numba")
+    print(json.dumps({"sparse": sparse, "compiled": compiled}))
+"""
+
+
+def test_kernels_compile_once_per_dtype_whoever_calls_them(tmp_path):
+    """Kernels reach each other with run-time flags and codes, never constants (which Numba
+    types as Literals, compiling a kernel once per value): in a fresh cache, the fused
+    steps and the layer path compile each kernel once, the GEMM and the parallel update
+    included (one kernel each, whatever the thread count), and the fused step once per
+    combination of None arguments."""
+    report = _run_python(_FUSED_STEPS_AND_LAYER_PATH, str(tmp_path))
+    assert report["sparse"] == [False, True]
+    compiled = report["compiled"]
+    for name, signatures in compiled.items():
+        for argument_types in signatures:
+            assert not any(t.endswith("Literal") for t in argument_types), (name, argument_types)
+    for name in ("gemm", "gemm_columns", "_pack_panel", "activation", "_update_any", "_update",
+                 "_sparse_linear", "_sparse_weight_grad"):
+        assert len(compiled[name]) == 1, (name, compiled[name])
+    assert len(compiled["train_step"]) == 2, compiled["train_step"]  # dense; sparse and weighted
 
 
 # ---------------------------------------------------------------------------------------

@@ -60,7 +60,9 @@ def _jit(*, parallel: bool = False, inline: bool = False):
     pass flags and codes as run-time values (``bool(False)``, ``int(0)``) so that each
     kernel is compiled once per dtype, whichever caller reaches it first.
     ``inline``: a helper inlined into its callers by Numba itself, where LLVM, left to
-    decide, kept the call and the helper's loop lost its vectorisation."""
+    decide, kept the call and the helper's loop lost its vectorisation, or a helper with
+    one caller (a kernel of its own would be optimised and compiled to machine code again
+    in each caller: seconds of a first fit for the GEMM's)."""
 
     def decorate(fn):
         options = dict(nogil=True, fastmath=set(FASTMATH), error_model="numpy", parallel=parallel,
@@ -547,7 +549,7 @@ def _micro_kernel(typingctx, a, a_at, a_step_i, a_step_p, b_pack, b_at, kc, c, f
     return signature, codegen
 
 
-@_jit()
+@_jit(inline=True)
 def _gemm_kc(k):
     """The k block: k split evenly into blocks of at most GEMM_KC (0 when k is 0)."""
     blocks = max((k + GEMM_KC - 1) // GEMM_KC, 1)
@@ -579,7 +581,7 @@ def _pack_panel(src, k_along_rows, start, count, k0, k1, width, dst, base):
                 dst[base + p * width + c] = 0
 
 
-@_jit()
+@_jit(inline=True)
 def _pack_a_tail(a, trans_a, a_tail, m, k):
     """The last, partial MR-row panel of op(a) (rows m // MR * MR to m), zero padded:
     op(a)[m // MR * MR + r, p] at p*MR + r. The full panels are read where they lie."""
@@ -588,7 +590,7 @@ def _pack_a_tail(a, trans_a, a_tail, m, k):
         _pack_panel(a, trans_a, m_full, m - m_full, int(0), k, int(GEMM_MR), a_tail, int(0))
 
 
-@_jit()
+@_jit(inline=True)
 def _bias_activation(out, j0, j1, bias, has_bias, act, slope, spare_row):
     """The linear epilogue on a finished column block (still in L2): + bias, then act. Each
     row segment goes through ``spare_row`` so that the activation never runs in place
@@ -669,19 +671,6 @@ def gemm_columns(a, trans_a, a_tail, b, trans_b, b_pack, spare, out, j0, j1, bia
         _bias_activation(out, j0, j1, bias, has_bias, act, slope, spare[:n])
 
 
-@_jit(parallel=True)
-def gemm_parallel(a, trans_a, a_tail, b, trans_b, b_pack, spare, out, bias, has_bias, act,
-                  slope, block_cols):
-    """The column blocks (multiples of NR) spread over Numba's threads, each packing its
-    own columns of op(b) and using its own scratch tile."""
-    n = out.shape[1]
-    n_blocks = (n + block_cols - 1) // block_cols
-    for block in prange(n_blocks):
-        j0 = block * block_cols
-        gemm_columns(a, trans_a, a_tail, b, trans_b, b_pack, spare, out, j0,
-                     min(j0 + block_cols, n), bias, has_bias, act, slope)
-
-
 def gemm_scratch_sizes(m, n, k):
     """(a_tail, b_pack, spare) element counts that gemm needs for an (m x k) @ (k x n)
     product, whatever the dtype and thread count (plain Python, for the callers)."""
@@ -689,12 +678,16 @@ def gemm_scratch_sizes(m, n, k):
     return GEMM_MR * k, n_pad * k, n + GEMM_MR * n_pad
 
 
-@_jit()
+@_jit(parallel=True)
 def gemm(a, trans_a, b, trans_b, out, bias, has_bias, act, slope, a_tail, b_pack, spare,
          num_threads):
     """out = act(op(a) @ op(b) + bias), the whole GEMM in one compiled call: packs the
     partial row panel of op(a) (_pack_a_tail), then splits the columns over Numba's threads
-    (gemm_columns packs op(b) and runs the micro-kernel).
+    in blocks of a multiple of NR, each thread packing its own columns of op(b) and using
+    its own scratch tile (gemm_columns packs op(b) and runs the micro-kernel). The parallel
+    region is entered only for a product large enough to pay for it; the one-thread path
+    is a plain call. (One compiled function with both: a separate parallel kernel would be
+    optimised and compiled to machine code again inside this one, seconds of a first fit.)
 
     Scratch (flat, of out's dtype): at least gemm_scratch_sizes(m, n, k) elements each.
     ``bias`` is never read unless ``has_bias`` (pass any array of the dtype).
@@ -708,10 +701,12 @@ def gemm(a, trans_a, b, trans_b, out, bias, has_bias, act, slope, a_tail, b_pack
     if threads > 1 and m * n * k >= GEMM_PARALLEL_MIN_FLOPS:
         block_cols = (n + threads - 1) // threads
         block_cols = (block_cols + nr - 1) // nr * nr
-        gemm_parallel(a, trans_a, a_tail, b, trans_b, b_pack, spare, out, bias, has_bias, act,
-                      slope, block_cols)
+        for block in prange((n + block_cols - 1) // block_cols):
+            j0 = block * block_cols
+            gemm_columns(a, trans_a, a_tail, b, trans_b, b_pack, spare, out, j0,
+                         min(j0 + block_cols, n), bias, has_bias, act, slope)
     else:
-        # int(0): a run-time column index, as gemm_parallel passes (a constant 0 would be a
-        # Literal type to Numba, and gemm_columns would be compiled a second time for it)
+        # int(0): a run-time column index, as the parallel loop passes (a constant 0 would
+        # be a Literal type to Numba, and gemm_columns would be compiled a second time)
         gemm_columns(a, trans_a, a_tail, b, trans_b, b_pack, spare, out, int(0), n, bias,
                      has_bias, act, slope)

@@ -83,22 +83,18 @@ UPDATE_PARALLEL_MIN = 1 << 15
 
 
 @_k._jit(parallel=True)
-def _update_parallel(rule, p, g, s0, s1, hyper, weight_decay, num_threads):
-    """_update on num_threads contiguous chunks, one per thread (elementwise rules: the
-    same numbers as one pass). Absent states are the 1-element dummy, never read."""
-    n = p.shape[0]
-    chunk = (n + num_threads - 1) // num_threads
-    for c in prange(num_threads):
-        lo = min(c * chunk, n)
-        hi = min(lo + chunk, n)
-        _update(rule, p[lo:hi], g[lo:hi], s0[lo:hi] if s0.shape[0] == n else s0,
-                s1[lo:hi] if s1.shape[0] == n else s1, hyper, weight_decay)
-
-
-@_k._jit()
 def _update_any(rule, p, g, s0, s1, hyper, weight_decay, num_threads):
-    if num_threads > 1 and p.shape[0] >= UPDATE_PARALLEL_MIN:
-        _update_parallel(rule, p, g, s0, s1, hyper, weight_decay, num_threads)
+    """_update, on num_threads contiguous chunks of p, one per thread, where p is large
+    enough to pay for a parallel region (elementwise rules: the same numbers as one pass).
+    Absent states are the 1-element dummy, never read."""
+    n = p.shape[0]
+    if num_threads > 1 and n >= UPDATE_PARALLEL_MIN:
+        chunk = (n + num_threads - 1) // num_threads
+        for c in prange(num_threads):
+            lo = min(c * chunk, n)
+            hi = min(lo + chunk, n)
+            _update(rule, p[lo:hi], g[lo:hi], s0[lo:hi] if s0.shape[0] == n else s0,
+                    s1[lo:hi] if s1.shape[0] == n else s1, hyper, weight_decay)
     else:
         _update(rule, p, g, s0, s1, hyper, weight_decay)
 
