@@ -267,6 +267,21 @@ def train_step(x, labels, row_weights, bufs, table, slopes, rule, hyper, bias_hy
     return loss, correct
 
 
+@_k._jit()
+def _buffer_list(first):
+    """A typed list of flat arrays holding ``first``. Built by cached kernels (this and
+    _append_buffer): typed.List(arrays) from Python compiles Numba's own list helpers in
+    every process, about a second of each first step."""
+    arrays = typed.List()
+    arrays.append(first)
+    return arrays
+
+
+@_k._jit()
+def _append_buffer(arrays, array):
+    arrays.append(array)
+
+
 class FusedMLPStep:
     """A preallocated training step for one model, optimizer and largest batch size, with
     the constructor and ``step`` of the Cython backend's ``_cy_train.FusedMLPStep``.
@@ -314,7 +329,9 @@ class FusedMLPStep:
                 sizes = _k.gemm_scratch_sizes(m, n, k)
                 a_size, b_size, spare_size = (max(a_size, sizes[0]), max(b_size, sizes[1]),
                                               max(spare_size, sizes[2]))
-        self.bufs = typed.List(bufs)
+        self.bufs = _buffer_list(bufs[0])
+        for array in bufs[1:]:
+            _append_buffer(self.bufs, array)
         self.table = table
         self.slopes = slopes
         self.hyper = np.zeros(HYPER_SIZE, dtype)
