@@ -183,11 +183,11 @@ def build_fused_step(model, optimizer, loss, x, y, batch_size: int):
     step.logits = layers[-1][7]  # the last batch's logits (first rows of this buffer)
     step.sparse_input = sparse
     # Numba compiles the step on its first call in a process unless its disk cache has it;
-    # a first compilation takes most of a minute, which fit(verbose=True) says beforehand.
+    # a first compilation takes 10-30 s (BENCHMARKS.md), which fit(verbose=True) says beforehand.
     compiled = getattr(engine, "train_step", None)
     step.first_call_note = (
         "numba: compiling the training step, or loading it from Numba's cache (a first "
-        "compilation takes about a minute, once)" if compiled is not None and not compiled.signatures else None)
+        "compilation takes 10-30 s, once)" if compiled is not None and not compiled.signatures else None)
     if hasattr(fused, "step_profiled"):  # the Cython step times its phases on request
         step.profiled = lambda xb, yb, row_weights=None: run(fused.step_profiled, xb, yb, row_weights)
         step.phase_names = fused.phase_names
