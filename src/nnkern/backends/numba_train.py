@@ -21,8 +21,9 @@ nnk_sparse_impl.h): the same sums without their zero terms.
 
 Every array reaches the compiled step through one typed list of flat arrays (``bufs``)
 and an integer table of the layers (which entry of ``bufs`` holds what), so that one
-compiled specialisation per dtype serves every depth and width. Compilation is lazy (on
-the first step of a dtype) and cached on disk, as for every numba kernel.
+compiled specialisation per dtype (and dense or sparse first layer, plain or weighted
+mean) serves every depth and width. Compilation is lazy (on the first step of one) and
+cached on disk, as for every numba kernel.
 
 Arguments are validated by :mod:`nnkern.engine` before this module is reached.
 """
