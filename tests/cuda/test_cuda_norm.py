@@ -93,3 +93,35 @@ def test_batch_norm_without_affine_or_running_statistics():
         assert_near(a.copy_to_host(), e, np.float64)
     assert_near(ops.batch_norm_backward(x, g, None, *want[1:], backend="cuda")[0],
                 ops.batch_norm_backward(x, g, None, *want[1:], backend="numpy")[0], np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_model_with_norm_layers_matches_reference(dtype):
+    """The layers on "cuda" (parameters, running statistics and workspaces on the device):
+    two training steps and a prediction agree with the same model on the reference."""
+    from nnkern import nn, optim
+    from nnkern._norm_layers import BatchNorm1d, LayerNorm
+
+    def build(backend):
+        model = nn.Sequential(nn.Linear(5, 8, seed=0), BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 6, seed=1),
+                              LayerNorm(6), nn.Tanh(), nn.Linear(6, 3, seed=2), backend=backend, dtype=dtype)
+        sgd = optim.SGD(0.1, momentum=0.9)
+        sgd.bind(model.parameters(), model.gradients(), backend=backend)
+        return model, sgd
+
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((9, 5)).astype(dtype), rng.integers(0, 3, 9)) for _ in range(2)]
+    results = {}
+    for backend in ("numpy", "cuda"):
+        model, sgd = build(backend)
+        losses = [model.train_step(x, y, sgd, nn.CrossEntropyLoss())[0] for x, y in batches]
+        results[backend] = (losses, model.predict(batches[0][0]), model.state_dict(),
+                            {name: np.array(b.copy_to_host() if hasattr(b, "copy_to_host") else b)
+                             for name, b in model.layers[1].named_buffers()})
+    (losses, out, state, buffers), (want_losses, want_out, want_state, want_buffers) = results["cuda"], results["numpy"]
+    np.testing.assert_allclose(losses, want_losses, rtol=20 * rtol(dtype))
+    assert_near(out, want_out, dtype)
+    for name in want_state:
+        assert_near(state[name], want_state[name], dtype)
+    for name in want_buffers:
+        assert_near(buffers[name], want_buffers[name], dtype)
