@@ -705,3 +705,59 @@ def layer_norm_backward(x, grad_out, weight, mean, invstd, *, dx=None, dweight=N
     dx, dweight, dbias = _gradient_outputs(op, x, dtype, be, dx, dweight, dbias)
     be.layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias)
     return dx, dweight, dbias
+
+
+
+# ---------------------------------------------------------------------------------------
+# Whole vectors: what gradient clipping by global norm is built on
+# ---------------------------------------------------------------------------------------
+
+
+def _vector(x, op: str):
+    """``x`` (any shape) as a flat C-contiguous array of its float dtype (None: empty)."""
+    x = _array(x, op, "x")
+    dtype = _common_dtype(op, x=x)
+    if math.prod(x.shape) == 0:
+        return None
+    x = _prepare(x, dtype, op, "x")
+    return x.reshape(x.size) if len(x.shape) != 1 else x
+
+
+def sum_squares(x, *, backend=None) -> float:
+    """The sum of ``x * x`` over every element (accumulated in float64): the squared
+    Euclidean norm. 0.0 for an empty array."""
+    op = "sum_squares"
+    be = _backend(backend)
+    x = _vector(x, op)
+    return 0.0 if x is None else float(be.sum_squares(x))
+
+
+def max_abs(x, *, backend=None) -> float:
+    """The largest ``|x|`` (the infinity norm); NaN when ``x`` holds a NaN; 0.0 for an
+    empty array."""
+    op = "max_abs"
+    be = _backend(backend)
+    x = _vector(x, op)
+    return 0.0 if x is None else float(be.max_abs(x))
+
+
+def scale(x, alpha, *, backend=None) -> None:
+    """``x *= alpha`` in place (``alpha`` a real number, also inf or NaN, rounded to x's
+    dtype as NumPy does)."""
+    op = "scale"
+    be = _backend(backend)
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"{op}: alpha must be a real number, got {alpha!r}")
+    if not (isinstance(x, np.ndarray) or _is_device_array(x)):
+        raise TypeError(f"{op}: x must be an array (it is scaled in place), got {type(x).__name__}")
+    if np.dtype(x.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"{op}: x has dtype {x.dtype}; arrays scaled in place must be float32 or float64")
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        raise ValueError(f"{op}: x is read-only")
+    if math.prod(x.shape) == 0:
+        return
+    contiguous = _is_device_array(x) or x.flags.c_contiguous
+    work = x if contiguous else np.ascontiguousarray(x)
+    be.scale(work.reshape(work.size) if len(work.shape) != 1 else work, float(alpha))
+    if not contiguous:
+        x[...] = work

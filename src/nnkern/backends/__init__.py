@@ -32,6 +32,9 @@ Raw kernel signatures (outputs are written in place; losses return a Python floa
     batch_norm_backward(x, grad_out, weight, mean, invstd, training, dx, dweight, dbias)
     layer_norm_forward(x, weight, bias, eps, out, mean, invstd)
     layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias)
+    sum_squares(x) -> float                         # x: 1-D; sum of x*x accumulated in double
+    max_abs(x) -> float                             # max |x|, NaN when x holds a NaN
+    scale(x, alpha)                                 # x *= alpha in place (alpha may be inf or NaN)
 
 Normalisation (x of shape (N, C); weight and bias always given, ones and zeros for a layer
 without them): BatchNorm over the rows, per column, statistics (N >= 2 in training) and
@@ -71,6 +74,9 @@ KERNELS = (
     "batch_norm_backward",
     "layer_norm_forward",
     "layer_norm_backward",
+    "sum_squares",
+    "max_abs",
+    "scale",
 )
 
 # "gelu" is the exact erf form; "gelu_tanh" the tanh approximation (ops.activation maps

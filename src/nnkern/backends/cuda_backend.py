@@ -327,3 +327,30 @@ def layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias):
                                                                 s.output(dx))
         kernels.layer_norm_parameter_grad[grid, block](x, grad_out, mean, invstd, s.output(dweight),
                                                        s.output(dbias))
+
+
+# Whole vectors (gradient clipping by global norm)
+
+
+def sum_squares(x):
+    kernels = kernel_family(x.dtype)
+    blocks = _loss_blocks(x.size)
+    partials = cuda.device_array(blocks, dtype=np.float64)
+    with _Staging() as s:
+        kernels.sum_squares[blocks, THREADS](_flat(s.input(x)), partials)
+        return _read_sum(partials)
+
+
+def max_abs(x):
+    kernels = kernel_family(x.dtype)
+    blocks = _loss_blocks(x.size)
+    partials = cuda.device_array(blocks, dtype=np.float64)
+    with _Staging() as s:
+        kernels.max_abs[blocks, THREADS](_flat(s.input(x)), partials)
+    return float(np.max(partials.copy_to_host()))  # the blocks' results: NaN propagates
+
+
+def scale(x, alpha):
+    kernels = kernel_family(x.dtype)
+    with _Staging() as s:
+        kernels.scale[_grid(x.size), THREADS](_flat(s.in_place(x)), kernels.scalar(alpha))

@@ -557,12 +557,12 @@ def kernel_family(dtype) -> SimpleNamespace:
             acc = 0.0
             if inside:
                 for row in range(ty, n, BIAS_ROW_GROUPS):
-                    acc += float(x[row, col])
+                    acc += np.float64(x[row, col])
             col_mean = column_total(buf, acc) / n
             acc = 0.0
             if inside:
                 for row in range(ty, n, BIAS_ROW_GROUPS):
-                    d = float(x[row, col]) - col_mean
+                    d = np.float64(x[row, col]) - col_mean
                     acc += d * d
             var = column_total(buf, acc) / n
             col_invstd = 1.0 / math.sqrt(var + eps)
@@ -570,19 +570,19 @@ def kernel_family(dtype) -> SimpleNamespace:
                 mean[col] = col_mean
                 invstd[col] = col_invstd
                 if update_running:
-                    running_mean[col] = (1.0 - momentum) * float(running_mean[col]) + momentum * float(f(col_mean))
-                    running_var[col] = (1.0 - momentum) * float(running_var[col]) + momentum * var * (n / (n - 1.0))
+                    running_mean[col] = (1.0 - momentum) * np.float64(running_mean[col]) + momentum * np.float64(f(col_mean))
+                    running_var[col] = (1.0 - momentum) * np.float64(running_var[col]) + momentum * var * (n / (n - 1.0))
         elif inside:  # the statistics as saved, in the dtype
-            col_mean = float(running_mean[col])
-            col_invstd = float(f(1.0 / math.sqrt(float(running_var[col]) + eps)))
+            col_mean = np.float64(running_mean[col])
+            col_invstd = np.float64(f(1.0 / math.sqrt(np.float64(running_var[col]) + eps)))
             if ty == 0:
                 mean[col] = running_mean[col]
                 invstd[col] = col_invstd
         if inside:
-            scale = col_invstd * float(weight[col])
-            shift = float(bias[col])
+            scale = col_invstd * np.float64(weight[col])
+            shift = np.float64(bias[col])
             for row in range(ty, n, BIAS_ROW_GROUPS):
-                out[row, col] = (float(x[row, col]) - col_mean) * scale + shift
+                out[row, col] = (np.float64(x[row, col]) - col_mean) * scale + shift
 
     @kernel(mat, mat, vec, vec, vec, types.boolean, mat, vec, vec)
     def batch_norm_backward(x, grad_out, weight, mean, invstd, training, dx, dweight, dbias):
@@ -598,28 +598,28 @@ def kernel_family(dtype) -> SimpleNamespace:
         acc_g = 0.0
         acc_g_xhat = 0.0
         if inside:
-            col_mean = float(mean[col])
-            col_invstd = float(invstd[col])
+            col_mean = np.float64(mean[col])
+            col_invstd = np.float64(invstd[col])
             for row in range(ty, n, BIAS_ROW_GROUPS):
-                g = float(grad_out[row, col])
+                g = np.float64(grad_out[row, col])
                 acc_g += g
-                acc_g_xhat += g * ((float(x[row, col]) - col_mean) * col_invstd)
+                acc_g_xhat += g * ((np.float64(x[row, col]) - col_mean) * col_invstd)
         sum_g = column_total(buf, acc_g)
         sum_g_xhat = column_total(buf, acc_g_xhat)
         if inside:
             if ty == 0:
                 dbias[col] = sum_g
                 dweight[col] = sum_g_xhat
-            scale = float(weight[col]) * col_invstd
+            scale = np.float64(weight[col]) * col_invstd
             if training:
                 mean_g = sum_g / n
                 mean_g_xhat = sum_g_xhat / n
                 for row in range(ty, n, BIAS_ROW_GROUPS):
-                    xhat = (float(x[row, col]) - col_mean) * col_invstd
-                    dx[row, col] = scale * (float(grad_out[row, col]) - mean_g - xhat * mean_g_xhat)
+                    xhat = (np.float64(x[row, col]) - col_mean) * col_invstd
+                    dx[row, col] = scale * (np.float64(grad_out[row, col]) - mean_g - xhat * mean_g_xhat)
             else:
                 for row in range(ty, n, BIAS_ROW_GROUPS):
-                    dx[row, col] = scale * float(grad_out[row, col])
+                    dx[row, col] = scale * np.float64(grad_out[row, col])
 
     @kernel(mat, vec, vec, types.float64, mat, vec, vec)
     def layer_norm_forward(x, weight, bias, eps, out, mean, invstd):
@@ -629,18 +629,18 @@ def kernel_family(dtype) -> SimpleNamespace:
         c = x.shape[1]
         acc = 0.0
         for j in range(cuda.threadIdx.x, c, ROW_THREADS):
-            acc += float(x[row, j])
+            acc += np.float64(x[row, j])
         row_mean = _block_sum(buf, acc) / c
         acc = 0.0
         for j in range(cuda.threadIdx.x, c, ROW_THREADS):
-            d = float(x[row, j]) - row_mean
+            d = np.float64(x[row, j]) - row_mean
             acc += d * d
         row_invstd = 1.0 / math.sqrt(_block_sum(buf, acc) / c + eps)
         if cuda.threadIdx.x == 0:
             mean[row] = row_mean
             invstd[row] = row_invstd
         for j in range(cuda.threadIdx.x, c, ROW_THREADS):
-            out[row, j] = (float(x[row, j]) - row_mean) * row_invstd * float(weight[j]) + float(bias[j])
+            out[row, j] = (np.float64(x[row, j]) - row_mean) * row_invstd * np.float64(weight[j]) + np.float64(bias[j])
 
     @kernel(mat, mat, vec, vec, vec, mat)
     def layer_norm_input_grad(x, grad_out, weight, mean, invstd, dx):
@@ -648,19 +648,19 @@ def kernel_family(dtype) -> SimpleNamespace:
         buf = cuda.shared.array(ROW_THREADS, types.float64)
         row = cuda.blockIdx.x
         c = x.shape[1]
-        row_mean = float(mean[row])
-        row_invstd = float(invstd[row])
+        row_mean = np.float64(mean[row])
+        row_invstd = np.float64(invstd[row])
         acc = 0.0
         acc_xhat = 0.0
         for j in range(cuda.threadIdx.x, c, ROW_THREADS):
-            dxhat = float(grad_out[row, j]) * float(weight[j])
+            dxhat = np.float64(grad_out[row, j]) * np.float64(weight[j])
             acc += dxhat
-            acc_xhat += dxhat * ((float(x[row, j]) - row_mean) * row_invstd)
+            acc_xhat += dxhat * ((np.float64(x[row, j]) - row_mean) * row_invstd)
         mean_dxhat = _block_sum(buf, acc) / c
         mean_dxhat_xhat = _block_sum(buf, acc_xhat) / c
         for j in range(cuda.threadIdx.x, c, ROW_THREADS):
-            xhat = (float(x[row, j]) - row_mean) * row_invstd
-            dx[row, j] = row_invstd * (float(grad_out[row, j]) * float(weight[j]) - mean_dxhat
+            xhat = (np.float64(x[row, j]) - row_mean) * row_invstd
+            dx[row, j] = row_invstd * (np.float64(grad_out[row, j]) * np.float64(weight[j]) - mean_dxhat
                                        - xhat * mean_dxhat_xhat)
 
     @kernel(mat, mat, vec, vec, vec, vec)
@@ -672,14 +672,50 @@ def kernel_family(dtype) -> SimpleNamespace:
         acc_g_xhat = 0.0
         if col < x.shape[1]:
             for row in range(cuda.threadIdx.y, x.shape[0], BIAS_ROW_GROUPS):
-                g = float(grad_out[row, col])
+                g = np.float64(grad_out[row, col])
                 acc_g += g
-                acc_g_xhat += g * ((float(x[row, col]) - float(mean[row])) * float(invstd[row]))
+                acc_g_xhat += g * ((np.float64(x[row, col]) - np.float64(mean[row])) * np.float64(invstd[row]))
         sum_g = column_total(buf, acc_g)
         sum_g_xhat = column_total(buf, acc_g_xhat)
         if col < x.shape[1] and cuda.threadIdx.y == 0:
             dbias[col] = sum_g
             dweight[col] = sum_g_xhat
+
+    # -- whole vectors (gradient clipping): per-block float64 partial results ---------
+
+    @kernel(vec, types.float64[::1])
+    def sum_squares(x, partials):
+        buf = cuda.shared.array(THREADS, types.float64)
+        acc = 0.0
+        for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+            v = np.float64(x[i])
+            acc += v * v
+        total = _block_sum(buf, acc)
+        if cuda.threadIdx.x == 0:
+            partials[cuda.blockIdx.x] = total
+
+    @kernel(vec, types.float64[::1])
+    def max_abs(x, partials):
+        """partials[block] = the block's max |x|, or NaN when it met one."""
+        buf = cuda.shared.array(THREADS, types.float64)
+        best = 0.0
+        nans = 0.0
+        for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+            v = abs(np.float64(x[i]))
+            if v != v:
+                nans += 1.0
+            elif v > best:
+                best = v
+        best = _block_max(buf, best)
+        if _block_sum(buf, nans) > 0.0:
+            best = math.nan
+        if cuda.threadIdx.x == 0:
+            partials[cuda.blockIdx.x] = best
+
+    @kernel(vec, real)
+    def scale(x, alpha):
+        for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+            x[i] *= alpha
 
     # The device functions other kernel modules build on (cuda_train's fused step).
     device = SimpleNamespace(activate=activate, local_grad=local_grad, sgd_at=sgd_at,

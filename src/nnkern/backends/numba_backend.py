@@ -153,3 +153,15 @@ def layer_norm_forward(x, weight, bias, eps, out, mean, invstd):
 
 def layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias):
     _k.layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias)
+
+
+def sum_squares(x):
+    return _k.sum_squares(x)
+
+
+def max_abs(x):
+    return _k.max_abs(x)
+
+
+def scale(x, alpha):
+    _k.scale(x, x.dtype.type(alpha))

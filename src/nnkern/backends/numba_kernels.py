@@ -467,7 +467,7 @@ def _column_statistics(x):
     var = np.zeros(c)
     for i in range(n):
         for j in range(c):
-            d = x[i, j] - mean[j]
+            d = np.float64(x[i, j]) - mean[j]
             var[j] += d * d
     for j in range(c):
         var[j] /= n
@@ -500,13 +500,13 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, update_runnin
         if update_running:
             unbiased = n / (n - 1.0)
             for j in range(c):
-                running_mean[j] = (1.0 - momentum) * running_mean[j] + momentum * float(mean[j])
+                running_mean[j] = (1.0 - momentum) * running_mean[j] + momentum * np.float64(mean[j])
                 running_var[j] = (1.0 - momentum) * running_var[j] + momentum * var[j] * unbiased
         _scale_shift_columns(x, batch_mean, batch_invstd, weight, bias, out)
     else:
         for j in range(c):
             mean[j] = running_mean[j]
-            invstd[j] = 1.0 / math.sqrt(float(running_var[j]) + eps)
+            invstd[j] = 1.0 / math.sqrt(np.float64(running_var[j]) + eps)
         _scale_shift_columns(x, mean.astype(np.float64), invstd.astype(np.float64), weight, bias, out)
 
 
@@ -517,21 +517,21 @@ def batch_norm_backward(x, grad_out, weight, mean, invstd, training, dx, dweight
     sum_g_xhat = np.zeros(c)
     for i in range(n):
         for j in range(c):
-            g = float(grad_out[i, j])
+            g = np.float64(grad_out[i, j])
             sum_g[j] += g
-            sum_g_xhat[j] += g * ((x[i, j] - float(mean[j])) * float(invstd[j]))
+            sum_g_xhat[j] += g * ((x[i, j] - np.float64(mean[j])) * np.float64(invstd[j]))
     scale = np.empty(c)
     for j in range(c):
         dbias[j] = sum_g[j]
         dweight[j] = sum_g_xhat[j]
-        scale[j] = float(weight[j]) * float(invstd[j])
+        scale[j] = np.float64(weight[j]) * np.float64(invstd[j])
     if training:
         for j in range(c):
             sum_g[j] /= n
             sum_g_xhat[j] /= n
         for i in range(n):
             for j in range(c):
-                xhat = (x[i, j] - float(mean[j])) * float(invstd[j])
+                xhat = (x[i, j] - np.float64(mean[j])) * np.float64(invstd[j])
                 dx[i, j] = scale[j] * (grad_out[i, j] - sum_g[j] - xhat * sum_g_xhat[j])
     else:
         for i in range(n):
@@ -549,7 +549,7 @@ def layer_norm_forward(x, weight, bias, eps, out, mean, invstd):
         row_mean = total / c
         squares = 0.0
         for j in range(c):
-            d = x[i, j] - row_mean
+            d = np.float64(x[i, j]) - row_mean
             squares += d * d
         row_invstd = 1.0 / math.sqrt(squares / c + eps)
         mean[i] = row_mean
@@ -564,11 +564,11 @@ def layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias):
     sum_g = np.zeros(c)
     sum_g_xhat = np.zeros(c)
     for i in range(n):
-        row_mean, row_invstd = float(mean[i]), float(invstd[i])
+        row_mean, row_invstd = np.float64(mean[i]), np.float64(invstd[i])
         mean_dxhat = 0.0
         mean_dxhat_xhat = 0.0
         for j in range(c):
-            g = float(grad_out[i, j])
+            g = np.float64(grad_out[i, j])
             xhat = (x[i, j] - row_mean) * row_invstd
             sum_g[j] += g
             sum_g_xhat[j] += g * xhat
@@ -579,10 +579,43 @@ def layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias):
         mean_dxhat_xhat /= c
         for j in range(c):
             xhat = (x[i, j] - row_mean) * row_invstd
-            dx[i, j] = row_invstd * (grad_out[i, j] * float(weight[j]) - mean_dxhat - xhat * mean_dxhat_xhat)
+            dx[i, j] = row_invstd * (grad_out[i, j] * np.float64(weight[j]) - mean_dxhat - xhat * mean_dxhat_xhat)
     for j in range(c):
         dweight[j] = sum_g_xhat[j]
         dbias[j] = sum_g[j]
+
+
+# ---------------------------------------------------------------------------------------
+# Whole vectors, for gradient clipping by global norm: reductions in float64
+# ---------------------------------------------------------------------------------------
+
+
+@_jit()
+def sum_squares(x):
+    total = 0.0
+    for i in range(x.shape[0]):
+        v = np.float64(x[i])
+        total += v * v
+    return total
+
+
+@_jit()
+def max_abs(x):
+    """max |x|; a NaN, once met, is the result (as NumPy's max)."""
+    best = 0.0
+    for i in range(x.shape[0]):
+        v = abs(np.float64(x[i]))
+        if not v <= best:  # a larger value, or NaN
+            if best != best:
+                continue
+            best = v
+    return best
+
+
+@_jit()
+def scale(x, alpha):
+    for i in range(x.shape[0]):
+        x[i] *= alpha
 
 
 @intrinsic

@@ -251,3 +251,18 @@ def layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias):
     dweight[...] = (g * xhat).sum(axis=0)
     dxhat = g * weight
     dx[...] = invstd * (dxhat - dxhat.mean(axis=1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=1, keepdims=True))
+
+
+# Whole vectors (gradient clipping by global norm): reductions in float64.
+
+
+def sum_squares(x):
+    return float(np.sum(x.astype(np.float64) ** 2))
+
+
+def max_abs(x):
+    return float(np.max(np.abs(x)))  # NaN when x holds one
+
+
+def scale(x, alpha):
+    x *= alpha
