@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from nnkern import interop, nn
-from nnkern._norm_layers import BatchNorm1d, LayerNorm
+from nnkern.normalization import BatchNorm1d, LayerNorm
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

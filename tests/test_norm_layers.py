@@ -1,4 +1,4 @@
-"""The layers BatchNorm1d and LayerNorm (nnkern._norm_layers) in models, against torch in
+"""The layers BatchNorm1d and LayerNorm (nnkern.normalization) in models, against torch in
 float64 on the reference and every fast CPU backend: outputs and gradients in training
 mode, running statistics over training steps (momentum, cumulative average), evaluation
 mode, and the variants without affine parameters or running statistics; gradients
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from nnkern import nn, optim
-from nnkern._norm_layers import BatchNorm1d, LayerNorm
+from nnkern.normalization import BatchNorm1d, LayerNorm
 from nnkern.grad import assert_gradcheck
 
 torch = pytest.importorskip("torch")

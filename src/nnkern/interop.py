@@ -42,7 +42,7 @@ import numbers
 import numpy as np
 
 from . import _arrays, nn
-from ._norm_layers import BatchNorm1d, LayerNorm
+from .normalization import BatchNorm1d, LayerNorm
 
 __all__ = ["to_onnx", "to_torch", "from_torch", "register_skl2onnx", "DEFAULT_OPSET", "MIN_OPSET"]
 

@@ -612,10 +612,8 @@ def batch_norm_forward(x, weight=None, bias=None, *, running_mean=None, running_
     if training and n < 2:
         raise ValueError(f"{op}: training needs more than one sample per feature to take the batch "
                          f"variance, got x of shape ({_shape_str(x.shape)})")
-    momentum = _scalar(momentum, op, "momentum", minimum=0)
-    if momentum > 1:
-        raise ValueError(f"{op}: momentum must be in [0, 1], got {momentum}")
-    eps = _scalar(eps, op, "eps", positive=True)
+    momentum = _validate.real(op, "momentum", momentum, low=0, high=1)
+    eps = _validate.real(op, "eps", eps, low=0, low_open=True)
     work = [None, None]
     if running_mean is not None:
         work = [_running(running_mean, c, dtype, op, "running_mean"), _running(running_var, c, dtype, op, "running_var")]
@@ -670,7 +668,7 @@ def layer_norm_forward(x, weight=None, bias=None, *, eps=1e-5, out=None, mean=No
     op = "layer_norm_forward"
     be = _backend(backend)
     x, weight, bias, dtype = _norm_operands(op, x, weight, bias)
-    eps = _scalar(eps, op, "eps", positive=True)
+    eps = _validate.real(op, "eps", eps, low=0, low_open=True)
     n = x.shape[0]
     out = _output(out, x.shape, dtype, be, op, x)
     mean = _output(mean, (n,), dtype, be, op + " (mean)", x)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nnkern import interop, nn
-from nnkern._norm_layers import BatchNorm1d, LayerNorm
+from nnkern.normalization import BatchNorm1d, LayerNorm
 
 ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")

@@ -100,7 +100,7 @@ def test_model_with_norm_layers_matches_reference(dtype):
     """The layers on "cuda" (parameters, running statistics and workspaces on the device):
     two training steps and a prediction agree with the same model on the reference."""
     from nnkern import nn, optim
-    from nnkern._norm_layers import BatchNorm1d, LayerNorm
+    from nnkern.normalization import BatchNorm1d, LayerNorm
 
     def build(backend):
         model = nn.Sequential(nn.Linear(5, 8, seed=0), BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 6, seed=1),

@@ -1,4 +1,4 @@
-"""Normalisation layers with torch's numbers: :class:`BatchNorm1d` and :class:`LayerNorm`.
+"""Normalisation layers (exported by :mod:`nnkern.nn`) with torch's numbers: :class:`BatchNorm1d` and :class:`LayerNorm`.
 
 Both compute with the fused kernels of :mod:`nnkern.ops` (``batch_norm_forward`` /
 ``batch_norm_backward``, ``layer_norm_forward`` / ``layer_norm_backward``) on the
@@ -18,7 +18,7 @@ import numbers
 import numpy as np
 
 from . import _arrays, ops
-from .nn import Layer
+from .layers import Layer
 
 __all__ = ["BatchNorm1d", "LayerNorm"]
 
