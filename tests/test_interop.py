@@ -183,7 +183,7 @@ def test_skl2onnx_converts_nnkern_estimators():
 
     from nnkern.sklearn import MLPClassifier, MLPRegressor
 
-    assert interop.register_skl2onnx()
+    assert interop.register_skl2onnx(MLPClassifier, MLPRegressor)
     x, y = _classification(3, ["x", "y", "z"])
     clf = MLPClassifier((8,), max_iter=10, random_state=0).fit(x, y)
     x32 = x.astype(np.float32)

@@ -41,7 +41,8 @@ import numbers
 
 import numpy as np
 
-from . import _arrays, nn
+from . import __version__, _arrays, nn
+from ._paths import check_writable
 from .normalization import BatchNorm1d, LayerNorm
 
 __all__ = ["to_onnx", "to_torch", "from_torch", "register_skl2onnx", "DEFAULT_OPSET", "MIN_OPSET"]
@@ -337,14 +338,10 @@ def to_onnx(model, path=None, *, opset=None):
     else:
         graph, inputs, outputs = _estimator_to_onnx(model, opset)
     proto = helper.make_graph(graph.nodes, type(model).__name__, inputs, outputs, initializer=graph.initializers)
-    from . import __version__
-
     opsets = [helper.make_opsetid("", opset)]
     onnx_model = helper.make_model(proto, opset_imports=opsets, producer_name="nnkern", producer_version=__version__)
     onnx.checker.check_model(onnx_model)
     if path is not None:
-        from ._paths import check_writable
-
         onnx.save_model(onnx_model, check_writable(path, "to_onnx"))
     return onnx_model
 
@@ -418,17 +415,15 @@ def _skl2onnx_shapes(operator) -> None:
         operator.outputs[0].type.shape = [None, operator.raw_operator.coefs_[-1].shape[1]]
 
 
-def register_skl2onnx() -> bool:
-    """Register the nnkern.sklearn estimators with skl2onnx, so that
-    ``skl2onnx.to_onnx(estimator, X)`` converts them (with skl2onnx's classifier options,
-    such as ``options={"zipmap": False}``). Returns False, doing nothing, when skl2onnx
-    is not installed."""
+def register_skl2onnx(MLPClassifier, MLPRegressor) -> bool:  # noqa: N803 (the classes)
+    """Register the estimator classes (nnkern.sklearn's, which calls this when it is
+    imported) with skl2onnx, so that ``skl2onnx.to_onnx(estimator, X)`` converts them (with
+    skl2onnx's classifier options, such as ``options={"zipmap": False}``). Returns False,
+    doing nothing, when skl2onnx is not installed."""
     try:
         from skl2onnx import update_registered_converter
     except ImportError:
         return False
-    from .sklearn import MLPClassifier, MLPRegressor
-
     update_registered_converter(MLPClassifier, "NnkernMLPClassifier", _skl2onnx_shapes, _skl2onnx_converter,
                                 options={"zipmap": [True, False, "columns"], "nocl": [True, False]})
     update_registered_converter(MLPRegressor, "NnkernMLPRegressor", _skl2onnx_shapes, _skl2onnx_converter)
