@@ -152,7 +152,7 @@ def test_regressor(any_backend, dtype, outputs):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((80, 5))
     y = x[:, :outputs] * 2 - x[:, 1:2] if outputs > 1 else x[:, 0] - 2 * x[:, 3]
-    reg = MLPRegressor((10,), activation="relu", max_iter=20, random_state=0, backend=any_backend,
+    reg = MLPRegressor(hidden_layer_sizes=(10,), activation="relu", max_iter=20, random_state=0, backend=any_backend,
                        dtype=dtype).fit(x, y)
     (variable,) = _run(interop.to_onnx(reg), {"X": x.astype(dtype)})
     assert variable.shape == (80, outputs)
@@ -193,7 +193,7 @@ def test_skl2onnx_converts_nnkern_estimators():
     label, zipped = _run(skl_to_onnx(clf, x32), {"X": x32})  # skl2onnx's default: a ZipMap of probabilities
     assert zipped[0].keys() == {"x", "y", "z"}
     assert zipped[5]["y"] == pytest.approx(clf.predict_proba(x)[5, 1], rel=1e-5)
-    reg = MLPRegressor((8,), max_iter=10, random_state=0, dtype="float64").fit(x, x[:, 0])
+    reg = MLPRegressor(hidden_layer_sizes=(8,), max_iter=10, random_state=0, dtype="float64").fit(x, x[:, 0])
     (variable,) = _run(skl_to_onnx(reg, x), {"X": x})  # a float64 input gives a float64 graph
     np.testing.assert_allclose(variable.ravel(), reg.predict(x), rtol=1e-12, atol=1e-12)
 
@@ -205,7 +205,7 @@ def test_to_torch_and_back(any_backend):
     model = _every_layer(any_backend, np.float64)
     x = np.random.default_rng(4).standard_normal((21, 7))
     _trained_statistics(model, x)
-    module = interop.to_torch(model)
+    module = interop.to_torch(model.eval())  # the module takes the model's mode
     assert isinstance(module, torch.nn.Sequential) and not module.training
     assert module[0].weight.shape == (16, 7) and module[0].weight.dtype == torch.float64
     with torch.no_grad():
