@@ -476,6 +476,16 @@ def momentum_update(p, g, v, lr, momentum, *, backend=None):
     _update(op, be, args, p, g, v=v)
 
 
+def nesterov_update(p, g, v, lr, momentum, *, backend=None):
+    """SGD with Nesterov momentum as torch.optim.SGD(nesterov=True):
+    ``v = momentum * v + g; p -= lr * (g + momentum * v)`` (v starts at zero). At a
+    constant rate these are the steps of scikit-learn's ``nesterovs_momentum``."""
+    op = "nesterov_update"
+    be = _backend(backend)
+    args = (_validate.real(op, "lr", lr, low=0), _validate.real(op, "momentum", momentum, low=0))
+    _update(op, be, args, p, g, v=v)
+
+
 def adagrad_update(p, g, h, lr, eps=1e-10, *, backend=None):
     """Adagrad as torch.optim.Adagrad: ``h += g*g; p -= lr * g / (sqrt(h) + eps)``."""
     op = "adagrad_update"

@@ -325,23 +325,55 @@ class Optimizer:
 
 class SGD(Optimizer):
     """Stochastic gradient descent, as torch.optim.SGD: ``p -= lr * g``; with momentum
-    ``v = momentum * v + g; p -= lr * v`` (v starts at zero)."""
+    ``v = momentum * v + g; p -= lr * v`` (v starts at zero); with ``nesterov=True``
+    (momentum > 0 required, as torch) Nesterov's momentum, the same ``v`` and
+    ``p -= lr * (g + momentum * v)``. ``nesterov`` is fixed at construction."""
 
     RULE = ("sgd", "momentum", None)
 
-    def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, momentum=0.0, weight_decay=0.0, schedule=None):
+    def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, momentum=0.0, weight_decay=0.0, nesterov=False,
+                 schedule=None):
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"SGD: nesterov must be True or False, got {nesterov!r}")
+        momentum = _hyperparameter("SGD", "momentum", momentum)
+        if nesterov and momentum == 0:
+            raise ValueError(f"SGD: nesterov=True needs momentum > 0, got momentum={momentum!r}")
+        self._nesterov = bool(nesterov)
         self.STATE = ("v",) if momentum else ()  # before a torch-style bind creates the state
         super().__init__(lr_or_params, lr, 0.01, momentum=momentum, weight_decay=weight_decay, schedule=schedule)
 
+    @property
+    def nesterov(self) -> bool:
+        """Whether the step is Nesterov's, ``p -= lr * (g + momentum * v)``."""
+        return self._nesterov
+
     def _update(self, p, g, state):
         h = self.hyperparameters
-        if h["momentum"]:
+        if self._nesterov:
+            ops.nesterov_update(p, g, state["v"], h["lr"], h["momentum"], backend=self.backend)
+        elif h["momentum"]:
             ops.momentum_update(p, g, state["v"], h["lr"], h["momentum"], backend=self.backend)
         else:
             ops.sgd_update(p, g, h["lr"], backend=self.backend)
 
     def _rule_name(self, name):
+        if self._nesterov:
+            return "nesterov"
         return "momentum" if self.hyperparameters["momentum"] else name
+
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        return f"{text[:-1]}, nesterov=True)" if self._nesterov else text
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "nesterov": self._nesterov}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = bool(state_dict.get("nesterov", False))
+        if saved != self._nesterov:
+            raise ValueError(f"SGD.load_state_dict: the state is of an SGD with nesterov={saved}, "
+                             f"this one has nesterov={self._nesterov}")
+        super().load_state_dict(state_dict)
 
 
 class Adagrad(Optimizer):

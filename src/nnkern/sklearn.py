@@ -97,19 +97,6 @@ AUTO_BATCH = 200  # batch_size="auto": min(200, n_samples), as scikit-learn
 CHUNK_ROWS = 4096  # rows per forward pass where the whole data is read (lbfgs, predict)
 
 
-class _NesterovSGD(optim.SGD):
-    """scikit-learn's SGD with Nesterov's momentum, in torch's form (the same steps at a
-    constant rate): ``v = momentum * v + g; p -= lr * (g + momentum * v)``."""
-
-    def _update(self, p, g, state):
-        lr, momentum = self.hyperparameters["lr"], self.hyperparameters["momentum"]
-        v = state["v"]
-        ops.momentum_update(p, g, v, lr, momentum, backend=self.backend)  # v = m*v + g; p -= lr*v
-        # then p -= lr * g and p += lr * (1 - momentum) * v, by the backend's axpy kernel
-        self._kernels.sgd_update(p.reshape(-1), g.reshape(-1), lr)
-        self._kernels.sgd_update(p.reshape(-1), v.reshape(-1), -lr * (1.0 - momentum))
-
-
 class _ScikitLearnAdam(optim.Adam):
     """Adam with scikit-learn's placement of epsilon, ``p -= lr_t * m / (sqrt(v) + eps)`` with
     ``lr_t = lr * sqrt(1 - b2**t) / (1 - b1**t)``: torch's rule (nnkern's kernel) run with
@@ -440,7 +427,8 @@ class _BaseMLP(BaseEstimator):
         lr, solver = settings["learning_rate_init"], settings["solver"]
         if solver == "sgd":
             momentum = settings["momentum"]
-            return (_NesterovSGD if self.nesterovs_momentum and momentum else optim.SGD)(lr, momentum=momentum)
+            # scikit-learn's Nesterov steps are torch's at a constant rate
+            return optim.SGD(lr, momentum=momentum, nesterov=bool(self.nesterovs_momentum and momentum))
         betas = (settings["beta_1"], settings["beta_2"])
         if solver == "adam":
             return _ScikitLearnAdam(lr, betas=betas, eps=settings["epsilon"])

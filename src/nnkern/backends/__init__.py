@@ -23,6 +23,7 @@ Raw kernel signatures (outputs are written in place; losses return a Python floa
     bias_grad(dy, out)                              # column sums of dy
     sgd_update(p, g, lr)                            # p, g and state arrays: 1-D, same length
     momentum_update(p, g, v, lr, momentum)
+    nesterov_update(p, g, v, lr, momentum)          # v = momentum*v + g; p -= lr*(g + momentum*v)
     adagrad_update(p, g, h, lr, eps)
     rmsprop_update(p, g, h, lr, alpha, eps)
     adadelta_update(p, g, h, d, lr, rho, eps)
@@ -65,6 +66,7 @@ KERNELS = (
     "bias_grad",
     "sgd_update",
     "momentum_update",
+    "nesterov_update",
     "adagrad_update",
     "rmsprop_update",
     "adadelta_update",
@@ -88,8 +90,8 @@ ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 # The Cython enum (kernels/cython/nnk_update.h, exported as _cy_train.UPDATE_RULE_CODES)
 # lists them in this order, and numba_train and cuda_train take their codes from here
 # (tests/test_tables.py checks all three). Each rule's hyperparameters (a, b):
-# momentum | - | - | alpha | rho | beta1, beta2 | beta1, beta2.
-UPDATE_RULES = ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw")
+# - | momentum | - | alpha | rho | beta1, beta2 | beta1, beta2 | momentum.
+UPDATE_RULES = ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "nesterov")
 UPDATE_RULE_CODES = {name: code for code, name in enumerate(UPDATE_RULES)}
 
 # Which forward quantity each activation's gradient is computed from.

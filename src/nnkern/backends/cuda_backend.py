@@ -255,6 +255,10 @@ def momentum_update(p, g, v, lr, momentum):
     _update("momentum_update", p, g, (v,), (lr, momentum))
 
 
+def nesterov_update(p, g, v, lr, momentum):
+    _update("nesterov_update", p, g, (v,), (lr, momentum))
+
+
 def adagrad_update(p, g, h, lr, eps):
     _update("adagrad_update", p, g, (h,), (lr, eps))
 

@@ -441,6 +441,13 @@ def kernel_family(dtype) -> SimpleNamespace:
         p[i] -= lr * velocity
 
     @cuda.jit(device=True)
+    def nesterov_at(i, p, g, v, lr, momentum):
+        grad = g[i]
+        velocity = momentum * v[i] + grad
+        v[i] = velocity
+        p[i] -= lr * (grad + momentum * velocity)
+
+    @cuda.jit(device=True)
     def adagrad_at(i, p, g, h, lr, eps):
         grad = g[i]
         accumulated = h[i] + grad * grad
@@ -482,6 +489,11 @@ def kernel_family(dtype) -> SimpleNamespace:
     def momentum_update(p, g, v, lr, momentum):
         for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
             momentum_at(i, p, g, v, lr, momentum)
+
+    @kernel(vec, vec, vec, real, real)
+    def nesterov_update(p, g, v, lr, momentum):
+        for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+            nesterov_at(i, p, g, v, lr, momentum)
 
     @kernel(vec, vec, vec, real, real)
     def adagrad_update(p, g, h, lr, eps):
@@ -719,8 +731,8 @@ def kernel_family(dtype) -> SimpleNamespace:
 
     # The device functions other kernel modules build on (cuda_train's fused step).
     device = SimpleNamespace(activate=activate, local_grad=local_grad, sgd_at=sgd_at,
-                             momentum_at=momentum_at, adagrad_at=adagrad_at, rmsprop_at=rmsprop_at,
-                             adadelta_at=adadelta_at, adam_at=adam_at, adamw_at=adamw_at)
+                             momentum_at=momentum_at, nesterov_at=nesterov_at, adagrad_at=adagrad_at,
+                             rmsprop_at=rmsprop_at, adadelta_at=adadelta_at, adam_at=adam_at, adamw_at=adamw_at)
 
     return SimpleNamespace(scalar=f, signatures=signatures, device=device, **launchable)
 

@@ -64,6 +64,10 @@ def momentum_update(p, g, v, lr, momentum):
     _cy_optim.momentum_update(p, g, v, lr, momentum, get_num_threads())
 
 
+def nesterov_update(p, g, v, lr, momentum):
+    _cy_optim.nesterov_update(p, g, v, lr, momentum, get_num_threads())
+
+
 def adagrad_update(p, g, h, lr, eps):
     _cy_optim.adagrad_update(p, g, h, lr, eps, get_num_threads())
 

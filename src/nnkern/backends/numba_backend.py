@@ -100,6 +100,11 @@ def momentum_update(p, g, v, lr, momentum):
     _k.momentum_update(p, g, v, real(lr), real(momentum))
 
 
+def nesterov_update(p, g, v, lr, momentum):
+    real = p.dtype.type
+    _k.nesterov_update(p, g, v, real(lr), real(momentum))
+
+
 def adagrad_update(p, g, h, lr, eps):
     real = p.dtype.type
     _k.adagrad_update(p, g, h, real(lr), real(eps))

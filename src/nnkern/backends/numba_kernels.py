@@ -408,6 +408,15 @@ def momentum_update(p, g, v, lr, momentum):
 
 
 @_jit()
+def nesterov_update(p, g, v, lr, momentum):
+    for i in range(p.shape[0]):
+        gi = g[i]
+        vi = momentum * v[i] + gi
+        v[i] = vi
+        p[i] -= lr * (gi + momentum * vi)
+
+
+@_jit()
 def adagrad_update(p, g, h, lr, eps):
     for i in range(p.shape[0]):
         gi = g[i]

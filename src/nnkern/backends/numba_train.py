@@ -47,8 +47,9 @@ LR, A, ONE_MINUS_A, B_, ONE_MINUS_B, EPS, NEG_WEIGHT_DECAY, STEP_SIZE, INV_SQRT_
 HYPER_SIZE = 10
 
 # The update rules' codes, as nnkern.backends.UPDATE_RULE_CODES defines them.
-RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM, RULE_ADAMW = (
-    UPDATE_RULE_CODES[name] for name in ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw"))
+RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM, RULE_ADAMW, RULE_NESTEROV = (
+    UPDATE_RULE_CODES[name]
+    for name in ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "nesterov"))
 
 IDENTITY = ACTIVATION_CODES["identity"]
 
@@ -63,6 +64,8 @@ def _update(rule, p, g, s0, s1, hyper, weight_decay):
         _k.sgd_update(p, g, hyper[LR])
     elif rule == RULE_MOMENTUM:
         _k.momentum_update(p, g, s0, hyper[LR], hyper[A])
+    elif rule == RULE_NESTEROV:
+        _k.nesterov_update(p, g, s0, hyper[LR], hyper[A])
     elif rule == RULE_ADAGRAD:
         _k.adagrad_update(p, g, s0, hyper[LR], hyper[EPS])
     elif rule == RULE_RMSPROP:

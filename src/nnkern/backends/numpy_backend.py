@@ -156,6 +156,12 @@ def momentum_update(p, g, v, lr, momentum):
     p -= lr * v
 
 
+def nesterov_update(p, g, v, lr, momentum):
+    v *= momentum
+    v += g
+    p -= lr * (g + momentum * v)
+
+
 def adagrad_update(p, g, h, lr, eps):
     h += g * g
     p -= lr * g / (np.sqrt(h) + eps)
