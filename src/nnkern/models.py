@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _arrays, _validate, modelfile, training
 from ._backend import backend_module, get_backend
-from ._graph import checked_nodes, named_graph, width_str
+from ._graph import checked_nodes, dot_text, named_graph, summary_table, width_str
 from ._workspace import Buffers, check_dtype, shape_str
 from .layers import LAYER_TYPES as CORE_LAYER_TYPES
 from .layers import ActivationLayer, Layer, Linear, MergeLayer, add_into, check_features
@@ -245,20 +245,7 @@ class Graph:
         """A table of the nodes in topological order: name, layer, the nodes it reads,
         output shape and parameter count, with the totals. Printed with ``print_fn``
         (None: not printed) and returned."""
-        rows = [("node", "layer", "reads", "output", "parameters")]
-        for node in self.nodes:
-            count = sum(int(np.prod(p.shape)) for _, p in node.layer.named_parameters()) if node.layer else 0
-            rows.append((node.name, "Input" if node.layer is None else repr(node.layer), ", ".join(node.inputs) or "-",
-                         width_str(node.features), f"{count:,}"))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(cell.rjust(w) if i == 4 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
-                 for row in rows]
-        lines.insert(1, "-" * len(lines[0]))
-        total = sum(int(np.prod(p.shape)) for p in self.parameters())
-        lines.append("-" * len(lines[0]))
-        lines.append(f"{type(self).__name__}: {len(self.nodes)} nodes, {total:,} parameters, outputs "
-                     f"{', '.join(self.output_names)}; backend {self.backend}, {self.dtype.name}")
-        text = "\n".join(lines)
+        text = summary_table(self)
         if print_fn is not None:
             print_fn(text)
         return text
@@ -266,21 +253,7 @@ class Graph:
     def to_dot(self) -> str:
         """The graph in Graphviz's DOT language (``dot -Tpng``): a box per node with its
         layer and output shape, an arrow per edge; inputs and outputs shaded."""
-        def quoted(*parts: str) -> str:  # a DOT string of lines, each escaped
-            return '"' + "\\n".join(line.replace("\\", "\\\\").replace('"', '\\"') for line in parts) + '"'
-
-        lines = [f"digraph {quoted(type(self).__name__)} {{", "  rankdir=TB;",
-                 '  node [shape=box, style="rounded,filled", fillcolor=white, fontname="Helvetica"];']
-        for node in self.nodes:
-            what = "Input" if node.layer is None else repr(node.layer)
-            fill = ", fillcolor=lightblue" if node.layer is None else (
-                ", fillcolor=lightyellow" if node.name in self.output_names else "")
-            lines.append(f"  {quoted(node.name)} [label={quoted(node.name, what, width_str(node.features))}{fill}];")
-        for node in self.nodes:
-            for source in node.inputs:
-                lines.append(f"  {quoted(source)} -> {quoted(node.name)};")
-        lines.append("}")
-        return "\n".join(lines) + "\n"
+        return dot_text(self)
 
     def plot(self, path, *, title: str | None = None) -> str:
         """Draw the graph (nodes, shapes, edges) to an image file with matplotlib

@@ -1,5 +1,9 @@
 """Kernel functions on NumPy arrays: the public face of every backend.
 
+(One module on purpose, above the ~700 lines the project aims for: it is the single
+validation layer every backend trusts, and its checks share helpers kernel family by
+kernel family; split, the boundary would be scattered.)
+
 Each function validates its arguments here, at the Python boundary, then calls the raw
 kernel of the chosen backend (``backend=None`` means the current one, see
 :func:`nnkern.get_backend`). The raw kernels may then assume what

@@ -1,5 +1,9 @@
 """Device-resident training for the "cuda" backend: whole epochs on the GPU.
 
+(One module on purpose, above the ~700 lines the project aims for: the device functions
+of one epoch kernel, its plan and its two executors share the kernel's constants and
+structures, compiled together.)
+
 The layer-by-layer path launches some 30-40 kernels per training step through the ops
 layer, each costing tens of microseconds of Numba launch overhead, and reads the loss back
 every step: at MNIST sizes it is bound by launches, not by the GPU. This module runs the

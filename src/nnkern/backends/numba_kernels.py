@@ -1,5 +1,9 @@
 """The compiled kernels of the "numba" backend (CPU).
 
+(One module on purpose, above the ~700 lines the project aims for: the kernels call and
+inline one another, GEMM micro-kernels and epilogues included, and Numba's on-disk cache
+keys each function by its module; one module keeps them one unit.)
+
 Every kernel is compiled lazily, on its first call, once per dtype (float32, float64) for
 C-contiguous arrays, and cached on disk (``cache=True``); importing this module compiles
 nothing. Arguments arrive validated by :mod:`nnkern.ops` (Numba does not bounds-check),
