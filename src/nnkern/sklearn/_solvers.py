@@ -4,6 +4,7 @@ training loop with scikit-learn's batches, stopping rule and learning-rate sched
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -18,16 +19,28 @@ from sklearn.utils import shuffle as shuffled
 from sklearn.utils.validation import validate_data
 
 from .. import _arrays, nn, ops, optim
-from .._backend import backend_module
-from ._losses import _output_activation, _sample_losses
+from ..training import LayerStep, select_step
+from ._losses import OutputLoss, _output_activation, _sample_losses
 from ._parameters import ADAPTIVE_DIVISOR, ADAPTIVE_MIN_LR, AUTO_BATCH
 
 CHUNK_ROWS = 4096  # rows per forward pass where the whole data is read (lbfgs, predict)
 
 
-class _NesterovSGD(optim.SGD):
+# scikit-learn's L2 penalty, alpha * W / weight_sum in the gradient of the weight matrices
+# (not the intercepts), is each optimizer's weight_decay, set to alpha / the batch's weight
+# before every step (by the layer path and by the fused engines, which read update_rule()
+# at every step); DECAY_BIASES = False leaves the intercepts out.
+
+class _SGD(optim.SGD):
+    """SGD (with momentum: torch's velocity of gradients, scikit-learn's at a constant rate)."""
+
+    DECAY_BIASES = False
+
+
+class _NesterovSGD(_SGD):
     """scikit-learn's SGD with Nesterov's momentum, in torch's form (the same steps at a
-    constant rate): ``v = momentum * v + g; p -= lr * (g + momentum * v)``."""
+    constant rate): ``v = momentum * v + g; p -= lr * (g + momentum * v)``. It has no
+    fused rule (trains layer by layer) until ``optim.SGD(nesterov=True)`` replaces it."""
 
     def _update(self, p, g, state):
         lr, momentum = self.hyperparameters["lr"], self.hyperparameters["momentum"]
@@ -40,16 +53,62 @@ class _NesterovSGD(optim.SGD):
 
 class _ScikitLearnAdam(optim.Adam):
     """Adam with scikit-learn's placement of epsilon, ``p -= lr_t * m / (sqrt(v) + eps)`` with
-    ``lr_t = lr * sqrt(1 - b2**t) / (1 - b1**t)``: torch's rule (nnkern's kernel) run with
-    ``eps / sqrt(1 - b2**t)``. (It matters for weights whose gradient is about eps, such as
-    those of always-zero inputs under the L2 penalty.)"""
+    ``lr_t = lr * sqrt(1 - b2**t) / (1 - b1**t)``: torch's rule (nnkern's kernels, layer by
+    layer and fused) run with ``eps / sqrt(1 - b2**t)``. (It matters for weights whose
+    gradient is about eps, such as those of always-zero inputs under the L2 penalty.)"""
+
+    RULE = ("adam", "beta1", "beta2")
+    DECAY_BIASES = False
+
+    def _eps_at(self, t: int) -> float:
+        """The epsilon of torch's rule that is scikit-learn's at step ``t`` (1-based)."""
+        return self.hyperparameters["eps"] / math.sqrt(1.0 - self.hyperparameters["beta2"] ** t)
+
+    def update_rule(self):
+        # a fused engine reads the rule, then counts the step it takes: step t + 1
+        return dataclasses.replace(super().update_rule(), eps=self._eps_at(self.t + 1))
 
     def _update(self, p, g, state):
         h = self.hyperparameters
-        eps = h["eps"] / math.sqrt(1.0 - h["beta2"] ** self.t)
-        ops.adam_update(p, g, state["m"], state["v"], self.t, h["lr"], h["beta1"], h["beta2"], eps,
+        ops.adam_update(p, g, state["m"], state["v"], self.t, h["lr"], h["beta1"], h["beta2"], self._eps_at(self.t),
                         backend=self.backend)
 
+
+class _AdamW(optim.AdamW):
+    """AdamW, its decoupled decay (``p *= 1 - lr * alpha / weight_sum``) the L2 penalty."""
+
+    DECAY_BIASES = False
+
+
+class _Adagrad(optim.Adagrad):
+    DECAY_BIASES = False
+
+
+class _RMSprop(optim.RMSprop):
+    DECAY_BIASES = False
+
+
+class _Adadelta(optim.Adadelta):
+    DECAY_BIASES = False
+
+
+def _set_l2_penalty(model, optimizer, alpha: float, weight_sum: float) -> float:
+    """Set the optimizer's weight decay to scikit-learn's L2 gradient ``alpha / weight_sum``
+    (times W) for the coming step, and return the penalty ``0.5 * alpha * ||W||^2 /
+    weight_sum`` of the weights before it (both on the weight matrices alone)."""
+    optimizer.weight_decay = alpha / weight_sum
+    if not alpha:
+        return 0.0
+    squares = 0.0
+    for W in model.parameters()[0::2]:
+        host = _arrays.to_host(W).ravel()
+        squares += float(np.dot(host, host))
+    return 0.5 * alpha * squares / weight_sum
+
+
+def _sgd(lr: float, momentum: float, nesterov: bool) -> optim.Optimizer:
+    # (with optim.SGD(nesterov=True): _SGD(lr, momentum=momentum, nesterov=nesterov))
+    return (_NesterovSGD if nesterov else _SGD)(lr, momentum=momentum)
 
 
 def _rows(X, index, dtype) -> np.ndarray:
@@ -98,33 +157,17 @@ class _Solvers:
         model.backward(delta)
         return float(losses.sum() if swb is None else np.dot(swb, losses))
 
-    def _add_l2(self, model, alpha: float, weight_sum: float) -> float:
-        """Add ``alpha * W / weight_sum`` to each weight gradient (not the intercepts', as
-        scikit-learn); returns the penalty ``0.5 * alpha * ||W||^2 / weight_sum``."""
-        if not alpha:
-            return 0.0
-        params, grads = model.parameters(), model.gradients()
-        squares = 0.0
-        for W, dW in zip(params[0::2], grads[0::2]):
-            host = _arrays.to_host(W).ravel()
-            squares += float(np.dot(host, host))
-            # dW += alpha / weight_sum * W by the backend's axpy (its sgd_update kernel, as
-            # nnkern's optimizers apply weight decay)
-            backend_module(model.backend).sgd_update(dW.reshape(-1), W.reshape(-1), -alpha / weight_sum)
-        return 0.5 * alpha * squares / weight_sum
-
-
     def _new_optimizer(self, settings) -> optim.Optimizer:
         lr, solver = settings["learning_rate_init"], settings["solver"]
         if solver == "sgd":
             momentum = settings["momentum"]
-            return (_NesterovSGD if self.nesterovs_momentum and momentum else optim.SGD)(lr, momentum=momentum)
+            return _sgd(lr, momentum, bool(self.nesterovs_momentum and momentum))
         betas = (settings["beta_1"], settings["beta_2"])
         if solver == "adam":
             return _ScikitLearnAdam(lr, betas=betas, eps=settings["epsilon"])
-        if solver == "adamw":  # its decoupled decay is alpha's L2 term here
-            return optim.AdamW(lr, betas=betas, eps=settings["epsilon"], weight_decay=0.0)
-        return {"adagrad": optim.Adagrad, "rmsprop": optim.RMSprop, "adadelta": optim.Adadelta}[solver](lr)
+        if solver == "adamw":
+            return _AdamW(lr, betas=betas, eps=settings["epsilon"], weight_decay=0.0)
+        return {"adagrad": _Adagrad, "rmsprop": _RMSprop, "adadelta": _Adadelta}[solver](lr)
 
     def _optimizer_for(self, model, settings, incremental: bool) -> optim.Optimizer:
         """A new optimizer, or with ``partial_fit`` the one of the previous call (rebuilt
@@ -163,6 +206,26 @@ class _Solvers:
             y_val = self._label_binarizer.inverse_transform(y_val)
         return X_train, y_train, sw_train, X_val, y_val, sw_val
 
+    def _training_step(self, model, optimizer, X, y, batch_size: int, dtype, *, weighted: bool):
+        """(the step object that trains ``model`` on batches of (X, y), the targets it takes:
+        ``y``, or for a softmax output the class indices). A softmax output trains with
+        cross entropy on the class indices, the loss of nnkern's fused engines
+        (:func:`nnkern.training.select_step` picks the engine); the fused CPU engines train
+        no other output (logistic, exp, identity), which trains layer by layer on
+        scikit-learn's loss (:class:`OutputLoss`)."""
+        if self.out_activation_ == "softmax":
+            labels = y.argmax(axis=1)
+            # a sparse X stays sparse (its batches are densified one at a time): the engine
+            # is shown its first batch, for the input's width and density
+            data = _rows(X, slice(0, batch_size), dtype) if scipy.sparse.issparse(X) else X
+            rows = len(data)
+            step = select_step(model, optimizer, model._objective("cross_entropy"), [data], [labels[:rows]],
+                               batch_size, weighted=weighted)
+            return step, labels
+        reason = f"the fused engines train a softmax output, not a {self.out_activation_} one"
+        return LayerStep(model, optimizer, model._objective(OutputLoss(self.out_activation_, self._loss_name())),
+                         reason), y
+
     def _fit_stochastic(self, X, y, sample_weight, settings, dtype, incremental):
         model = self._network(settings["backend"], dtype)
         optimizer = self._optimizer_for(model, settings, incremental)
@@ -181,6 +244,10 @@ class _Solvers:
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
                               stacklevel=4)
             batch_size = int(np.clip(settings["batch_size"], 1, n_samples))
+        step, targets = self._training_step(model, optimizer, X_train, y_train, batch_size, dtype,
+                                            weighted=sw_train is not None)
+        if self.verbose and step.fallback_reason:
+            print(f"Training layer by layer, not on a fused engine: {step.fallback_reason}")
         sample_idx = np.arange(n_samples)
         callbacks = list(self.callbacks or ())
         history = nn.History()
@@ -204,10 +271,9 @@ class _Solvers:
                     weight_sum = (batch.stop - batch.start) if swb is None else float(swb.sum())
                     if not weight_sum:  # a batch of zero weights has no loss: no step
                         continue
-                    loss = self._backprop(model, _rows(X_train, index, dtype), y_train[index], swb, weight_sum)
-                    loss = loss / weight_sum + self._add_l2(model, settings["alpha"], weight_sum)
-                    optimizer.step()
-                    accumulated_loss += loss * (batch.stop - batch.start)
+                    penalty = _set_l2_penalty(model, optimizer, settings["alpha"], weight_sum)
+                    loss, _, _ = step.step(_rows(X_train, index, dtype), targets[index], swb)
+                    accumulated_loss += (loss + penalty) * (batch.stop - batch.start)
                 self.n_iter_ += 1
                 self.loss_ = accumulated_loss / n_samples
                 self.t_ += n_samples
