@@ -25,13 +25,20 @@ as assignable lists of arrays, and ``verbose`` lines "Iteration N, loss = ...".
 scikit-learn's own test file for these estimators runs on them
 (tests/test_sklearn_upstream.py), and so does ``check_estimator``.
 
-The network computes on an nnkern backend (``backend``) through the layer-by-layer
-path of :class:`nnkern.nn.Sequential` (``model_``); the output activation, the loss and its
-gradient are computed here in NumPy. At the same ``random_state`` the weights reached are
-scikit-learn's to rounding, with one exception: while the rate of "sgd" changes
-("invscaling", "adaptive"), its momentum is torch's (a velocity of gradients, scaled by the
-current rate) where scikit-learn's velocity carries the rates of past steps. The stopping
-rule's counter is kept as scikit-learn's, ``_no_improvement_count``.
+The network (``model_``, a :class:`nnkern.nn.Sequential` on the backend ``backend``)
+trains through nnkern's training steps (:func:`nnkern.training.select_step`), on
+scikit-learn's batches (its shuffle and batch order): a multiclass classifier's softmax
+output with cross entropy on the class indices, on the fused engine of the "cython" and
+"numba" backends (one compiled call per step) with "adam", "sgd" without Nesterov's
+momentum and nnkern's other optimizers; the other outputs (logistic, identity, exp) and
+"sgd" with Nesterov's momentum train layer by layer, the output activation, loss and its
+gradient computed in NumPy (``verbose`` says why a fit trains layer by layer). The L2
+penalty is the optimizer's weight decay on the weight matrices. At the same
+``random_state`` the weights reached are scikit-learn's to rounding, with one exception:
+while the rate of "sgd" changes ("invscaling", "adaptive"), its momentum is torch's (a
+velocity of gradients, scaled by the current rate) where scikit-learn's velocity carries
+the rates of past steps. The stopping rule's counter is kept as scikit-learn's,
+``_no_improvement_count``.
 
 Beyond scikit-learn:
 
@@ -44,7 +51,8 @@ Beyond scikit-learn:
   instead of a held-out part of the training data;
 * ``callbacks``: nnkern callbacks (:class:`nnkern.nn.Callback`), called each epoch with
   ``{"loss": ..., "val_score": ...}``; one that sets ``model.stop_training`` ends ``fit``;
-* ``backend`` (an nnkern backend; None: the current one) and ``dtype`` ("float32" or
+* ``backend`` (an nnkern backend; None: the current one, by default the fastest on the
+  CPU) and ``dtype`` ("float32" or
   "float64"; None: the input's float dtype).
 
 The thread count is nnkern's (:func:`nnkern.set_num_threads`); with ``n_jobs`` > 1 in

@@ -53,7 +53,8 @@ _SHARED_PARAMETERS = """
         stepping per mini-batch.
     alpha : float, default 0.0001
         L2 penalty ``0.5 * alpha * ||W||^2 / n`` on the weights (n: the batch's samples,
-        or its sum of sample weights).
+        or its sum of sample weights); with "adamw", its decoupled weight decay
+        ``W *= 1 - lr * alpha / n``.
     batch_size : int or "auto", default "auto"
         Samples per step; "auto" is ``min(200, n_samples)``.
     learning_rate : {"constant", "invscaling", "adaptive", "cosine"}, default "constant"
@@ -102,7 +103,8 @@ _SHARED_PARAMETERS = """
     callbacks : list of nnkern.nn.Callback or None, default None
         (nnkern) Called at the start and end of training and of each epoch.
     backend : str or None, default None
-        (nnkern) The backend ("numpy", "cython", "numba", "cuda"); None: the current one.
+        (nnkern) The backend ("numpy", "cython", "numba", "cuda"); None: the current one
+        (:func:`nnkern.get_backend`: unless set, the fastest on the CPU).
     dtype : {"float32", "float64"} or None, default None
         (nnkern) The precision of the network; None: the input's float dtype.
 """
