@@ -60,7 +60,12 @@ def read(path, *, formats) -> tuple[str, dict, dict]:
             state = {name: archive[name] for name in archive.files if name != META_KEY}
     except (FileNotFoundError, IsADirectoryError, PermissionError, ModelFileError):
         raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+    except ValueError as exc:
+        if "pickle" in str(exc):  # NumPy refusing object arrays or a pickle: no model file holds any
+            raise ModelFileError(f"{path}: not an nnkern model file (it holds pickled Python objects; "
+                                 "nnkern model files hold arrays alone, and nnkern loads no pickles)") from None
+        raise ModelFileError(f"{path}: not a readable nnkern model file ({type(exc).__name__}: {exc})") from exc
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
         raise ModelFileError(f"{path}: not a readable nnkern model file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") not in formats:
         raise ModelFileError(f"{path}: not an nnkern model file (format {meta.get('format') if isinstance(meta, dict) else meta!r})")
