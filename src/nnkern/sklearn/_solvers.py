@@ -222,7 +222,7 @@ class _Solvers:
             step = select_step(model, optimizer, model._objective("cross_entropy"), [data], [labels[:rows]],
                                batch_size, weighted=weighted)
             return step, labels
-        reason = f"the fused engines train a softmax output, not a {self.out_activation_} one"
+        reason = f"the fused engines train softmax outputs, and this output is {self.out_activation_}"
         return LayerStep(model, optimizer, model._objective(OutputLoss(self.out_activation_, self._loss_name())),
                          reason), y
 
