@@ -562,6 +562,9 @@ def test_loading_a_truncated_or_foreign_file_names_it(tmp_path):
             nn.load(tmp_path / name)
         assert "not an nnkern model file (it holds pickled Python objects" in str(info.value)
         assert "allow_pickle" not in str(info.value)
+    with pytest.raises(nn.ModelFileError, match=r"text.npz: not a readable nnkern model file \(neither an .npz") as info:
+        nn.load(tmp_path / "text.npz")
+    assert "allow_pickle" not in str(info.value)
     with pytest.raises(FileNotFoundError):
         nn.load(tmp_path / "missing.npz")
 
