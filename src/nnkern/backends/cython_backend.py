@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .._threads import get_num_threads
 from . import ACTIVATION_CODES, GRAD_NEEDS_OUTPUT
-from . import _cy_elementwise, _cy_gemm, _cy_losses, _cy_optim
+from . import _cy_elementwise, _cy_gemm, _cy_losses, _cy_norm, _cy_optim, _cy_vector
 
 
 def matmul(a, b, trans_a, trans_b, out):
@@ -82,3 +82,36 @@ def adam_update(p, g, m, v, t, lr, beta1, beta2, eps):
 
 def adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
     _cy_optim.adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, get_num_threads())
+
+
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, out, mean, invstd):
+    update_running = training and running_mean is not None
+    if running_mean is None:  # typed arguments: the unused running statistics are the outputs
+        running_mean, running_var = mean, invstd
+    _cy_norm.batch_norm_forward(x, weight, bias, running_mean, running_var, update_running, training, momentum,
+                                eps, out, mean, invstd, get_num_threads())
+
+
+def batch_norm_backward(x, grad_out, weight, mean, invstd, training, dx, dweight, dbias):
+    _cy_norm.batch_norm_backward(x, grad_out, weight, mean, invstd, training, dx, dweight, dbias,
+                                 get_num_threads())
+
+
+def layer_norm_forward(x, weight, bias, eps, out, mean, invstd):
+    _cy_norm.layer_norm_forward(x, weight, bias, eps, out, mean, invstd, get_num_threads())
+
+
+def layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias):
+    _cy_norm.layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias, get_num_threads())
+
+
+def sum_squares(x):
+    return _cy_vector.sum_squares(x, get_num_threads())
+
+
+def max_abs(x):
+    return _cy_vector.max_abs(x, get_num_threads())
+
+
+def scale(x, alpha):
+    _cy_vector.scale(x, alpha, get_num_threads())
