@@ -40,7 +40,7 @@ import os
 
 import numpy as np
 
-from ._threads import get_num_threads
+from ._threads import claim
 from .backends import ACTIVATION_CODES
 
 __all__ = ["fused_train_step", "SPARSE_INPUT_MAX_DENSITY"]
@@ -168,14 +168,17 @@ def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
                                 sparse_input=sparse)
     a_name, b_name = rule[1]
     hyper = optimizer.hyperparameters
+    # the step's threads follow from its largest product (small ones run on one thread)
+    work = rows * max(linear.in_features * linear.out_features for linear, _ in pairs)
 
     def run(method, xb, yb):
         xb = np.ascontiguousarray(xb, dtype=dtype)
         yb = np.ascontiguousarray(yb, dtype=np.int64)
         optimizer.t += 1
-        return method(xb, yb, hyper["lr"], hyper[a_name] if a_name else 0.0,
-                      hyper[b_name] if b_name else 0.0, hyper.get("eps", 0.0),
-                      hyper.get("weight_decay", 0.0), optimizer.t, get_num_threads())
+        with claim(work) as threads:
+            return method(xb, yb, hyper["lr"], hyper[a_name] if a_name else 0.0,
+                          hyper[b_name] if b_name else 0.0, hyper.get("eps", 0.0),
+                          hyper.get("weight_decay", 0.0), optimizer.t, threads)
 
     def step(xb, yb):
         return run(fused.step, xb, yb)

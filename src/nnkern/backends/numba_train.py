@@ -332,9 +332,8 @@ class FusedMLPStep:
         if self.rule in (RULE_ADAM, RULE_ADAMW):
             hyper[STEP_SIZE], hyper[INV_SQRT_BC2] = _backend.adam_scalars(t, lr, a, b)
         l2_decay = weight_decay != 0.0 and self.rule != RULE_ADAMW
-        loss, correct = train_step(x, labels, self.bufs, self.table, self.slopes, self.rule, hyper,
-                                   l2_decay, self.delta0, self.delta1, self.delta2,
-                                   self.a_tail, self.b_pack, self.spare, self.sparse_input,
-                                   self.cols, self.row_count, self.rows_of, self.col_count,
-                                   min(num_threads, _backend.num_threads()))
-        return loss, correct
+        with _backend.parallel_threads(num_threads) as threads:
+            return train_step(x, labels, self.bufs, self.table, self.slopes, self.rule, hyper,
+                              l2_decay, self.delta0, self.delta1, self.delta2,
+                              self.a_tail, self.b_pack, self.spare, self.sparse_input,
+                              self.cols, self.row_count, self.rows_of, self.col_count, threads)
