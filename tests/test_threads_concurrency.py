@@ -205,3 +205,34 @@ def test_concurrent_numba_fits_under_the_workqueue_layer():
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
+def test_the_fused_step_runs_small_work_on_one_thread(backend, monkeypatch):
+    """The engine gives a step its share of the budget only when its largest product
+    (batch rows x fan_in x fan_out) reaches SPLIT_MIN_MACS."""
+    from nnkern import engine
+
+    engine_module = engine.importlib.import_module(engine._ENGINES[backend], "nnkern")
+    asked = []
+    real_step = engine_module.FusedMLPStep.step
+
+    class Spy(engine_module.FusedMLPStep):
+        def step(self, *args):
+            asked.append(args[-1])
+            return real_step(self, *args)
+
+    monkeypatch.setattr(engine_module, "FusedMLPStep", Spy)
+    before = _threads._num_threads
+    nnkern.set_num_threads(2, oversubscribe=True)
+    x, y = _data(0)
+    product = 64 * 96 * 128  # batch 64, the 96 x 128 layer
+    try:
+        for threshold, want in ((product + 1, 1), (product, 2)):
+            monkeypatch.setattr(_threads, "SPLIT_MIN_MACS", threshold)
+            asked.clear()
+            model = nn.Sequential(nn.Linear(96, 128, seed=0), nn.ReLU(), nn.Linear(128, 10, seed=1), backend=backend)
+            model.fit(x, y, epochs=1, batch_size=64, optimizer=optim.SGD(lr=0.1), seed=0, verbose=False)
+            assert asked and set(asked) == {want}, (threshold, asked)
+    finally:
+        _threads._num_threads = before
