@@ -41,6 +41,7 @@ import math
 import os
 import sys
 import threading
+import time
 import warnings
 
 __all__ = ["set_num_threads", "get_num_threads", "thread_budget", "default_num_threads",
@@ -49,6 +50,12 @@ __all__ = ["set_num_threads", "get_num_threads", "thread_budget", "default_num_t
 BUDGET_ENV = "NNKERN_NUM_THREADS"
 ALLOW_OVERSUBSCRIPTION_ENV = "NNKERN_ALLOW_OVERSUBSCRIPTION"
 HOST_THREAD_ENVS = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+# The machine's logical CPUs (os.cpu_count() reads a file each time)
+CPUS = max(1, os.cpu_count() or 1)
+# A running call reads the host's limits again when its thread's last reading is older than
+# this: reading them costs a few microseconds, a small training step a few tens.
+BUDGET_REREAD_S = 0.01
 
 # A training step whose largest product (batch rows x fan_in x fan_out) is below this runs on
 # one thread. Measured with benchmarks/small_fit_threads.py (README "Threads").
@@ -207,7 +214,7 @@ def default_num_threads() -> int:
     """The number of cores this process may run on: the CPU affinity mask and the cgroup
     CPU quota, whichever is smaller."""
     counts = [n for n in (_affinity_cpus(), _quota_cpus()) if n is not None]
-    return max(1, min(counts) if counts else os.cpu_count() or 1)
+    return max(1, min(counts) if counts else CPUS)
 
 
 def _env_count(name: str) -> int | None:
@@ -276,6 +283,7 @@ def host_limits() -> list[tuple[int, str]]:
 # ---------------------------------------------------------------------------------------
 
 _num_threads: int | None = None  # set_num_threads()
+_generation = 0  # changes with every set_num_threads(): running calls read the budget again
 
 
 def _lowered_to_cores(n: int, what: str) -> int:
@@ -305,9 +313,8 @@ def thread_budget() -> tuple[int, str]:
         if n < 1:
             raise ValueError(f"{BUDGET_ENV} must be a positive integer, got {raw!r}")
         return _lowered_to_cores(n, BUDGET_ENV), BUDGET_ENV
-    cpus = max(1, os.cpu_count() or 1)
-    below = [limit for limit in host_limits() if limit[0] < cpus]
-    return min(below, key=lambda limit: limit[0]) if below else (cpus, "CPUs")
+    below = [limit for limit in host_limits() if limit[0] < CPUS]
+    return min(below, key=lambda limit: limit[0]) if below else (CPUS, "CPUs")
 
 
 def get_num_threads() -> int:
@@ -324,13 +331,11 @@ def set_num_threads(n: int | None, *, oversubscribe: bool = False) -> None:
     :class:`OversubscriptionWarning`, unless ``oversubscribe=True`` or the environment
     sets ``NNKERN_ALLOW_OVERSUBSCRIPTION=1``. Other libraries' thread pools (the BLAS) are
     left as they are."""
-    global _num_threads
-    if n is None:
-        _num_threads = None
-        return
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    global _num_threads, _generation
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"set_num_threads: n must be a positive integer, got {n!r}")
-    _num_threads = n if oversubscribe else _lowered_to_cores(n, "set_num_threads")
+    _num_threads = n if n is None or oversubscribe else _lowered_to_cores(n, "set_num_threads")
+    _generation += 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -339,14 +344,24 @@ def set_num_threads(n: int | None, *, oversubscribe: bool = False) -> None:
 
 _active = 0  # Python threads inside a claim() now
 _active_lock = threading.Lock()
-_local = threading.local()  # per thread: depth of nested claims, the budget of the outermost
+_local = threading.local()  # per thread: depth of nested claims; the budget last read, when
+
+
+def _current_budget(local) -> int:
+    """The budget as this thread last read it, read again when set_num_threads() has run
+    since or the reading is older than BUDGET_REREAD_S."""
+    now = time.monotonic()
+    if getattr(local, "generation", None) != _generation or now - local.read_at > BUDGET_REREAD_S:
+        local.budget, local.read_at, local.generation = get_num_threads(), now, _generation
+    return local.budget
 
 
 class claim:
     """``with claim(work) as threads:`` one kernel call or training step. The calling
-    thread counts as an active caller until the block ends (nested claims count once, and
-    reuse the budget read by the outermost); ``threads`` is its share of the budget, or 1
-    when ``work`` (the largest product, in multiply-adds) is below :data:`SPLIT_MIN_MACS`."""
+    thread counts as an active caller until the block ends (nested claims count once);
+    ``threads`` is its share of the budget, or 1 when ``work`` (the largest product, in
+    multiply-adds) is below :data:`SPLIT_MIN_MACS`. The host's limits are those read by
+    this thread at most :data:`BUDGET_REREAD_S` ago."""
 
     __slots__ = ("work", "outermost")
 
@@ -359,13 +374,12 @@ class claim:
         depth = getattr(local, "depth", 0)
         self.outermost = depth == 0
         if self.outermost:
-            local.budget = get_num_threads()
             with _active_lock:
                 _active += 1
         local.depth = depth + 1
         if self.work is not None and self.work < SPLIT_MIN_MACS:
             return 1
-        return max(1, local.budget // max(1, _active))
+        return max(1, _current_budget(local) // max(1, _active))
 
     def __exit__(self, *exc) -> None:
         global _active
