@@ -9,7 +9,7 @@ ctypedef fused real:
     double
 
 cdef extern from "nnk_update.h" nogil:
-    enum:  # the rule codes (also nnkern.engine._RULES)
+    enum:  # the rule codes, in the order of nnkern.backends.UPDATE_RULES
         RULE_SGD "NNK_RULE_SGD"
         RULE_MOMENTUM "NNK_RULE_MOMENTUM"
         RULE_ADAGRAD "NNK_RULE_ADAGRAD"

@@ -1,6 +1,8 @@
-"""Graph algorithms over named nodes, for :class:`nnkern.nn.Graph`: the topological sort
-that fixes the order of the forward pass (its reverse is the order of backpropagation),
-the cycle it reports when there is none, and which nodes an output depends on.
+"""The graph of a :class:`nnkern.nn.Graph` model, before it runs: the nodes named from the
+layers called on nodes (:func:`named_graph`), every check of the model's structure
+(:func:`checked_nodes`), the topological sort that fixes the order of the forward pass (its
+reverse is the order of backpropagation), the cycle it reports when there is none, and which
+nodes an output depends on.
 
 A graph is given as ``inputs_of``: node name -> the names it reads, in order (a name may
 repeat, as in ``Add()(h, h)``). Every name read must be a key of ``inputs_of``.
@@ -8,7 +10,10 @@ repeat, as in ``Add()(h, h)``). Every name read must be a key of ``inputs_of``.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
+
+from .layers import Input, Layer, MergeLayer, Node, arity_problem, check_node_name
 
 
 def topological_order(inputs_of: dict[str, tuple[str, ...]]) -> list[str]:
@@ -61,3 +66,142 @@ def ancestors(names, inputs_of: dict[str, tuple[str, ...]]) -> set[str]:
             found.add(name)
             stack.extend(inputs_of[name])
     return found
+
+
+def width_str(features: int | None) -> str:
+    return f"(N x {'?' if features is None else features})"
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphNode:
+    """A node of a built model: its name, its layer (None for an input), the names of
+    the nodes it reads, and the width of its output (None: any width)."""
+
+    name: str
+    layer: Layer | None
+    inputs: tuple[str, ...]
+    features: int | None
+
+
+def named_graph(inputs, outputs) -> tuple[list, list, list]:
+    """The graph between ``inputs`` and ``outputs`` (Nodes) as named specs for
+    :meth:`nnkern.nn.Graph`'s builder: every node the outputs depend on, each after the nodes it
+    reads, named by its ``name`` or else "<layer type>_<k>" ("input_<k>" for inputs)."""
+    inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    for node in inputs:
+        if not isinstance(node, Input):
+            raise TypeError(f"Graph: inputs must be nn.Input nodes, got {node!r}")
+    for node in outputs:
+        if not isinstance(node, Node):
+            raise TypeError(f"Graph: outputs must be nodes (what calling a layer on nodes returns), got {node!r}")
+    order, done = [], set()
+    for output in outputs:  # depth first, each node after the nodes it reads
+        stack = [(output, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if id(node) in done:
+                continue
+            if expanded:
+                done.add(id(node))
+                order.append(node)
+                continue
+            stack.append((node, True))
+            stack.extend((source, False) for source in reversed(node.inputs) if id(source) not in done)
+    names, taken, counters = {}, {node.name for node in [*inputs, *order] if node.name}, {}
+    for node in [*inputs, *order]:
+        if id(node) in names:
+            continue
+        if node.name:
+            names[id(node)] = node.name
+            continue
+        kind = "input" if isinstance(node, Input) else type(node.layer).__name__.lower()
+        k = counters.get(kind, 0)
+        while f"{kind}_{k}" in taken:
+            k += 1
+        names[id(node)] = f"{kind}_{k}"
+        taken.add(names[id(node)])
+        counters[kind] = k + 1
+    fed = {id(node) for node in inputs}
+    for node in order:
+        for source in node.inputs:
+            if isinstance(source, Input) and id(source) not in fed:
+                raise ValueError(
+                    f"Graph: node {names[id(node)]!r} reads input {names[id(source)]!r} {width_str(source.features)}, "
+                    f"which is not among the model's inputs {[names[id(n)] for n in inputs]}: it would never be fed"
+                )
+    input_specs = [(names[id(node)], node.features) for node in inputs]
+    node_specs = [(names[id(node)], node.layer, tuple(names[id(source)] for source in node.inputs))
+                  for node in order if not isinstance(node, Input)]
+    return input_specs, node_specs, [names[id(node)] for node in outputs]
+
+
+def checked_nodes(where: str, input_specs, node_specs, outputs) -> list[GraphNode]:
+    """The nodes of a model named ``where`` in topological order, after checking
+    everything the docstring of :class:`nnkern.nn.Graph` lists: names, layers, what each
+    node reads, widths, a cycle, nodes that reach no output, a layer used twice."""
+    inputs_of, layer_of, features_of = {}, {}, {}
+    for name, features in input_specs:
+        check_node_name(name, where, required=True)
+        if name in inputs_of:
+            raise ValueError(f"{where}: two inputs are named {name!r}")
+        inputs_of[name], layer_of[name], features_of[name] = (), None, features
+    for name, layer, sources in node_specs:
+        check_node_name(name, where, required=True)
+        if name in inputs_of:
+            raise ValueError(f"{where}: two nodes are named {name!r}")
+        if not isinstance(layer, Layer):
+            raise TypeError(f"{where}: node {name!r} is {type(layer).__name__}, not an nnkern.nn layer")
+        problem = arity_problem(layer, len(sources))
+        if problem:
+            raise ValueError(f"{where}: node {name!r} {layer!r} {problem}")
+        inputs_of[name], layer_of[name] = tuple(sources), layer
+    for name, sources in inputs_of.items():
+        for source in sources:
+            if source not in inputs_of:
+                raise ValueError(f"{where}: node {name!r} reads {source!r}, which is neither an input of the "
+                                 "model nor a node: it would never be fed")
+    if not outputs:
+        raise ValueError(f"{where}: a model needs at least one output")
+    for name in outputs:
+        if name not in inputs_of:
+            raise ValueError(f"{where}: output {name!r} is not a node of the graph")
+        if layer_of[name] is None:
+            raise ValueError(f"{where}: output {name!r} is an input; outputs are computed by layers")
+    if len(set(outputs)) != len(outputs):
+        raise ValueError(f"{where}: an output is listed twice in {outputs}")
+    try:
+        order = topological_order(inputs_of)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    owner = {}
+    for name in order:
+        layer = layer_of[name]
+        if layer is None:
+            continue
+        if id(layer) in owner:
+            raise ValueError(f"{where}: the layer {layer!r} is used by nodes {owner[id(layer)]!r} and {name!r}; a "
+                             "layer holds the parameters and workspaces of one node: create one layer per node")
+        owner[id(layer)] = name
+        widths = [features_of[source] for source in inputs_of[name]]
+        if isinstance(layer, MergeLayer):
+            try:
+                features_of[name] = layer.output_features(widths)
+            except ValueError as exc:
+                listing = ", ".join(f"{s!r} {width_str(w)}" for s, w in zip(inputs_of[name], widths))
+                raise ValueError(f"{where}: node {name!r} {layer!r} cannot merge {listing}: {exc}") from None
+            continue
+        (source,), (width,) = inputs_of[name], widths
+        if layer.in_features is not None and width is not None and width != layer.in_features:
+            raise ValueError(f"{where}: node {name!r} {layer!r} takes inputs of shape {width_str(layer.in_features)}, "
+                             f"but {'input' if layer_of[source] is None else 'node'} {source!r} "
+                             f"outputs {width_str(width)}")
+        features_of[name] = layer.output_features(width)
+    reached = ancestors(outputs, inputs_of)
+    unused = [name for name in order if name not in reached]
+    if unused:
+        listing = ", ".join(f"{'input' if layer_of[name] is None else 'node'} {name!r} {width_str(features_of[name])}"
+                            for name in unused)
+        raise ValueError(f"{where}: {listing} reach{'es' if len(unused) == 1 else ''} no output of the model "
+                         f"(outputs: {outputs}); remove {'it' if len(unused) == 1 else 'them'} or make it an output")
+    return [GraphNode(name, layer_of[name], inputs_of[name], features_of[name]) for name in order]

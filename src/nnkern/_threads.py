@@ -44,6 +44,8 @@ import threading
 import time
 import warnings
 
+from . import _validate
+
 __all__ = ["set_num_threads", "get_num_threads", "thread_budget", "default_num_threads",
            "OversubscriptionWarning", "oversubscription_allowed"]
 
@@ -332,8 +334,9 @@ def set_num_threads(n: int | None, *, oversubscribe: bool = False) -> None:
     sets ``NNKERN_ALLOW_OVERSUBSCRIPTION=1``. Other libraries' thread pools (the BLAS) are
     left as they are."""
     global _num_threads, _generation
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ValueError(f"set_num_threads: n must be a positive integer, got {n!r}")
+    if n is not None:
+        n = _validate.integer("set_num_threads", "n", n, minimum=1, expected="a positive integer",
+                              type_error=ValueError)
     _num_threads = n if n is None or oversubscribe else _lowered_to_cores(n, "set_num_threads")
     _generation += 1
 

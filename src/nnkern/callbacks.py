@@ -13,9 +13,9 @@ Learning-rate schedules, which fit steps too, are in :mod:`nnkern.optim`.
 from __future__ import annotations
 
 import math
-import numbers
 
-from .nn import Callback, History
+from . import _validate
+from .training import Callback, History
 
 __all__ = ["BestWeights", "EarlyStopping", "FIT_LOGS"]
 
@@ -31,12 +31,10 @@ class _Monitor:
     def __init__(self, owner: str, monitor: str, mode: str, min_delta: float):
         if not isinstance(monitor, str):
             raise TypeError(f"{owner}: monitor must be the name of a fit log such as 'val_loss', got {monitor!r}")
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(f"{owner}: mode must be 'auto', 'min' or 'max', got {mode!r}")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real) \
-                or not (math.isfinite(min_delta) and min_delta >= 0):
-            raise ValueError(f"{owner}: min_delta must be a finite number >= 0, got {min_delta!r}")
-        self.owner, self.monitor, self.min_delta = owner, monitor, float(min_delta)
+        _validate.choice(owner, "mode", mode, ("auto", "min", "max"))
+        self.owner, self.monitor = owner, monitor
+        self.min_delta = _validate.real(owner, "min_delta", min_delta, low=0, expected="a finite number >= 0",
+                                        type_error=ValueError)
         self.mode = mode if mode != "auto" else ("max" if "acc" in monitor else "min")
         self.reset()
 
@@ -111,10 +109,9 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0, mode: str = "auto",
                  restore_best_weights: bool = False, verbose: bool = False):
-        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1:
-            raise ValueError(f"EarlyStopping: patience must be an integer >= 1, got {patience!r}")
+        self.patience = _validate.integer("EarlyStopping", "patience", patience, minimum=1,
+                                          expected="an integer >= 1", type_error=ValueError)
         self._monitor = _Monitor("EarlyStopping", monitor, mode, min_delta)
-        self.patience = int(patience)
         self.verbose = verbose
         self._best_weights = BestWeights(monitor, mode, min_delta) if restore_best_weights else None
         self.wait = 0

@@ -28,6 +28,7 @@ from importlib import metadata
 import numpy as np
 
 import nnkern
+from . import _validate
 from ._backend import BackendUnavailableError, fastest_cpu_backend
 
 __all__ = ["main", "build_parser", "build_mlp", "make_optimizer", "make_schedule", "TrainingProgress"]
@@ -64,28 +65,31 @@ class CommandError(Exception):
 # ---------------------------------------------------------------------------------------
 
 
-def _number_type(convert, accepts, expected: str, not_a_number: str | None = None):
+def _number_type(convert, expected: str, not_a_number: str | None = None, **bounds):
     """An argparse type: the text as convert (int or float) makes it, refused unless
-    accepts(value); the errors read "expected <expected> (or <not_a_number> when the text is
-    no number), got <text>"."""
+    :func:`nnkern._validate.integer` (for int) or ``real`` (finite, for float) accepts it
+    within the bounds; the errors read "expected <expected> (or <not_a_number> when the text
+    is no number), got <text>"."""
+    check = _validate.integer if convert is int else _validate.real
 
     def parse(text: str):
         try:
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {not_a_number or expected}, got {text!r}") from None
-        if not accepts(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
-        return value
+        try:
+            return check("", "", value, **bounds)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}") from None
 
     return parse
 
 
-_positive_int = _number_type(int, lambda v: v >= 1, "a positive integer")
-_nonnegative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
-_positive_float = _number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number", "a number")
-_nonnegative_float = _number_type(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0", "a number")
-_fraction = _number_type(float, lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)", "a number")
+_positive_int = _number_type(int, "a positive integer", minimum=1)
+_nonnegative_int = _number_type(int, "an integer >= 0", minimum=0)
+_positive_float = _number_type(float, "a positive number", "a number", low=0, low_open=True)
+_nonnegative_float = _number_type(float, "a number >= 0", "a number", low=0)
+_fraction = _number_type(float, "a fraction in [0, 1)", "a number", low=0, high=1, high_open=True)
 
 
 def _layer_sizes(text: str) -> tuple[int, ...]:

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _validate
+
 __all__ = [
     "read_idx",
     "write_idx",
@@ -444,8 +446,7 @@ def load_mnist(
     All returned arrays are read-only and shared between calls: the loading and the
     conversion are cached in the process, so a second call costs next to nothing.
     """
-    if normalize not in ("unit", "symmetric", None):
-        raise ValueError(f"load_mnist: normalize must be 'unit', 'symmetric' or None, got {normalize!r}")
+    _validate.choice("load_mnist", "normalize", normalize, ("unit", "symmetric", None))
     dtype = np.dtype(dtype)
     if not (np.issubdtype(dtype, np.floating) or (dtype == np.uint8 and normalize is None)):
         raise ValueError(
@@ -485,9 +486,8 @@ def _check_batch_args(x, y, batch_size, where: str):
         raise ValueError(
             f"{where}: x and y need the same number of samples, got shapes {x.shape} and {y.shape}"
         )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
-    return x, y, int(batch_size)
+    return x, y, _validate.integer(where, "batch_size", batch_size, minimum=1, expected="a positive integer",
+                                   type_error=ValueError)
 
 
 class DataLoader:

@@ -6,7 +6,11 @@ any nnkern optimizer, :func:`fused_train_step` returns a step function that runs
 loss, backward and the update of every parameter in one GIL-free call
 (kernels/cython/_cy_train.pyx, backends/numba_train.py) into preallocated buffers.
 ``fit`` uses it automatically (for a Sequential, or a Graph that is a chain) and falls
-back to the layer-by-layer path for anything else. The parameters, losses and optimizer states are those of the layer-by-layer
+back to the layer-by-layer path for anything else: :func:`nnkern.training.select_step`
+chooses, and says why a faster engine was not used (``fit(verbose=True)`` prints it).
+The engines take the optimizer's rule, hyperparameters, state and step count through its
+public methods (:meth:`nnkern.optim.Optimizer.update_rule`, ``state_of``, ``count_steps``,
+``upcoming_rates``). The parameters, losses and optimizer states are those of the layer-by-layer
 path (same kernels), to round-off. One difference: with weight decay, the layer path (and
 the numba step) add ``weight_decay * W`` into the gradient arrays before the update, while
 the Cython step folds it into the update and leaves the gradient arrays holding the loss's
@@ -40,10 +44,13 @@ import os
 
 import numpy as np
 
+from . import _validate
 from ._threads import claim
 from .backends import ACTIVATION_CODES
+from .layers import ActivationLayer, Identity, Linear
+from .losses import CrossEntropyLoss
 
-__all__ = ["fused_train_step", "SPARSE_INPUT_MAX_DENSITY"]
+__all__ = ["fused_train_step", "build_fused_step", "FusedStepUnavailable", "SPARSE_INPUT_MAX_DENSITY"]
 
 # The fused step's first layer reads only the input's nonzeros when at most this fraction
 # of the training data is nonzero (benchmarks/sparse_input.py measures where that pays).
@@ -54,33 +61,25 @@ SPARSE_INPUT_MAX_DENSITY = 0.25
 # the "cuda" engine trains whole epochs on the device (backends/cuda_train.py, _cuda_step).
 _ENGINES = {"cython": ".backends._cy_train", "numba": ".backends.numba_train", "cuda": ".backends.cuda_train"}
 
-# Optimizer class name -> (rule code of kernels/cython/nnk_update.h, the same in the numba
-# step; hyperparameters passed as a, b)
-_RULES = {
-    "SGD": (0, ("momentum", None)),
-    "SGD+momentum": (1, ("momentum", None)),
-    "Adagrad": (2, (None, None)),
-    "RMSprop": (3, ("alpha", None)),
-    "Adadelta": (4, ("rho", None)),
-    "Adam": (5, ("beta1", "beta2")),
-    "AdamW": (6, ("beta1", "beta2")),
-}
+
+class FusedStepUnavailable(Exception):
+    """Why a model, loss, optimizer or data set cannot train on a fused engine (the
+    message says why; the layer-by-layer path trains it instead)."""
 
 
 def _layer_pairs(model):
-    """[(linear, activation layer or None)], or None when the model is not a plain MLP
-    (a chain: one input, one output, each layer reading the one before)."""
-    from . import nn
-
+    """[(linear, activation layer or None)] of a plain MLP (a chain: one input, one
+    output, each layer reading the one before, Linear layers each followed by at most
+    one activation)."""
     if not model.is_chain:
-        return None
+        raise FusedStepUnavailable("the model is not a chain of layers (a graph with merges or several inputs or outputs)")
     pairs, i, layers = [], 0, model.layers
     while i < len(layers):
         linear = layers[i]
-        if not isinstance(linear, nn.Linear):
-            return None
+        if not isinstance(linear, Linear):
+            raise FusedStepUnavailable(f"layer {i} {linear!r} is not a Linear layer or an activation after one")
         following = layers[i + 1] if i + 1 < len(layers) else None
-        if isinstance(following, (nn._Activation, nn.Identity)):
+        if isinstance(following, (ActivationLayer, Identity)):
             pairs.append((linear, following))
             i += 2
         else:
@@ -91,9 +90,7 @@ def _layer_pairs(model):
 
 def _activation_spec(layer):
     """(activation code, slope, keep the pre-activation for the gradient)."""
-    from . import nn
-
-    if layer is None or isinstance(layer, nn.Identity):
+    if layer is None or isinstance(layer, Identity):
         return ACTIVATION_CODES["identity"], 0.0, False
     params = layer.op_params()
     name = layer.op_name
@@ -105,80 +102,82 @@ def _activation_spec(layer):
 def _sparse_input(x) -> bool:
     """Whether the first layer should read only the nonzeros of the data x."""
     setting = os.environ.get("NNKERN_SPARSE_INPUT", "auto").strip().lower()
-    if setting not in ("auto", "0", "1"):
-        raise ValueError(f"NNKERN_SPARSE_INPUT must be 'auto', '0' or '1', got {setting!r}")
+    _validate.choice("", "NNKERN_SPARSE_INPUT", setting, ("auto", "0", "1"))
     if setting != "auto":
         return setting == "1"
     return np.count_nonzero(x) <= SPARSE_INPUT_MAX_DENSITY * x.size
 
 
-def _rule(optimizer):
-    name = type(optimizer).__name__
-    if name == "SGD" and optimizer.hyperparameters["momentum"]:
-        name = "SGD+momentum"
-    return _RULES.get(name)
-
-
 def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
     """A function ``step(xb, yb) -> (loss, correct)`` running whole training steps of
     ``model`` in one compiled call, or None when this model, loss, optimizer or data
-    needs the layer-by-layer path. The whole data set (x, y) is checked here once (x of
-    the model's input width, y integer labels in range), so the compiled step can trust
-    every batch of it.
+    needs the layer-by-layer path (:func:`build_fused_step` says why). The whole data set
+    (x, y) is checked here once (x of the model's input width, y integer labels in range),
+    so the compiled step can trust every batch of it.
 
     On the "cython" backend the function also has ``step.profiled(xb, yb) -> (loss,
     correct, seconds per phase)`` and ``step.phase_names()``: the same step, timing each
     of its phases (what ``nnkern bench --profile`` reports for the fused engine)."""
-    from . import nn
+    try:
+        return build_fused_step(model, optimizer, loss, x, y, batch_size)
+    except FusedStepUnavailable:
+        return None
 
-    if model.backend not in _ENGINES or not isinstance(loss, nn.CrossEntropyLoss):
-        return None
+
+def build_fused_step(model, optimizer, loss, x, y, batch_size: int):
+    """As :func:`fused_train_step`, but raising :class:`FusedStepUnavailable` with the
+    reason where no fused engine applies."""
+    if model.backend not in _ENGINES:
+        raise FusedStepUnavailable(f"the {model.backend!r} backend has no fused training engine")
+    if not isinstance(loss, CrossEntropyLoss):
+        raise FusedStepUnavailable(f"the fused engines train with cross entropy, not {loss!r}")
     pairs = _layer_pairs(model)
-    rule = _rule(optimizer)
-    if pairs is None or rule is None or optimizer.backend != model.backend:
-        return None
+    rule = optimizer.update_rule()
+    if rule is None:
+        raise FusedStepUnavailable(f"{type(optimizer).__name__} has no update rule of the fused engines")
+    if optimizer.backend != model.backend:
+        raise FusedStepUnavailable(f"the optimizer is bound on {optimizer.backend!r}, the model on {model.backend!r}")
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim != 2 or x.shape[1] != pairs[0][0].in_features or len(x) != len(y):
-        return None
+        raise FusedStepUnavailable("the data does not fit the first layer (the layer path reports it)")
     n_classes = pairs[-1][0].out_features
     if y.ndim != 1 or y.dtype.kind not in "iu" or y.size == 0 or y.min() < 0 or y.max() >= n_classes:
-        return None  # the layer-by-layer path validates and reports such targets
+        # the layer-by-layer path validates and reports such targets
+        raise FusedStepUnavailable("the targets are not integer class labels in range (one-hot rows train on the layer path)")
     dtype = model.dtype
     rows = int(batch_size)
-    params = model.parameters()
-    state_of = {id(p): s for p, s in zip(optimizer.params, optimizer.state)}
-    if any(id(p) not in state_of for p in params):
-        return None
+    try:
+        states = {id(p): optimizer.state_of(p) for p in model.parameters()}
+    except ValueError as exc:
+        raise FusedStepUnavailable(str(exc)) from None
     if model.backend == "cuda":
-        return _cuda_step(pairs, state_of, optimizer, rule, dtype, rows, x, y)
+        return _cuda_step(pairs, states, optimizer, dtype, rows, x, y)
     if _activation_spec(pairs[-1][1])[0] != ACTIVATION_CODES["identity"]:
-        return None  # the CPU steps take the last layer's output as the logits, with no activation
+        raise FusedStepUnavailable("the CPU engines take the last Linear's output as the logits, "
+                                   f"and this model has {pairs[-1][1]!r} after it")
     engine = importlib.import_module(_ENGINES[model.backend], __package__)
     layers = []
     for linear, act_layer in pairs:
         code, slope, keep_preact = _activation_spec(act_layer)
         h = np.empty((rows, linear.out_features), dtype)
         z = np.empty_like(h) if keep_preact else None
-        states = [tuple(state_of[id(p)].values()) for p in (linear.W, linear.b)]
-        layers.append((linear.W, linear.b, linear.dW, linear.db, code, slope, keep_preact, h, z, *states))
+        layers.append((linear.W, linear.b, linear.dW, linear.db, code, slope, keep_preact, h, z,
+                       states[id(linear.W)], states[id(linear.b)]))
     widest = max(max(linear.in_features, linear.out_features) for linear, _ in pairs)
     delta0, delta1 = np.empty(rows * widest, dtype), np.empty(rows * widest, dtype)
     sparse = _sparse_input(x)
-    fused = engine.FusedMLPStep(layers, delta0, delta1, rule[0], dtype == np.float64, rows,
+    fused = engine.FusedMLPStep(layers, delta0, delta1, rule.code, dtype == np.float64, rows,
                                 sparse_input=sparse)
-    a_name, b_name = rule[1]
-    hyper = optimizer.hyperparameters
     # the step's threads follow from its largest product (small ones run on one thread)
     work = rows * max(linear.in_features * linear.out_features for linear, _ in pairs)
 
     def run(method, xb, yb):
         xb = np.ascontiguousarray(xb, dtype=dtype)
         yb = np.ascontiguousarray(yb, dtype=np.int64)
-        optimizer.t += 1
+        now = optimizer.update_rule()  # the hyperparameters as they are now (a schedule changes lr)
         with claim(work) as threads:
-            return method(xb, yb, hyper["lr"], hyper[a_name] if a_name else 0.0,
-                          hyper[b_name] if b_name else 0.0, hyper.get("eps", 0.0),
-                          hyper.get("weight_decay", 0.0), optimizer.t, threads)
+            return method(xb, yb, now.lr, now.a, now.b, now.eps, now.weight_decay, optimizer.count_steps(1),
+                          threads)
 
     def step(xb, yb):
         return run(fused.step, xb, yb)
@@ -197,27 +196,7 @@ def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
     return step
 
 
-def _hyperparameters(optimizer, names) -> dict:
-    """The optimizer's current hyperparameters other than the learning rate, as the cuda
-    step takes them."""
-    a_name, b_name = names
-    hyper = optimizer.hyperparameters
-    return {"a": hyper[a_name] if a_name else 0.0, "b": hyper[b_name] if b_name else 0.0,
-            "eps": hyper.get("eps", 0.0), "weight_decay": hyper.get("weight_decay", 0.0)}
-
-
-def _step_rates(optimizer, steps: int) -> list[float]:
-    """The learning rate of each of the optimizer's next ``steps`` steps: its rate now, and
-    where its schedule steps after every batch (as fit steps it), the rates the schedule
-    will set."""
-    lr = optimizer.hyperparameters["lr"]
-    schedule = optimizer.schedule
-    if schedule is None or schedule.interval != "step":
-        return [lr] * steps
-    return [lr] + [schedule.lr_at(schedule.last_epoch + k) for k in range(1, steps)]
-
-
-def _cuda_step(pairs, state_of, optimizer, rule, dtype, rows, x, y):
+def _cuda_step(pairs, states, optimizer, dtype, rows, x, y):
     """The "cuda" engine's step: ``step(xb, yb)`` trains one host batch (as the CPU
     engines' steps do), and ``step.run_epoch(loader, stop_on_nonfinite=True)`` trains a
     whole epoch of the DataLoader over (x, y) on the device, in the loader's order,
@@ -226,19 +205,24 @@ def _cuda_step(pairs, state_of, optimizer, rule, dtype, rows, x, y):
     steps the schedule after every batch (which it does, for the epoch, after the epoch)."""
     from .backends import cuda_train
 
-    if rule[0] not in cuda_train.RULES or not cuda_train.data_fits(x.size * np.dtype(dtype).itemsize):
-        return None
+    rule = optimizer.update_rule()
+    if rule.code not in cuda_train.RULES:
+        raise FusedStepUnavailable(f"the cuda engine has no {rule.name!r} rule")
+    if not cuda_train.data_fits(x.size * np.dtype(dtype).itemsize):
+        raise FusedStepUnavailable("the training set takes more than half the free device memory")
     layers = [(linear.W, linear.b, linear.dW, linear.db, *_activation_spec(act_layer),
-               tuple(state_of[id(linear.W)].values()), tuple(state_of[id(linear.b)].values()))
+               states[id(linear.W)], states[id(linear.b)])
               for linear, act_layer in pairs]
-    trainer = cuda_train.FusedCudaTrainer(layers, rule[0], dtype, rows, x, y)
+    trainer = cuda_train.FusedCudaTrainer(layers, rule.code, dtype, rows, x, y)
 
     def run(steps, **where):
+        now = optimizer.update_rule()
         trainer.load_model()
-        losses, correct, batch_rows = trainer.run(hyper=_hyperparameters(optimizer, rule[1]),
-                                                  rates=_step_rates(optimizer, steps), t0=optimizer.t, **where)
+        losses, correct, batch_rows = trainer.run(
+            hyper={"a": now.a, "b": now.b, "eps": now.eps, "weight_decay": now.weight_decay},
+            rates=optimizer.upcoming_rates(steps), t0=optimizer.count_steps(0), **where)
         trainer.store_model()
-        optimizer.t += len(losses)
+        optimizer.count_steps(len(losses))
         return losses, correct, batch_rows
 
     def step(xb, yb):

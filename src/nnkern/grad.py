@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _arrays
-from .nn import Graph
+from . import _arrays, _validate
+from .models import Graph
 
 __all__ = ["numerical_gradient", "gradcheck", "assert_gradcheck", "gradients_match", "relative_error",
            "GRADCHECK_TOLERANCE"]
@@ -32,8 +32,7 @@ def numerical_gradient(f, x: np.ndarray, h: float = 1e-4) -> np.ndarray:
                         + (f" of dtype {x.dtype}" if isinstance(x, np.ndarray) else ""))
     if not x.flags.writeable:
         raise ValueError("numerical_gradient: x is read-only (it is perturbed in place)")
-    if not h > 0:
-        raise ValueError(f"numerical_gradient: h must be > 0, got {h!r}")
+    h = _validate.real("numerical_gradient", "h", h, low=0, low_open=True)
     grad = np.zeros(x.shape, dtype=np.float64)
     for index in np.ndindex(x.shape):
         original = x[index]

@@ -24,6 +24,7 @@ import numbers
 
 import numpy as np
 
+from . import _validate
 from ._backend import backend_module, get_backend
 from .backends import ACTIVATIONS, GRAD_NEEDS_OUTPUT, KERNELS
 
@@ -133,21 +134,6 @@ def _output(out, shape, dtype: np.dtype, be, op: str, *inputs):
     return np.empty(shape, dtype=dtype)
 
 
-def _scalar(value, op: str, name: str, *, minimum=None, positive=False, below_one=False) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{op}: {name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{op}: {name} must be finite, got {value}")
-    if positive and value <= 0:
-        raise ValueError(f"{op}: {name} must be > 0, got {value}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
-    if below_one and not value < 1:
-        raise ValueError(f"{op}: {name} must be < 1, got {value}")
-    return value
-
-
 def _backend(backend):
     return backend_module(get_backend() if backend is None else backend)
 
@@ -160,11 +146,10 @@ def _activation_kind(op: str, name: str, params: dict) -> tuple[str, float]:
     slope = 0.0
     kind = name
     if name == "leaky_relu":
-        slope = _scalar(params.pop("negative_slope", 0.01), op, "negative_slope")
+        slope = _validate.real(op, "negative_slope", params.pop("negative_slope", 0.01))
     elif name == "gelu":
         approximate = params.pop("approximate", "none")
-        if approximate not in ("none", "tanh"):
-            raise ValueError(f"{op}: gelu approximate must be 'none' or 'tanh', got {approximate!r}")
+        _validate.choice(op, "gelu approximate", approximate, ("none", "tanh"))
         kind = "gelu_tanh" if approximate == "tanh" else "gelu"
     if params:
         raise TypeError(f"{op}: activation {name!r} takes no parameter(s) {sorted(params)}")
@@ -395,8 +380,7 @@ def mse(pred, target, *, reduction="mean", out=None, backend=None):
     mean over all elements) or ``"half_sum"`` (the source material's 0.5 * sum)."""
     op = "mse"
     be = _backend(backend)
-    if reduction not in ("mean", "half_sum"):
-        raise ValueError(f"{op}: reduction must be 'mean' or 'half_sum', got {reduction!r}")
+    _validate.choice(op, "reduction", reduction, ("mean", "half_sum"))
     pred, target, dtype = _pair(pred, target, op, "pred")
     out = _output(out, pred.shape, dtype, be, op, pred, target)
     loss = be.mse(_prepare(pred, dtype, op, "pred"), _prepare(target, dtype, op, "target"),
@@ -480,7 +464,7 @@ def sgd_update(p, g, lr, *, backend=None):
     """``p -= lr * g``, in place."""
     op = "sgd_update"
     be = _backend(backend)
-    _update(op, be, (_scalar(lr, op, "lr", minimum=0),), p, g)
+    _update(op, be, (_validate.real(op, "lr", lr, low=0),), p, g)
 
 
 def momentum_update(p, g, v, lr, momentum, *, backend=None):
@@ -488,7 +472,7 @@ def momentum_update(p, g, v, lr, momentum, *, backend=None):
     (v starts at zero, so the first step is ``v = g``)."""
     op = "momentum_update"
     be = _backend(backend)
-    args = (_scalar(lr, op, "lr", minimum=0), _scalar(momentum, op, "momentum", minimum=0))
+    args = (_validate.real(op, "lr", lr, low=0), _validate.real(op, "momentum", momentum, low=0))
     _update(op, be, args, p, g, v=v)
 
 
@@ -496,7 +480,7 @@ def adagrad_update(p, g, h, lr, eps=1e-10, *, backend=None):
     """Adagrad as torch.optim.Adagrad: ``h += g*g; p -= lr * g / (sqrt(h) + eps)``."""
     op = "adagrad_update"
     be = _backend(backend)
-    args = (_scalar(lr, op, "lr", minimum=0), _scalar(eps, op, "eps", minimum=0))
+    args = (_validate.real(op, "lr", lr, low=0), _validate.real(op, "eps", eps, low=0))
     _update(op, be, args, p, g, h=h)
 
 
@@ -505,8 +489,8 @@ def rmsprop_update(p, g, h, lr, alpha=0.99, eps=1e-8, *, backend=None):
     p -= lr * g / (sqrt(h) + eps)``."""
     op = "rmsprop_update"
     be = _backend(backend)
-    args = (_scalar(lr, op, "lr", minimum=0), _scalar(alpha, op, "alpha", minimum=0),
-            _scalar(eps, op, "eps", minimum=0))
+    args = (_validate.real(op, "lr", lr, low=0), _validate.real(op, "alpha", alpha, low=0),
+            _validate.real(op, "eps", eps, low=0))
     _update(op, be, args, p, g, h=h)
 
 
@@ -516,8 +500,8 @@ def adadelta_update(p, g, h, d, lr=1.0, rho=0.9, eps=1e-6, *, backend=None):
     p -= lr * delta``."""
     op = "adadelta_update"
     be = _backend(backend)
-    args = (_scalar(lr, op, "lr", minimum=0), _scalar(rho, op, "rho", minimum=0),
-            _scalar(eps, op, "eps", minimum=0))
+    args = (_validate.real(op, "lr", lr, low=0), _validate.real(op, "rho", rho, low=0),
+            _validate.real(op, "eps", eps, low=0))
     _update(op, be, args, p, g, h=h, d=d)
 
 
@@ -533,10 +517,10 @@ def _adam_scalars(op, t, lr, beta1, beta2, eps) -> tuple:
     """Adam's and AdamW's validated (t, lr, beta1, beta2, eps)."""
     if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral) or t < 1:
         raise ValueError(f"{op}: t is the 1-based step number, got {t!r}")
-    return (int(t), _scalar(lr, op, "lr", minimum=0),
-            _scalar(beta1, op, "beta1", minimum=0, below_one=True),
-            _scalar(beta2, op, "beta2", minimum=0, below_one=True),
-            _scalar(eps, op, "eps", minimum=0))
+    return (int(t), _validate.real(op, "lr", lr, low=0),
+            _validate.real(op, "beta1", beta1, low=0, high=1, high_open=True),
+            _validate.real(op, "beta2", beta2, low=0, high=1, high_open=True),
+            _validate.real(op, "eps", eps, low=0))
 
 
 def adamw_update(p, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, *,
@@ -547,5 +531,5 @@ def adamw_update(p, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weigh
     p -= lr * (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)``."""
     op = "adamw_update"
     be = _backend(backend)
-    args = (*_adam_scalars(op, t, lr, beta1, beta2, eps), _scalar(weight_decay, op, "weight_decay", minimum=0))
+    args = (*_adam_scalars(op, t, lr, beta1, beta2, eps), _validate.real(op, "weight_decay", weight_decay, low=0))
     _update(op, be, args, p, g, m=m, v=v)

@@ -40,15 +40,17 @@ epoch (or, with ``interval="step"``, after each batch)::
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 import numbers
 
 import numpy as np
 
-from . import _arrays, ops
+from . import _arrays, _validate, ops
 from ._backend import backend_module, get_backend
+from .backends import UPDATE_RULE_CODES
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "get", "OPTIMIZERS",
+__all__ = ["Optimizer", "UpdateRule", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "get", "OPTIMIZERS",
            "LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "LinearLR", "LambdaLR",
            "SequentialLR", "ReduceLROnPlateau", "SCHEDULES"]
 
@@ -56,23 +58,40 @@ _UNSET = object()
 
 
 def _hyperparameter(owner: str, name: str, value, *, below_one: bool = False) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (below_one and value >= 1):
-        bounds = "in [0, 1)" if below_one else "finite and >= 0"
-        raise ValueError(f"{owner}: {name} must be {bounds}, got {value}")
-    return value
+    if below_one:
+        return _validate.real(owner, name, value, low=0, high=1, high_open=True, expected="in [0, 1)")
+    return _validate.real(owner, name, value, low=0, expected="finite and >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateRule:
+    """An optimizer's update rule as the fused training engines run it: the rule's name
+    (one of :data:`nnkern.backends.UPDATE_RULES`), its code in the compiled kernels, and
+    the hyperparameters now in force (``a``, ``b``: the rule's own, e.g. momentum, or
+    Adam's beta1 and beta2; 0 where it has none)."""
+
+    name: str
+    code: int
+    lr: float
+    a: float = 0.0
+    b: float = 0.0
+    eps: float = 0.0
+    weight_decay: float = 0.0
 
 
 class Optimizer:
     """Base class: holds the bound parameters, their gradients and per-parameter state.
 
     Subclasses set ``STATE`` (the names of the per-parameter state arrays, created as
-    zeros at bind time) and implement ``_update(p, g, state)`` with one ops call.
+    zeros at bind time) and implement ``_update(p, g, state)`` with one ops call. Those
+    whose rule the fused engines also run set ``RULE``: the rule's name in
+    :data:`nnkern.backends.UPDATE_RULES` and the names of the hyperparameters it takes as
+    ``a`` and ``b`` (a subclass that overrides ``_update`` without a ``RULE`` of its own
+    trains on the layer-by-layer path, which calls its ``_update``).
     """
 
     STATE: tuple[str, ...] = ()
+    RULE: tuple[str, str | None, str | None] | None = None
     # Whether weight_decay is the L2 term added to the gradient before the update (torch's
     # form for every optimizer but AdamW, whose rule decays the parameter itself).
     L2_WEIGHT_DECAY = True
@@ -208,6 +227,47 @@ class Optimizer:
     def _update(self, p, g, state: dict) -> None:
         raise NotImplementedError
 
+    # -- what the fused training engines read -----------------------------------------
+
+    def _rule_name(self, name: str) -> str:
+        return name
+
+    def update_rule(self) -> UpdateRule | None:
+        """The rule the fused training engines run for this optimizer, with the
+        hyperparameters now in force; None when they have none for it."""
+        owner = next(cls for cls in type(self).__mro__ if "_update" in cls.__dict__)
+        spec = owner.__dict__.get("RULE")
+        if spec is None:
+            return None
+        name, a_name, b_name = spec
+        name = self._rule_name(name)
+        h = self.hyperparameters
+        return UpdateRule(name, UPDATE_RULE_CODES[name], h["lr"], h[a_name] if a_name else 0.0,
+                          h[b_name] if b_name else 0.0, h.get("eps", 0.0), h.get("weight_decay", 0.0))
+
+    def state_of(self, param) -> tuple:
+        """The state arrays of the bound parameter ``param`` (the very array), in the
+        order of ``STATE``: what an engine updates in place."""
+        for p, state in zip(self.params, self.state):
+            if p is param:
+                return tuple(state.values())
+        raise ValueError(f"{type(self).__name__} is not bound to this parameter of shape {tuple(param.shape)}")
+
+    def count_steps(self, steps: int) -> int:
+        """Count ``steps`` more steps taken (by an engine that updated the parameters
+        itself) and return the step count, ``t``: the 1-based number of the last step."""
+        self.t += int(steps)
+        return self.t
+
+    def upcoming_rates(self, steps: int) -> list[float]:
+        """The learning rate of each of the next ``steps`` steps: the rate now, and where
+        the schedule steps after every batch (as ``fit`` steps it), the rates it will set."""
+        lr = self.hyperparameters["lr"]
+        schedule = self.schedule
+        if schedule is None or schedule.interval != "step":
+            return [lr] * steps
+        return [lr] + [schedule.lr_at(schedule.last_epoch + k) for k in range(1, steps)]
+
     # -- state ----------------------------------------------------------------------
 
     def state_dict(self) -> dict:
@@ -260,6 +320,8 @@ class SGD(Optimizer):
     """Stochastic gradient descent, as torch.optim.SGD: ``p -= lr * g``; with momentum
     ``v = momentum * v + g; p -= lr * v`` (v starts at zero)."""
 
+    RULE = ("sgd", "momentum", None)
+
     def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, momentum=0.0, weight_decay=0.0, schedule=None):
         self.STATE = ("v",) if momentum else ()  # before a torch-style bind creates the state
         super().__init__(lr_or_params, lr, 0.01, momentum=momentum, weight_decay=weight_decay, schedule=schedule)
@@ -271,11 +333,15 @@ class SGD(Optimizer):
         else:
             ops.sgd_update(p, g, h["lr"], backend=self.backend)
 
+    def _rule_name(self, name):
+        return "momentum" if self.hyperparameters["momentum"] else name
+
 
 class Adagrad(Optimizer):
     """As torch.optim.Adagrad: ``h += g * g; p -= lr * g / (sqrt(h) + eps)``."""
 
     STATE = ("h",)
+    RULE = ("adagrad", None, None)
 
     def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, eps=1e-10, weight_decay=0.0, schedule=None):
         super().__init__(lr_or_params, lr, 0.01, eps=eps, weight_decay=weight_decay, schedule=schedule)
@@ -290,6 +356,7 @@ class RMSprop(Optimizer):
     p -= lr * g / (sqrt(h) + eps)``."""
 
     STATE = ("h",)
+    RULE = ("rmsprop", "alpha", None)
 
     def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, alpha=0.99, eps=1e-8, weight_decay=0.0, schedule=None):
         super().__init__(lr_or_params, lr, 0.01, alpha=alpha, eps=eps, weight_decay=weight_decay, schedule=schedule)
@@ -305,6 +372,7 @@ class Adadelta(Optimizer):
     p -= lr * delta``."""
 
     STATE = ("h", "d")
+    RULE = ("adadelta", "rho", None)
 
     def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, rho=0.9, eps=1e-6, weight_decay=0.0, schedule=None):
         super().__init__(lr_or_params, lr, 1.0, rho=rho, eps=eps, weight_decay=weight_decay, schedule=schedule)
@@ -319,6 +387,7 @@ class Adam(Optimizer):
     p -= lr * (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)``, t the step number."""
 
     STATE = ("m", "v")
+    RULE = ("adam", "beta1", "beta2")
 
     def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  schedule=None):
@@ -347,6 +416,7 @@ class AdamW(Adam):
     are left as backward wrote them."""
 
     L2_WEIGHT_DECAY = False
+    RULE = ("adamw", "beta1", "beta2")
 
     def __init__(self, lr_or_params=_UNSET, /, lr=_UNSET, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
                  schedule=None):
@@ -378,24 +448,8 @@ def get(name: str, **hyperparameters) -> Optimizer:
 _INTERVALS = ("epoch", "step")
 
 
-def _count(owner: str, name: str, value, *, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{owner}: {name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _real(owner: str, name: str, value, *, low=None, high=None, low_open=False) -> float:
-    """A finite real number in [low, high] (or (low, high] with low_open)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
-    value = float(value)
-    too_low = low is not None and (value <= low if low_open else value < low)
-    if not math.isfinite(value) or too_low or (high is not None and value > high):
-        bounds = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-        raise ValueError(f"{owner}: {name} must be a finite number in {bounds}, got {value}")
-    return value
+# How the schedules word a rate factor's bound >= 0.
+_NONNEGATIVE = "a finite number in [0, inf]"
 
 
 class LRScheduler:
@@ -419,9 +473,7 @@ class LRScheduler:
     """
 
     def __init__(self, *, interval: str = "epoch"):
-        if interval not in _INTERVALS:
-            raise ValueError(f"{type(self).__name__}: interval must be 'epoch' or 'step', got {interval!r}")
-        self.interval = interval
+        self.interval = _validate.choice(type(self).__name__, "interval", interval, _INTERVALS)
         self.optimizer: Optimizer | None = None
         self.base_lr: float | None = None
         self.last_epoch = 0
@@ -489,7 +541,7 @@ class LRScheduler:
         if state.get("type") != name:
             raise ValueError(f"{name}.load_state_dict: the state is of a {state.get('type')!r} schedule")
         self.base_lr = state["base_lr"]
-        self.last_epoch = _count(name, "last_epoch", state["last_epoch"], minimum=0)
+        self.last_epoch = _validate.integer(name, "last_epoch", state["last_epoch"], minimum=0)
         self._last_lr = state["last_lr"]
         if self.optimizer is not None and self._last_lr is not None:
             self.optimizer.lr = self._last_lr  # where the schedule had brought it
@@ -510,8 +562,8 @@ class StepLR(LRScheduler):
 
     def __init__(self, step_size: int, gamma: float = 0.1, *, interval: str = "epoch"):
         super().__init__(interval=interval)
-        self.step_size = _count("StepLR", "step_size", step_size, minimum=1)
-        self.gamma = _real("StepLR", "gamma", gamma, low=0)
+        self.step_size = _validate.integer("StepLR", "step_size", step_size, minimum=1)
+        self.gamma = _validate.real("StepLR", "gamma", gamma, low=0, expected=_NONNEGATIVE)
 
     def _arguments(self):
         return {"step_size": self.step_size, "gamma": self.gamma}
@@ -526,8 +578,8 @@ class MultiStepLR(LRScheduler):
 
     def __init__(self, milestones, gamma: float = 0.1, *, interval: str = "epoch"):
         super().__init__(interval=interval)
-        self.milestones = sorted(_count("MultiStepLR", "milestone", m, minimum=1) for m in milestones)
-        self.gamma = _real("MultiStepLR", "gamma", gamma, low=0)
+        self.milestones = sorted(_validate.integer("MultiStepLR", "milestone", m, minimum=1) for m in milestones)
+        self.gamma = _validate.real("MultiStepLR", "gamma", gamma, low=0, expected=_NONNEGATIVE)
 
     def _arguments(self):
         return {"milestones": self.milestones, "gamma": self.gamma}
@@ -541,7 +593,7 @@ class ExponentialLR(LRScheduler):
 
     def __init__(self, gamma: float, *, interval: str = "epoch"):
         super().__init__(interval=interval)
-        self.gamma = _real("ExponentialLR", "gamma", gamma, low=0)
+        self.gamma = _validate.real("ExponentialLR", "gamma", gamma, low=0, expected=_NONNEGATIVE)
 
     def _arguments(self):
         return {"gamma": self.gamma}
@@ -557,8 +609,8 @@ class CosineAnnealingLR(LRScheduler):
 
     def __init__(self, T_max: int, eta_min: float = 0.0, *, interval: str = "epoch"):  # noqa: N803 (torch's name)
         super().__init__(interval=interval)
-        self.T_max = _count("CosineAnnealingLR", "T_max", T_max, minimum=1)
-        self.eta_min = _real("CosineAnnealingLR", "eta_min", eta_min, low=0)
+        self.T_max = _validate.integer("CosineAnnealingLR", "T_max", T_max, minimum=1)
+        self.eta_min = _validate.real("CosineAnnealingLR", "eta_min", eta_min, low=0, expected=_NONNEGATIVE)
 
     def _arguments(self):
         return {"T_max": self.T_max, "eta_min": self.eta_min}
@@ -576,9 +628,11 @@ class LinearLR(LRScheduler):
     def __init__(self, start_factor: float = 1.0 / 3, end_factor: float = 1.0, total_iters: int = 5, *,
                  interval: str = "epoch"):
         super().__init__(interval=interval)
-        self.start_factor = _real("LinearLR", "start_factor", start_factor, low=0, high=1, low_open=True)
-        self.end_factor = _real("LinearLR", "end_factor", end_factor, low=0, high=1)
-        self.total_iters = _count("LinearLR", "total_iters", total_iters, minimum=1)
+        self.start_factor = _validate.real("LinearLR", "start_factor", start_factor, low=0, high=1, low_open=True,
+                                           expected="a finite number in (0, 1]")
+        self.end_factor = _validate.real("LinearLR", "end_factor", end_factor, low=0, high=1,
+                                         expected="a finite number in [0, 1]")
+        self.total_iters = _validate.integer("LinearLR", "total_iters", total_iters, minimum=1)
 
     def _arguments(self):
         return {"start_factor": self.start_factor, "end_factor": self.end_factor, "total_iters": self.total_iters}
@@ -618,7 +672,7 @@ class SequentialLR(LRScheduler):
     def __init__(self, schedules, milestones, *, interval: str = "epoch"):
         super().__init__(interval=interval)
         self.schedules = list(schedules)
-        self.milestones = [_count("SequentialLR", "milestone", m, minimum=1) for m in milestones]
+        self.milestones = [_validate.integer("SequentialLR", "milestone", m, minimum=1) for m in milestones]
         if not self.schedules or len(self.milestones) != len(self.schedules) - 1:
             raise ValueError(f"SequentialLR: {len(self.schedules)} schedules need {max(len(self.schedules) - 1, 0)} "
                              f"milestones, got {len(self.milestones)}")
@@ -655,19 +709,15 @@ class ReduceLROnPlateau(LRScheduler):
         name = "ReduceLROnPlateau"
         if not isinstance(monitor, str):
             raise TypeError(f"{name}: monitor must be the name of a fit log such as 'val_loss', got {monitor!r}")
-        if mode not in ("min", "max"):
-            raise ValueError(f"{name}: mode must be 'min' or 'max', got {mode!r}")
-        if threshold_mode not in ("rel", "abs"):
-            raise ValueError(f"{name}: threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
-        factor = _real(name, "factor", factor, low=0)
-        if factor >= 1.0:
-            raise ValueError(f"{name}: factor must be < 1, got {factor}")
+        _validate.choice(name, "mode", mode, ("min", "max"))
+        _validate.choice(name, "threshold_mode", threshold_mode, ("rel", "abs"))
+        factor = _validate.real(name, "factor", factor, low=0, high=1, high_open=True)
         self.monitor, self.mode, self.factor, self.threshold_mode = monitor, mode, factor, threshold_mode
-        self.patience = _count(name, "patience", patience, minimum=0)
-        self.threshold = _real(name, "threshold", threshold, low=0)
-        self.cooldown = _count(name, "cooldown", cooldown, minimum=0)
-        self.min_lr = _real(name, "min_lr", min_lr, low=0)
-        self.eps = _real(name, "eps", eps, low=0)
+        self.patience = _validate.integer(name, "patience", patience, minimum=0)
+        self.threshold = _validate.real(name, "threshold", threshold, low=0, expected=_NONNEGATIVE)
+        self.cooldown = _validate.integer(name, "cooldown", cooldown, minimum=0)
+        self.min_lr = _validate.real(name, "min_lr", min_lr, low=0, expected=_NONNEGATIVE)
+        self.eps = _validate.real(name, "eps", eps, low=0, expected=_NONNEGATIVE)
         self._reset()
 
     def _arguments(self):

@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from . import ops
+from ._graph import width_str
+from .layers import MergeLayer
 
 __all__ = [
     "plot_history",
@@ -247,8 +249,6 @@ def plot_graph(model, path, *, title: str | None = None) -> str:
     shape; inputs blue, merges green, outputs yellow) and an arrow per edge, curved where
     it skips rows (a residual connection). Returns the path written. For Graphviz,
     ``model.to_dot()`` gives the same graph in the DOT language."""
-    from .nn import _Merge, _width_str
-
     position = graph_layout(model)
     columns = max(sum(1 for p in position.values() if p[1] == y) for _, y in position.values())
     rows = 1 + int(-min(y for _, y in position.values()))
@@ -263,8 +263,8 @@ def plot_graph(model, path, *, title: str | None = None) -> str:
         else:
             what = repr(node.layer)
             colour = "#fff3b0" if node.name in model.output_names else (
-                "#d3f0d3" if isinstance(node.layer, _Merge) else "white")
-        ax.text(*position[node.name], f"{node.name}\n{what}\n{_width_str(node.features)}", ha="center",
+                "#d3f0d3" if isinstance(node.layer, MergeLayer) else "white")
+        ax.text(*position[node.name], f"{node.name}\n{what}\n{width_str(node.features)}", ha="center",
                 va="center", fontsize=8, bbox={"boxstyle": "round,pad=0.4", "facecolor": colour, "edgecolor": "0.4"})
     for node in model.nodes:
         x1, y1 = position[node.name]

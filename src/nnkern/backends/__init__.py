@@ -59,6 +59,14 @@ KERNELS = (
 ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "gelu", "gelu_tanh", "step")
 ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 
+# The optimizer update rules of the fused training engines, by code: the one definition.
+# The Cython enum (kernels/cython/nnk_update.h, exported as _cy_train.UPDATE_RULE_CODES)
+# lists them in this order, and numba_train and cuda_train take their codes from here
+# (tests/test_tables.py checks all three). Each rule's hyperparameters (a, b):
+# momentum | - | - | alpha | rho | beta1, beta2 | beta1, beta2.
+UPDATE_RULES = ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw")
+UPDATE_RULE_CODES = {name: code for code, name in enumerate(UPDATE_RULES)}
+
 # Which forward quantity each activation's gradient is computed from.
 GRAD_NEEDS_OUTPUT = frozenset({"sigmoid", "tanh"})
 

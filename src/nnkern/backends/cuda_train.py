@@ -65,7 +65,7 @@ import numba
 import numpy as np
 from numba import cuda, types
 
-from . import ACTIVATION_CODES
+from . import ACTIVATION_CODES, UPDATE_RULE_CODES
 from .cuda_kernels import GEMM_SIDE, ROW_THREADS, TILE_K, _block_sum, kernel_family
 
 __all__ = ["FusedCudaTrainer", "plan_gemm", "data_fits", "compile_targets", "EXECUTORS", "RULES"]
@@ -119,9 +119,10 @@ ROWS, LR, BIAS_CORRECTION1, BIAS_CORRECTION2, DECAY = range(5)
 STEP_COLUMNS = 5
 # status[HALTED_AT]: the first step whose loss was not finite (n_steps while none was).
 HALTED_AT = 0
-# Optimizer rules: nnkern.engine's codes.
-RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM, RULE_ADAMW = range(7)
-RULES = frozenset(range(7))
+# The update rules' codes, as nnkern.backends.UPDATE_RULE_CODES defines them.
+RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM, RULE_ADAMW = (
+    UPDATE_RULE_CODES[name] for name in ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw"))
+RULES = frozenset(UPDATE_RULE_CODES.values())  # every rule runs on the device
 # What a GEMM's epilogue does after storing (acc + bias).
 POST_NONE, POST_ACTIVATE, POST_GRAD_MASK = range(3)
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange, typed
 
-from . import ACTIVATION_CODES
+from . import ACTIVATION_CODES, UPDATE_RULE_CODES
 from . import numba_backend as _backend
 from . import numba_kernels as _k
 
@@ -46,8 +46,9 @@ TABLE_COLUMNS = 14
 LR, A, ONE_MINUS_A, B_, ONE_MINUS_B, EPS, NEG_WEIGHT_DECAY, STEP_SIZE, INV_SQRT_BC2, DECAY = range(10)
 HYPER_SIZE = 10
 
-# The rules, in the order of nnkern.engine's codes (those of the Cython update_rules.pxd).
-RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM, RULE_ADAMW = range(7)
+# The update rules' codes, as nnkern.backends.UPDATE_RULE_CODES defines them.
+RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM, RULE_ADAMW = (
+    UPDATE_RULE_CODES[name] for name in ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw"))
 
 IDENTITY = ACTIVATION_CODES["identity"]
 

@@ -1,0 +1,189 @@
+"""Losses: :class:`CrossEntropyLoss` (fused softmax, integer labels or target rows),
+:class:`MSELoss`, :class:`BCELoss`, each a kernel call that keeps its gradient, and the
+:class:`Objective` a model trains on (one loss per output, weighted)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _arrays, _validate, ops
+from ._backend import get_backend
+from ._workspace import Buffers
+from .layers import add_into
+
+class Loss:
+    """A loss: ``forward(pred, target)`` returns the mean loss as a float and keeps the
+    gradient with respect to ``pred``, which ``backward()`` returns. ``correct(pred,
+    target)`` counts correctly classified samples (None for regression losses)."""
+
+    name = ""
+    classification = False
+
+    def __init__(self):
+        self._buffers = Buffers()
+        self._grad = None
+
+    def __call__(self, pred, target, *, backend=None) -> float:
+        return self.forward(pred, target, backend=backend)
+
+    def _grad_buffer(self, pred, backend: str):
+        memory = backend if _arrays.is_device_array(pred) else "numpy"
+        return self._buffers.get("grad", tuple(pred.shape), pred.dtype, memory)
+
+    @staticmethod
+    def _float_target(pred, target):
+        """Float targets in the prediction's dtype and shape ((N,) targets for a (N, 1)
+        prediction are reshaped), so the loss gradient has the model's dtype."""
+        if _arrays.is_device_array(target):
+            return target
+        target = np.asarray(target)
+        if target.dtype != pred.dtype and target.dtype.kind in "fiub":
+            target = target.astype(pred.dtype)
+        if target.ndim == 1 and len(pred.shape) == 2 and pred.shape[1] == 1:
+            target = target.reshape(-1, 1)
+        return target
+
+    def forward(self, pred, target, *, backend=None) -> float:
+        raise NotImplementedError
+
+    def backward(self):
+        if self._grad is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return self._grad
+
+    def correct(self, pred, target) -> int | None:
+        return None
+
+    def config(self) -> dict:
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class CrossEntropyLoss(Loss):
+    """Softmax cross entropy on logits (ops.softmax_cross_entropy, fused), averaged over
+    the batch. Targets: integer class indices (N,) or one-hot / probability rows (N, C)."""
+
+    name = "cross_entropy"
+    classification = True
+
+    def forward(self, pred, target, *, backend=None) -> float:
+        backend = backend or get_backend()
+        if not _arrays.is_device_array(target):
+            target = np.asarray(target)
+            if target.ndim == 2:
+                target = self._float_target(pred, target)
+        loss, self._grad = ops.softmax_cross_entropy(pred, target, out=self._grad_buffer(pred, backend),
+                                                     backend=backend)
+        return loss
+
+    def correct(self, pred, target) -> int:
+        predicted = np.argmax(_arrays.to_host(pred), axis=1)
+        target = np.asarray(_arrays.to_host(target))
+        labels = np.argmax(target, axis=1) if target.ndim == 2 else target
+        return int(np.count_nonzero(predicted == labels))
+
+
+class MSELoss(Loss):
+    """Mean squared error (ops.mse): ``reduction="mean"`` is the mean over all elements
+    (PyTorch's MSELoss); ``"half_sum"`` is the source material's ``0.5 * sum``."""
+
+    name = "mse"
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        self.reduction = _validate.choice("MSELoss", "reduction", reduction, ("mean", "half_sum"))
+
+    def forward(self, pred, target, *, backend=None) -> float:
+        backend = backend or get_backend()
+        loss, self._grad = ops.mse(pred, self._float_target(pred, target), reduction=self.reduction,
+                                   out=self._grad_buffer(pred, backend), backend=backend)
+        return loss
+
+    def config(self):
+        return {"reduction": self.reduction}
+
+
+class BCELoss(Loss):
+    """Binary cross entropy on probabilities (e.g. after Sigmoid), averaged over all
+    elements, logs clamped at log(1e-12) (ops.binary_cross_entropy). A sample counts as
+    correct when every output is on the same side of 0.5 as its target."""
+
+    name = "binary_cross_entropy"
+    classification = True
+
+    def forward(self, pred, target, *, backend=None) -> float:
+        backend = backend or get_backend()
+        loss, self._grad = ops.binary_cross_entropy(pred, self._float_target(pred, target),
+                                                    out=self._grad_buffer(pred, backend), backend=backend)
+        return loss
+
+    def correct(self, pred, target) -> int:
+        pred = _arrays.to_host(pred)
+        target = self._float_target(pred, _arrays.to_host(target))
+        right = (pred > 0.5) == (target > 0.5)
+        return int(np.count_nonzero(right.all(axis=1) if right.ndim == 2 else right))
+
+
+_LOSSES = {"cross_entropy": CrossEntropyLoss, "mse": MSELoss,
+           "binary_cross_entropy": BCELoss, "bce": BCELoss}
+
+
+def get_loss(loss) -> Loss:
+    """A Loss instance from a Loss or one of the names "cross_entropy", "mse",
+    "binary_cross_entropy" (or "bce")."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, str) and loss in _LOSSES:
+        return _LOSSES[loss]()
+    raise ValueError(f"unknown loss {loss!r}; use a Loss or one of {', '.join(_LOSSES)}")
+
+
+# ---------------------------------------------------------------------------------------
+# Training progress
+# ---------------------------------------------------------------------------------------
+
+
+class Objective:
+    """What a model is trained on: one loss per output, each with a weight. Its value is
+    ``sum(weight * loss)``, and each output's loss gradient is scaled by its weight."""
+
+    def __init__(self, losses: list[Loss], weights: list[float], names: list[str]):
+        self.losses, self.weights, self.names = losses, weights, names
+        self.classification = any(loss.classification for loss in losses)
+        self.values = [math.nan] * len(losses)
+        self._backend = None
+        self._buffers = Buffers()
+
+    def forward(self, outputs: list, targets: list, backend: str) -> float:
+        """The weighted loss of ``outputs`` against ``targets`` (one of each per output);
+        each output's own loss is left in :attr:`values`."""
+        self._backend = backend
+        self.values = [loss.forward(output, target, backend=backend)
+                       for loss, output, target in zip(self.losses, outputs, targets)]
+        if len(self.values) == 1 and self.weights[0] == 1.0:
+            return self.values[0]
+        return sum(weight * value for weight, value in zip(self.weights, self.values))
+
+    def backward(self) -> list:
+        """The gradient of the weighted loss with respect to each output."""
+        grads = []
+        for i, (loss, weight) in enumerate(zip(self.losses, self.weights)):
+            grad = loss.backward()
+            if weight != 1.0:
+                memory = self._backend if _arrays.is_device_array(grad) else "numpy"
+                scaled = self._buffers.get(f"grad{i}", tuple(grad.shape), np.dtype(grad.dtype), memory)
+                scaled[...] = 0
+                add_into(scaled, grad, weight, self._backend)
+                grad = scaled
+            grads.append(grad)
+        return grads
+
+    def correct(self, outputs: list, targets: list) -> list:
+        """Correctly classified samples per output (None for a regression loss)."""
+        return [loss.correct(output, target) if loss.classification else None
+                for loss, output, target in zip(self.losses, outputs, targets)]

@@ -1,0 +1,107 @@
+"""The training steps: one interface for every engine, and the one place that picks it.
+
+A step object trains a model one batch at a time, ``step(xb, yb) -> (loss, per-output
+losses, per-output right predictions)``, and a whole epoch with ``run_epoch(loader)``,
+which yields ``(rows, loss, per-output losses, per-output right predictions)`` per batch.
+The engines:
+
+* :class:`LayerStep`: the layer-by-layer path (the model's forward, the objective, the
+  model's backward, ``optimizer.step()``); every model, loss and optimizer.
+* :class:`FusedStep`: the fused CPU steps of "cython" and "numba" (:mod:`nnkern.engine`):
+  one compiled call per step for plain MLPs trained with cross entropy on integer labels.
+* :class:`DeviceEpochStep`: the "cuda" engine, whose ``run_epoch`` trains the whole epoch
+  on the device and reads its losses back once.
+
+:func:`select_step` chooses the fastest engine that applies and records why a faster one
+did not (:attr:`TrainingStep.fallback_reason`); ``fit(verbose=True)`` prints that reason.
+"""
+
+from __future__ import annotations
+
+from .. import engine
+
+__all__ = ["TrainingStep", "LayerStep", "FusedStep", "DeviceEpochStep", "select_step"]
+
+
+class TrainingStep:
+    """The interface of every engine (see the module's docstring)."""
+
+    engine = ""  # what trains, for messages: "layer by layer", "cython fused step", ...
+    first_call_note: str | None = None  # said before a first step that may compile
+    fallback_reason: str | None = None  # why a faster engine is not used (None: it is)
+
+    def step(self, xb, yb) -> tuple[float, list, list]:
+        raise NotImplementedError
+
+    def run_epoch(self, loader, *, stop_on_nonfinite: bool = True):
+        """Train one pass over ``loader``'s batches, yielding ``(rows, loss, per-output
+        losses, per-output right predictions)`` after each."""
+        for xb, yb in loader:
+            rows = len(xb[0] if isinstance(xb, tuple) else xb)
+            yield (rows, *self.step(xb, yb))
+
+
+class LayerStep(TrainingStep):
+    """Forward, objective, backward and the optimizer's update, layer by layer."""
+
+    engine = "layer by layer"
+
+    def __init__(self, model, optimizer, objective, fallback_reason: str | None = None):
+        self.model, self.optimizer, self.objective = model, optimizer, objective
+        self.fallback_reason = fallback_reason
+        self._several_outputs = len(model.output_names) > 1
+
+    def step(self, xb, yb):
+        value, output = self.model.train_step(xb, yb, self.optimizer, self.objective)
+        outputs, targets = (output, yb) if self._several_outputs else ([output], [yb])
+        return value, self.objective.values, self.objective.correct(outputs, targets)
+
+
+class FusedStep(TrainingStep):
+    """A fused CPU engine's step (:func:`nnkern.engine.build_fused_step`); ``function``
+    is the engine's own ``step(xb, yb) -> (loss, right predictions)`` with its extras
+    (``logits``, ``profiled`` on "cython")."""
+
+    def __init__(self, function, backend: str):
+        self.function = function
+        self.engine = f"{backend} fused step"
+        self.first_call_note = function.first_call_note
+
+    def step(self, xb, yb):
+        value, correct = self.function(xb, yb)
+        return value, [value], [correct]
+
+
+class DeviceEpochStep(FusedStep):
+    """The "cuda" engine: ``run_epoch`` trains the whole epoch on the device, in the
+    loader's order, and yields its batches' results once the epoch is done."""
+
+    def __init__(self, function, backend: str):
+        super().__init__(function, backend)
+        self.engine = f"{backend} device epochs"
+
+    def run_epoch(self, loader, *, stop_on_nonfinite: bool = True):
+        for value, correct, rows in self.function.run_epoch(loader, stop_on_nonfinite=stop_on_nonfinite):
+            yield rows, value, [value], [correct]
+
+
+def select_step(model, optimizer, objective, xs: list, ys: list, batch_size: int, *,
+                fused: bool = True) -> TrainingStep:
+    """The step that trains ``model`` on the data ``xs`` (its input arrays) and ``ys``
+    (its target arrays) in batches of ``batch_size``: the model backend's fused engine
+    where it applies, else :class:`LayerStep`, whose ``fallback_reason`` says why."""
+    if not fused:
+        reason = "fused=False"
+    elif len(xs) != 1 or len(objective.losses) != 1:
+        reason = "the model has several inputs or outputs"
+    elif objective.weights != [1.0]:
+        reason = "the loss is weighted"
+    else:
+        try:
+            function = engine.build_fused_step(model, optimizer, objective.losses[0], xs[0], ys[0], batch_size)
+        except engine.FusedStepUnavailable as exc:
+            reason = str(exc)
+        else:
+            kind = DeviceEpochStep if hasattr(function, "run_epoch") else FusedStep
+            return kind(function, model.backend)
+    return LayerStep(model, optimizer, objective, reason)
