@@ -5,6 +5,7 @@ partial_fit, and examples/dask_search.py."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,16 @@ def _example():
 
 @pytest.fixture(scope="module")
 def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as c:
-        yield c
+    # Dask sets OMP_NUM_THREADS=1 (and MKL's, OpenBLAS's) in the environment of the process
+    # that starts the cluster, for good: nnkern's budget here would follow it after the module
+    environ = dict(os.environ)
+    try:
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      dashboard_address=None) as c:
+            yield c
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 @pytest.fixture
