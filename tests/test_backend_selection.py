@@ -107,7 +107,8 @@ def test_import_does_not_import_numba_or_compile():
 
 def _openmp_env_after_import(**env_overrides):
     """GOMP_SPINCOUNT and OMP_WAIT_POLICY as a fresh process sees them after ``import
-    nnkern``, while nnkern's OpenMP runtime loads, and after it has loaded."""
+    nnkern``, while nnkern's OpenMP runtime loads, and after it has loaded (the backends
+    load it)."""
     import os
 
     code = (

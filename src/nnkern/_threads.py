@@ -37,6 +37,7 @@ thread count for the rest of the process.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import os
 import sys
@@ -71,7 +72,7 @@ SPLIT_MIN_MACS = 1 << 21
 # (OMP_WAIT_POLICY=PASSIVE) is no better: waking a sleeping thread costs ~65 us on the
 # development VM, more than a small layer's whole kernel. So spin about as long as a wake-up
 # costs (4000 spins, ~60-100 us there), then sleep. libgomp reads it once, when it loads:
-# :func:`openmp_runtime_loading` sets it only around the imports that load it, so other
+# :func:`load_openmp_runtime` sets it only while it loads the runtime, so other
 # OpenMP runtimes loaded later and child processes see the user's environment.
 GOMP_SPINCOUNT = "4000"
 
@@ -90,6 +91,16 @@ def openmp_runtime_loading():
         yield
     finally:
         os.environ.pop("GOMP_SPINCOUNT", None)
+
+
+def load_openmp_runtime() -> None:
+    """Load the system's GNU OpenMP runtime (libgomp) now, within
+    :func:`openmp_runtime_loading`: before the Cython kernels and Numba's omp layer, which
+    link it, so that it starts with nnkern's spin count. Without libgomp (another OpenMP,
+    another platform) nothing is set."""
+    with openmp_runtime_loading():
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libgomp.so.1")
 
 
 @contextlib.contextmanager

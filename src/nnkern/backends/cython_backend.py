@@ -11,10 +11,10 @@ from __future__ import annotations
 from .. import _threads
 from . import ACTIVATION_CODES, GRAD_NEEDS_OUTPUT
 
-# the compiled modules load nnkern's OpenMP runtime (libgomp) with its spin count; the
-# fused step (_cy_train, imported by the engine) among them, so that it never loads first
-with _threads.openmp_runtime_loading():
-    from . import _cy_elementwise, _cy_gemm, _cy_losses, _cy_optim, _cy_train  # noqa: F401
+# the OpenMP runtime the compiled modules link, loaded first with nnkern's spin count
+_threads.load_openmp_runtime()
+
+from . import _cy_elementwise, _cy_gemm, _cy_losses, _cy_optim  # noqa: E402
 
 
 def _run(kernel, *args):

@@ -22,12 +22,12 @@ from .. import _threads
 from . import ACTIVATION_CODES, GRAD_NEEDS_OUTPUT
 from . import numba_kernels as _k
 
-# Numba starts its threading layer now, loading nnkern's OpenMP runtime with its spin count
-# when the layer is "omp". Numba picks the first of tbb, omp and workqueue that loads
+# Numba starts its threading layer now (its omp layer on the OpenMP runtime loaded first,
+# with nnkern's spin count). Numba picks the first of tbb, omp and workqueue that loads
 # (unless NUMBA_THREADING_LAYER names one); tbb and omp take parallel regions from several
 # Python threads at once, workqueue aborts the process when two overlap.
-with _threads.openmp_runtime_loading():
-    numba.get_num_threads()
+_threads.load_openmp_runtime()
+numba.get_num_threads()
 THREADING_LAYER = numba.threading_layer()
 # Under workqueue nnkern's parallel regions run one at a time, each call its share of the budget.
 _workqueue_lock = threading.Lock() if THREADING_LAYER == "workqueue" else contextlib.nullcontext()
