@@ -253,23 +253,26 @@ class _Pools:
         self._libs = []
         # nnkern's own temporary BLAS limit (blas_limited): the counts it replaced, which
         # stay the user's setting meanwhile; and how many calls hold it
-        self.saved: dict[int, int] = {}
+        self.saved: dict[int, tuple] = {}  # id(lib): (lib, its count before)
         self.holders = 0
 
     def libs(self) -> list:
-        # not while nnkern's BLAS limit holds: the counts it saved belong to these objects
-        if len(sys.modules) != self._modules and self.holders == 0:
+        if len(sys.modules) != self._modules:
             from threadpoolctl import ThreadpoolController
 
             with self._lock:
-                self._modules = len(sys.modules)
-                self._libs = [lib for lib in ThreadpoolController().lib_controllers
-                              if lib.user_api in ("blas", "openmp")]
+                # not while nnkern's BLAS limit holds (checked under the lock it takes)
+                if len(sys.modules) != self._modules and self.holders == 0:
+                    self._modules = len(sys.modules)
+                    self._libs = [lib for lib in ThreadpoolController().lib_controllers
+                                  if lib.user_api in ("blas", "openmp")]
         return self._libs
 
     def smallest(self) -> tuple[int, str] | None:
         """(threads, name) of the pool with the fewest, as the user has them."""
-        found = [(self.saved.get(id(lib), lib.num_threads), lib.internal_api) for lib in self.libs()]
+        saved = self.saved
+        found = [(saved[id(lib)][1] if id(lib) in saved else lib.num_threads, lib.internal_api)
+                 for lib in self.libs()]
         return min(found, key=lambda pair: pair[0]) if found else None
 
 
@@ -406,26 +409,27 @@ class claim:
 @contextlib.contextmanager
 def blas_limited():
     """``with blas_limited():`` NumPy products as one claim: the BLAS pools run at most the
-    claim's threads while any such block is open, and get the user's counts back when the
-    last one closes (a BLAS call the user makes meanwhile, from another thread, runs under
-    the same limit)."""
+    first open block's share of the budget while any such block is open, and get the user's
+    counts back when the last one closes (a BLAS call the user makes meanwhile, from another
+    thread, runs under the same limit)."""
     with claim() as threads:
         with _pools._lock:
+            # the first of concurrent products sets the limit, which holds until the last
+            # ends: a BLAS's count must not change while another thread is inside it
+            # (OpenBLAS then kept a wrong count after the calls)
             if _pools.holders == 0:
-                for lib in _pools.libs():
-                    if lib.user_api == "blas":
-                        _pools.saved[id(lib)] = lib.num_threads
+                _pools.saved = {id(lib): (lib, lib.num_threads) for lib in _pools.libs() if lib.user_api == "blas"}
+                for lib, count in _pools.saved.values():
+                    if count != threads:
+                        lib.set_num_threads(threads)
             _pools.holders += 1
-            for lib in _pools.libs():
-                if lib.user_api == "blas" and lib.num_threads != threads:
-                    lib.set_num_threads(threads)
         try:
             yield threads
         finally:
             with _pools._lock:
                 _pools.holders -= 1
                 if _pools.holders == 0:
-                    for lib in _pools.libs():
-                        original = _pools.saved.pop(id(lib), None)
-                        if original is not None and lib.num_threads != original:
+                    for lib, original in _pools.saved.values():
+                        if lib.num_threads != original:
                             lib.set_num_threads(original)
+                    _pools.saved = {}
