@@ -78,9 +78,16 @@ def _assert_close(got, want, rtol):
 
 @pytest.mark.parametrize("backend", ["numpy", *FAST_CPU_BACKENDS])
 def test_concurrent_fits_equal_sequential_ones(backend, split_everything):
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
     seeds = list(range(CALLERS))
     sequential = [_fit(backend, s) for s in seeds]
+    blas_before = blas_threads()
     concurrent = _concurrently(lambda s: _fit(backend, s), [(s,) for s in seeds])
+    assert blas_threads() == blas_before  # the numpy backend gives the BLAS its count back
     for (w_seq, h_seq, p_seq), (w_con, h_con, p_con) in zip(sequential, concurrent):
         # a call's share of the budget may differ from the sequential run's: a product's
         # summation order then changes with the split (round-off, README "Determinism")
