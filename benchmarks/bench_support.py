@@ -18,7 +18,7 @@ import numpy as np
 import nnkern
 from nnkern import bench
 
-torch = bench._torch()  # None: the torch peers are skipped
+torch = bench.import_torch()  # None: the torch peers are skipped
 
 CONTENDERS, SKIPPED = bench.benchmark_backends()
 REFERENCE = "numpy"

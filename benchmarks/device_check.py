@@ -223,7 +223,7 @@ def torch_epoch(torch, model, loss_fn, optimizer, x, y, order, batch: int):
 def torch_epochs(network, weights, train, test, epochs: int, compile_model: bool = False, seed: int = 0) -> dict:
     from nnkern import bench
 
-    torch = bench._torch()
+    torch = bench.import_torch()
     torch.backends.cuda.matmul.allow_tf32 = False  # FP32, as nnkern computes
     torch.backends.cudnn.allow_tf32 = False
     trainer = bench.TorchTrainer(network, weights)
@@ -613,7 +613,7 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(args.dry_run, out, args.repeats, bench._torch())
+    ctx = Context(args.dry_run, out, args.repeats, bench.import_torch())
     result = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
               "dry_run": args.dry_run, "budget_s": args.budget, "command": [sys.executable, *sys.argv],
               "machine": machine(ctx.torch, args.dry_run), "targets": TARGETS, "parts": {}}

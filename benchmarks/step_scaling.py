@@ -48,7 +48,7 @@ def measure(name: str, backend: str, threads: int, dtype: str, normalize: str) -
     trainer.prepare(batches)
     if trainer.fused_step is None:
         raise RuntimeError(f"{backend} has no fused step for {name}")
-    time.sleep(bench.POOL_IDLE_PAUSE_S)
+    bench.wait_for_idle_pools()
     for i in range(WARMUP):
         trainer.step(*batches[i % BATCHES])
     start = time.perf_counter()

@@ -34,9 +34,9 @@ def cli_run(tmp_path_factory):
                               backends=",".join([*BENCHED, "torch"]), repeats=None, threads=None, profile=True)
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
-        mp.setattr(bench, "QUICK", TINY)
-        mp.setattr(bench, "POOL_IDLE_PAUSE_S", 0.0)
-        mp.setattr(bench, "PROFILE_STEPS", {"quick": 2, "full": 2})
+        mp.setattr(bench.command, "QUICK", TINY)
+        mp.setattr(bench.machine, "POOL_IDLE_PAUSE_S", 0.0)
+        mp.setattr(bench.command, "PROFILE_STEPS", {"quick": 2, "full": 2})
         status = bench.run_cli(args)
     return status, out, printed.getvalue()
 
@@ -179,8 +179,8 @@ def test_adam_and_sgd_side_by_side(tmp_path):
                               no_builtin=True)
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
-        mp.setattr(bench, "QUICK", {**TINY, "warmup_batches": 3})  # losses after 2 different updates
-        mp.setattr(bench, "POOL_IDLE_PAUSE_S", 0.0)
+        mp.setattr(bench.command, "QUICK", {**TINY, "warmup_batches": 3})  # losses after 2 different updates
+        mp.setattr(bench.machine, "POOL_IDLE_PAUSE_S", 0.0)
         assert bench.run_cli(args) == 0
     result = json.loads((tmp_path / "b.json").read_text())
     assert set(result["config"]["optimizers"]) == {"sgd", "adam"}
@@ -210,8 +210,8 @@ def test_your_own_network_beside_or_instead_of_the_built_in_ones(tmp_path):
                               batch_size=50, normalize=None, dtype="float64", no_builtin=True)
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
-        mp.setattr(bench, "QUICK", TINY)
-        mp.setattr(bench, "POOL_IDLE_PAUSE_S", 0.0)
+        mp.setattr(bench.command, "QUICK", TINY)
+        mp.setattr(bench.machine, "POOL_IDLE_PAUSE_S", 0.0)
         assert bench.run_cli(args) == 0
     result = json.loads((tmp_path / "mine.json").read_text())
     [network] = result["networks"]
@@ -242,3 +242,12 @@ def test_dense_input_scaling_is_that_of_the_source_material():
     dense = bench.custom_network(normalize="symmetric", dtype="float64").data(x_unit)
     assert dense.dtype == np.float64 and dense.tolist() == [[-1.0, 0.0, 1.0]]
     assert np.array_equal(bench.NETWORKS[0].data(x_unit), x_unit)
+
+
+def test_the_library_does_not_load_the_benchmark_harness():
+    """``import nnkern`` and its modules leave nnkern.bench alone: only ``nnkern bench`` (or
+    code that imports nnkern.bench) loads it."""
+    modules = ["nnkern", "nnkern.nn", "nnkern.optim", "nnkern.data", "nnkern.cli", "nnkern.sklearn"]
+    code = f"import sys\nfor name in {modules!r}:\n    __import__(name)\nprint([m for m in sys.modules if 'bench' in m])"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -103,6 +103,7 @@ cdef struct StepPlan:
     int n_layers
     int rule
     double lr, a, b, eps, weight_decay
+    double bias_weight_decay  # the biases' (0: the weights' alone decay, as scikit-learn's L2)
     long t
     void *delta0
     void *delta1
@@ -128,6 +129,7 @@ cdef struct StepCall:
     StepPlan *plan
     const void *x
     const int64_t *labels
+    const double *row_weights  # each row's share of the mean loss (NULL: 1 / rows each)
     Py_ssize_t rows
     bint is_double
     double loss
@@ -156,12 +158,15 @@ cdef inline void _phase_end(StepCall *call, nnk_team *team, int thread) noexcept
 
 cdef inline double _softmax_cross_entropy(const real *logits, const int64_t *labels,
                                           Py_ssize_t rows, Py_ssize_t cols, real *delta,
-                                          Py_ssize_t *correct, double inv_rows) noexcept nogil:
+                                          Py_ssize_t *correct, double inv_rows,
+                                          const double *row_weights) noexcept nogil:
     """The summed cross entropy of the rows' softmax against the labels; delta = (softmax -
     onehot) * inv_rows (1 / the batch's rows); correct = how many rows have their label as
-    the (first) maximum."""
+    the (first) maximum. With ``row_weights`` (each row's share of a weighted mean, summing
+    to 1 over the batch) row i's delta is scaled by row_weights[i] instead, and the sum
+    returned is the weighted one, sum(row_weights[i] * loss_i): the batch's loss itself."""
     cdef Py_ssize_t i, j, best
-    cdef double loss = 0.0, total, scale
+    cdef double loss = 0.0, total, scale, row_loss, row_scale = inv_rows
     cdef real row_max
     cdef const real *z
     cdef real *d
@@ -179,11 +184,15 @@ cdef inline double _softmax_cross_entropy(const real *logits, const int64_t *lab
         for j in range(cols):
             d[j] = <real>exp(z[j] - row_max)
             total += d[j]
-        loss += row_max + log(total) - z[labels[i]]
-        scale = inv_rows / total
+        row_loss = row_max + log(total) - z[labels[i]]
+        if row_weights != NULL:
+            row_scale = row_weights[i]
+            row_loss = row_loss * row_scale
+        loss += row_loss
+        scale = row_scale / total
         for j in range(cols):
             d[j] = <real>(d[j] * scale)
-        d[labels[i]] -= <real>inv_rows
+        d[labels[i]] -= <real>row_scale
         if best == labels[i]:
             correct[0] += 1
     return loss
@@ -201,13 +210,14 @@ cdef inline void _column_sums(const real *x, Py_ssize_t rows, Py_ssize_t cols, P
 
 
 cdef inline void _update_elements(const StepPlan *plan, real *p, const real *g, void *s0, void *s1,
-                                  Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+                                  Py_ssize_t lo, Py_ssize_t hi, double weight_decay) noexcept nogil:
     """The update of elements [lo, hi) of one parameter p (gradient g, states s0, s1 or
-    NULL), on this thread."""
+    NULL) with the given weight decay (the plan's for weights, or for biases), on this
+    thread."""
     if hi > lo:
         apply_update(plan.rule, p + lo, g + lo, <real *>s0 + lo if s0 != NULL else NULL,
                      <real *>s1 + lo if s1 != NULL else NULL, hi - lo, plan.lr, plan.a, plan.b,
-                     plan.eps, plan.t, plan.weight_decay, 1)
+                     plan.eps, plan.t, weight_decay, 1)
 
 
 cdef inline void _update_share(StepPlan *plan, nnk_team *team, int thread, real *p, real *g,
@@ -219,7 +229,7 @@ cdef inline void _update_share(StepPlan *plan, nnk_team *team, int thread, real 
         nnk_partition(n, team.size, thread, &lo, &hi)
     elif thread != owner % team.size:
         return
-    _update_elements(plan, p, g, s0, s1, lo, hi)
+    _update_elements(plan, p, g, s0, s1, lo, hi, plan.weight_decay)
 
 
 cdef struct BlockUpdate:
@@ -366,7 +376,7 @@ cdef inline int _sparse_forward(StepCall *call, const real *x, real *out) noexce
             plan.chunk_loss[lo // SPARSE_ROW_CHUNK] = _softmax_cross_entropy(
                 <real *>last.h + lo * last.fan_out, call.labels + lo, hi - lo, last.fan_out,
                 <real *>plan.delta0 + lo * last.fan_out, &plan.chunk_correct[lo // SPARSE_ROW_CHUNK],
-                1.0 / call.rows)
+                1.0 / call.rows, call.row_weights + lo if call.row_weights != NULL else NULL)
             for l in range(plan.n_layers - 1, 0, -1):
                 status |= _chunk_input_grad(&plan.layers[l], &plan.layers[l - 1], <real *>plan.layers[l].delta,
                                             lo, hi)
@@ -411,7 +421,7 @@ cdef inline void _chunk_loss_total(StepCall *call) noexcept nogil:
     for c in range(chunks):
         total += call.plan.chunk_loss[c]
         call.correct += call.plan.chunk_correct[c]
-    call.loss = total * (1.0 / call.rows)
+    call.loss = total if call.row_weights != NULL else total * (1.0 / call.rows)
 
 
 cdef void _row_chain_share(StepCall *call, nnk_team *team, int thread, const real *x) noexcept nogil:
@@ -441,16 +451,18 @@ cdef void _row_chain_share(StepCall *call, nnk_team *team, int thread, const rea
                                  layer.fan_in, <double *>layer.delta, layer.fan_out, <double *>layer.gw,
                                  layer.fan_out, NULL, 1)
         _column_sums(<real *>layer.delta, rows, layer.fan_out, 0, layer.fan_out, <real *>layer.gb)
-        _update_elements(plan, <real *>layer.b, <real *>layer.gb, layer.b_state0, layer.b_state1, 0, layer.fan_out)
+        _update_elements(plan, <real *>layer.b, <real *>layer.gb, layer.b_state0, layer.b_state1, 0, layer.fan_out,
+                         plan.bias_weight_decay)
         _update_elements(plan, <real *>layer.w, <real *>layer.gw, layer.w_state0, layer.w_state1, 0,
-                         layer.fan_in * layer.fan_out)
+                         layer.fan_in * layer.fan_out, plan.weight_decay)
     layer = &plan.layers[0]
     first_layer_update.plan = plan
     first_layer_update.layer = layer
     _sparse_weight_grad(call, x, <real *>layer.delta, &first_layer_update)
     nnk_partition(layer.fan_out, team.size, thread, &lo, &hi)
     _column_sums(<real *>layer.delta, rows, layer.fan_out, lo, hi, <real *>layer.gb)
-    _update_elements(plan, <real *>layer.b, <real *>layer.gb, layer.b_state0, layer.b_state1, lo, hi)
+    _update_elements(plan, <real *>layer.b, <real *>layer.gb, layer.b_state0, layer.b_state1, lo, hi,
+                     plan.bias_weight_decay)
     if status != 0:
         nnk_flag_set(&call.failed)
 
@@ -498,7 +510,9 @@ cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x)
     if thread == 0:  # 64 x 10 or so: not worth splitting
         layer = &plan.layers[plan.n_layers - 1]
         call.loss = _softmax_cross_entropy(<real *>layer.h, call.labels, rows, layer.fan_out, delta,
-                                           &call.correct, 1.0 / rows) * (1.0 / rows)
+                                           &call.correct, 1.0 / rows, call.row_weights)
+        if call.row_weights == NULL:
+            call.loss *= 1.0 / rows
     _phase_end(call, team, thread)
 
     first_layer_update.plan = plan
@@ -516,7 +530,8 @@ cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x)
         # db = column sums of delta, and b's update, over this thread's columns
         nnk_partition(layer.fan_out, team.size, thread, &lo, &hi)
         _column_sums(delta, rows, layer.fan_out, lo, hi, <real *>layer.gb)
-        _update_elements(plan, <real *>layer.b, <real *>layer.gb, layer.b_state0, layer.b_state1, lo, hi)
+        _update_elements(plan, <real *>layer.b, <real *>layer.gb, layer.b_state0, layer.b_state1, lo, hi,
+                         plan.bias_weight_decay)
         if l == 0:
             break  # the parallel region's end joins the threads
         # delta for the layer below: (delta @ W.T) * act'(its z or h)
@@ -678,23 +693,26 @@ cdef class FusedMLPStep:
             raise MemoryError(f"FusedMLPStep: could not allocate the {2 * index}-byte index of a sparse input")
 
     def step(self, x, labels, double lr, double a, double b, double eps, double weight_decay,
-             long t, int num_threads):
+             long t, int num_threads, row_weights=None, bias_weight_decay=None):
         """One step on the batch (x, labels): returns (mean loss, number of rows whose
-        largest logit is their label). x: (rows, fan_in) C-contiguous, rows <= max_rows."""
+        largest logit is their label). x: (rows, fan_in) C-contiguous, rows <= max_rows.
+        ``row_weights``: float64 (rows,), each row's share of a weighted mean loss (summing
+        to 1); None: the plain mean. ``bias_weight_decay``: the biases' weight decay (None:
+        ``weight_decay``, as the weights')."""
         cdef StepCall call
         call.profiled = False
-        self._run(&call, x, labels, lr, a, b, eps, weight_decay, t, num_threads)
+        self._run(&call, x, labels, lr, a, b, eps, weight_decay, t, num_threads, row_weights, bias_weight_decay)
         return call.loss, call.correct
 
     def step_profiled(self, x, labels, double lr, double a, double b, double eps,
-                      double weight_decay, long t, int num_threads):
+                      double weight_decay, long t, int num_threads, row_weights=None, bias_weight_decay=None):
         """As step(), also returning the seconds of each phase of the step (in the order
         of phase_names(); the last one runs from the last barrier to the end of the
         parallel region: the first layer's backward and update)."""
         cdef StepCall call
         cdef int i
         call.profiled = True
-        self._run(&call, x, labels, lr, a, b, eps, weight_decay, t, num_threads)
+        self._run(&call, x, labels, lr, a, b, eps, weight_decay, t, num_threads, row_weights, bias_weight_decay)
         return call.loss, call.correct, [call.marks[i + 1] - call.marks[i] for i in range(call.n_marks - 1)]
 
     def phase_names(self):
@@ -730,14 +748,19 @@ cdef class FusedMLPStep:
         return names
 
     cdef _run(self, StepCall *call, x, const int64_t[::1] labels, double lr, double a, double b,
-              double eps, double weight_decay, long t, int num_threads):
+              double eps, double weight_decay, long t, int num_threads, row_weights, bias_weight_decay):
         cdef Py_ssize_t rows = labels.shape[0]
+        cdef const double[::1] weights
         cdef const float[:, ::1] xs
         cdef const double[:, ::1] xd
         # a model too small to split runs on one thread: no region, no barriers
         cdef int threads = num_threads if self.largest_product >= NNK_TEAM_PARALLEL_MIN_MNK else 1
         if rows == 0 or rows > self.max_rows:
             raise ValueError(f"FusedMLPStep: batch of {rows} rows, expected 1..{self.max_rows}")
+        if row_weights is not None:
+            weights = row_weights
+            if weights.shape[0] != rows:
+                raise ValueError(f"FusedMLPStep: {weights.shape[0]} row weights for a batch of {rows} rows")
         # one step at a time: two Python threads stepping one model would share the team's
         # barrier and its plan (and race on every buffer); checked before the plan changes
         if self.busy:
@@ -746,8 +769,10 @@ cdef class FusedMLPStep:
         try:
             self.plan.lr, self.plan.a, self.plan.b, self.plan.eps = lr, a, b, eps
             self.plan.weight_decay, self.plan.t = weight_decay, t
+            self.plan.bias_weight_decay = weight_decay if bias_weight_decay is None else bias_weight_decay
             call.plan = &self.plan
             call.labels = &labels[0]
+            call.row_weights = &weights[0] if row_weights is not None else NULL
             call.rows = rows
             call.is_double = self.is_double
             call.loss = 0.0

@@ -30,17 +30,21 @@ import numpy as np
 import nnkern
 from . import _validate
 from ._backend import BackendUnavailableError, fastest_cpu_backend
+from ._builders import (
+    DEFAULT_HIDDEN,
+    DEFAULT_LR,
+    DEFAULT_MOMENTUM,
+    HIDDEN_ACTIVATIONS,
+    INPUT_FEATURES,
+    NUM_CLASSES,
+    OPTIMIZERS,
+    build_mlp,
+    make_optimizer,
+)
 
 __all__ = ["main", "build_parser", "build_mlp", "make_optimizer", "make_schedule", "TrainingProgress"]
 
-INPUT_FEATURES = 784
-NUM_CLASSES = 10
-DEFAULT_HIDDEN = (256, 128, 64, 20)
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu", "gelu")
-OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw")
-# A learning rate that works for each optimizer on MNIST when --lr is not given.
-DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adagrad": 0.01, "rmsprop": 1e-3, "adadelta": 1.0, "adam": 1e-3,
-              "adamw": 1e-3}
+ACTIVATIONS = tuple(HIDDEN_ACTIVATIONS)
 LR_SCHEDULES = ("linear", "cosine", "constant")
 # The defaults of `nnkern train`: SGD with momentum 0.9, lr 0.05 decayed linearly to 0
 # after every step, L2 weight decay 1e-3, batch 64, 4 epochs. Measured on MNIST with the
@@ -48,7 +52,6 @@ LR_SCHEDULES = ("linear", "cosine", "constant")
 # for seeds 0-3. Without weight decay 4 epochs gave 97.93-98.11% and 5 epochs 98.02-98.21%;
 # with a constant rate (PyTorch replica) it stayed below 97.8% after 4-6 epochs.
 DEFAULT_OPTIMIZER = "momentum"
-DEFAULT_MOMENTUM = 0.9
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_EPOCHS = 4
 DEFAULT_WEIGHT_DECAY = 1e-3
@@ -105,41 +108,6 @@ def _layer_sizes(text: str) -> tuple[int, ...]:
     if any(size < 1 for size in sizes):
         raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
     return sizes
-
-
-def build_mlp(hidden=DEFAULT_HIDDEN, *, activation="relu", inputs=INPUT_FEATURES,
-              outputs=NUM_CLASSES, backend=None, dtype=np.float32, seed=None):
-    """A fully connected classifier ``inputs -> hidden... -> outputs`` with ``activation``
-    after each hidden layer and logits at the end (the loss applies the softmax)."""
-    from . import nn
-
-    activation_layers = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
-                         "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU}
-    init = "he" if activation in ("relu", "leaky_relu", "gelu") else "xavier"
-    sizes = (inputs, *hidden, outputs)
-    layers = []
-    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
-        layer_seed = None if seed is None else seed + i
-        layers.append(nn.Linear(n_in, n_out, init=init, seed=layer_seed))
-        if i < len(sizes) - 2:
-            layers.append(activation_layers[activation]())
-    return nn.Sequential(*layers, backend=backend, dtype=dtype)
-
-
-def make_optimizer(name: str, lr: float | None = None, momentum: float = DEFAULT_MOMENTUM,
-                   weight_decay: float = 0.0):
-    """The optimizer called ``name`` (one of ``OPTIMIZERS``); ``lr=None`` takes ``DEFAULT_LR``.
-    ``weight_decay`` adds ``weight_decay * p`` to every gradient (L2 regularisation); for
-    "adamw" it is AdamW's decoupled decay (``p *= 1 - lr * weight_decay`` every step)."""
-    from . import optim
-
-    lr = DEFAULT_LR[name] if lr is None else lr
-    if name == "sgd":
-        return optim.SGD(lr, weight_decay=weight_decay)
-    if name == "momentum":
-        return optim.SGD(lr, momentum=momentum, weight_decay=weight_decay)
-    return {"adagrad": optim.Adagrad, "rmsprop": optim.RMSprop, "adadelta": optim.Adadelta,
-            "adam": optim.Adam, "adamw": optim.AdamW}[name](lr=lr, weight_decay=weight_decay)
 
 
 def _load_mnist(path, dtype=np.float32):

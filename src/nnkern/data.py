@@ -490,6 +490,24 @@ def _check_batch_args(x, y, batch_size, where: str):
                                    type_error=ValueError)
 
 
+def check_sample_weight(sample_weight, samples: int, where: str) -> np.ndarray:
+    """``sample_weight`` as a float64 array of ``samples`` finite numbers >= 0, not all
+    zero (a ValueError or TypeError naming what is wrong otherwise)."""
+    weights = np.asarray(sample_weight)
+    if weights.dtype.kind not in "fiub":
+        raise TypeError(f"{where}: sample_weight has dtype {weights.dtype}; expected real numbers")
+    weights = weights.astype(np.float64)
+    if weights.shape != (samples,):
+        raise ValueError(f"{where}: sample_weight must have one number per sample, shape ({samples},), "
+                         f"got shape {weights.shape}")
+    bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
+    if bad.size:
+        raise ValueError(f"{where}: sample_weight must be finite and >= 0, got {weights[bad[0]]} at index {bad[0]}")
+    if samples and not weights.any():
+        raise ValueError(f"{where}: sample_weight is zero for every sample")
+    return weights
+
+
 class DataLoader:
     """Mini-batches ``(xb, yb)`` over the first axis of ``x`` and ``y``.
 
@@ -503,11 +521,15 @@ class DataLoader:
     ``x`` or ``y`` may also be a tuple of arrays with one number of samples (a model with
     several inputs or outputs): its batches are then tuples of batches, cut alike.
 
+    ``sample_weight`` (one non-negative number per sample) makes the batches
+    ``(xb, yb, wb)``, the weights cut alike.
+
     ``len(loader)`` is the number of batches per epoch; with ``drop_last`` a final batch
     smaller than ``batch_size`` is left out. ``loader.samples`` is the number of samples.
     """
 
-    def __init__(self, x, y, batch_size: int, shuffle: bool = False, seed=None, drop_last: bool = False):
+    def __init__(self, x, y, batch_size: int, shuffle: bool = False, seed=None, drop_last: bool = False,
+                 sample_weight=None):
         self._x_is_tuple, self._y_is_tuple = isinstance(x, tuple), isinstance(y, tuple)
         self._x_parts = [np.asarray(a) for a in (x if self._x_is_tuple else (x,))]
         self._y_parts = [np.asarray(a) for a in (y if self._y_is_tuple else (y,))]
@@ -519,6 +541,8 @@ class DataLoader:
         self.x = tuple(self._x_parts) if self._x_is_tuple else self._x_parts[0]
         self.y = tuple(self._y_parts) if self._y_is_tuple else self._y_parts[0]
         self.samples = len(self._x_parts[0])
+        self.sample_weight = None if sample_weight is None else check_sample_weight(sample_weight, self.samples,
+                                                                                    "DataLoader")
         self.shuffle = shuffle
         self.drop_last = drop_last
         self._rng = np.random.default_rng(seed)
@@ -528,9 +552,10 @@ class DataLoader:
             return self.samples // self.batch_size
         return -(-self.samples // self.batch_size)
 
-    def _batch(self, x_parts: list, y_parts: list) -> tuple:
-        return (tuple(x_parts) if self._x_is_tuple else x_parts[0],
-                tuple(y_parts) if self._y_is_tuple else y_parts[0])
+    def _batch(self, x_parts: list, y_parts: list, weights) -> tuple:
+        batch = (tuple(x_parts) if self._x_is_tuple else x_parts[0],
+                 tuple(y_parts) if self._y_is_tuple else y_parts[0])
+        return batch if weights is None else (*batch, weights)
 
     def epoch_order(self):
         """The sample order of the next epoch: a new permutation from the loader's generator
@@ -544,7 +569,8 @@ class DataLoader:
         if order is None:
             for stop in stops:
                 window = slice(stop - self.batch_size, stop)
-                yield self._batch([a[window] for a in self._x_parts], [a[window] for a in self._y_parts])
+                yield self._batch([a[window] for a in self._x_parts], [a[window] for a in self._y_parts],
+                                  None if self.sample_weight is None else self.sample_weight[window])
             return
         x_buffers = [np.empty((self.batch_size, *a.shape[1:]), dtype=a.dtype) for a in self._x_parts]
         y_buffers = [np.empty((self.batch_size, *a.shape[1:]), dtype=a.dtype) for a in self._y_parts]
@@ -556,6 +582,7 @@ class DataLoader:
             yield self._batch(
                 [np.take(a, indices, axis=0, out=b[:count], mode="clip") for a, b in zip(self._x_parts, x_buffers)],
                 [np.take(a, indices, axis=0, out=b[:count], mode="clip") for a, b in zip(self._y_parts, y_buffers)],
+                None if self.sample_weight is None else self.sample_weight[indices],
             )
 
 

@@ -109,8 +109,9 @@ def _sparse_input(x) -> bool:
 
 
 def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
-    """A function ``step(xb, yb) -> (loss, correct)`` running whole training steps of
-    ``model`` in one compiled call, or None when this model, loss, optimizer or data
+    """A function ``step(xb, yb, row_weights=None) -> (loss, correct)`` running whole
+    training steps of ``model`` in one compiled call (``row_weights``: float64, each row's
+    share of a weighted mean loss, summing to 1), or None when this model, loss, optimizer or data
     needs the layer-by-layer path (:func:`build_fused_step` says why). The whole data set
     (x, y) is checked here once (x of the model's input width, y integer labels in range),
     so the compiled step can trust every batch of it.
@@ -171,16 +172,16 @@ def build_fused_step(model, optimizer, loss, x, y, batch_size: int):
     # the step's threads follow from its largest product (small ones run on one thread)
     work = rows * max(linear.in_features * linear.out_features for linear, _ in pairs)
 
-    def run(method, xb, yb):
+    def run(method, xb, yb, row_weights):
         xb = np.ascontiguousarray(xb, dtype=dtype)
         yb = np.ascontiguousarray(yb, dtype=np.int64)
         now = optimizer.update_rule()  # the hyperparameters as they are now (a schedule changes lr)
         with claim(work) as threads:
             return method(xb, yb, now.lr, now.a, now.b, now.eps, now.weight_decay, optimizer.count_steps(1),
-                          threads)
+                          threads, row_weights, now.bias_weight_decay)
 
-    def step(xb, yb):
-        return run(fused.step, xb, yb)
+    def step(xb, yb, row_weights=None):
+        return run(fused.step, xb, yb, row_weights)
 
     step.logits = layers[-1][7]  # the last batch's logits (first rows of this buffer)
     step.sparse_input = sparse
@@ -191,7 +192,7 @@ def build_fused_step(model, optimizer, loss, x, y, batch_size: int):
         "numba: compiling the training step, or loading it from Numba's cache (a first "
         "compilation takes about a minute, once)" if compiled is not None and not compiled.signatures else None)
     if hasattr(fused, "step_profiled"):  # the Cython step times its phases on request
-        step.profiled = lambda xb, yb: run(fused.step_profiled, xb, yb)
+        step.profiled = lambda xb, yb, row_weights=None: run(fused.step_profiled, xb, yb, row_weights)
         step.phase_names = fused.phase_names
     return step
 
@@ -208,6 +209,8 @@ def _cuda_step(pairs, states, optimizer, dtype, rows, x, y):
     rule = optimizer.update_rule()
     if rule.code not in cuda_train.RULES:
         raise FusedStepUnavailable(f"the cuda engine has no {rule.name!r} rule")
+    if rule.bias_weight_decay != rule.weight_decay:
+        raise FusedStepUnavailable("the cuda engine decays biases as weights")
     if not cuda_train.data_fits(x.size * np.dtype(dtype).itemsize):
         raise FusedStepUnavailable("the training set takes more than half the free device memory")
     layers = [(linear.W, linear.b, linear.dW, linear.db, *_activation_spec(act_layer),

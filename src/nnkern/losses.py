@@ -11,12 +11,21 @@ import numpy as np
 from . import _arrays, _validate, ops
 from ._backend import get_backend
 from ._workspace import Buffers
+from .backends.numpy_backend import BCE_CLAMP
 from .layers import add_into
 
 class Loss:
     """A loss: ``forward(pred, target)`` returns the mean loss as a float and keeps the
     gradient with respect to ``pred``, which ``backward()`` returns. ``correct(pred,
-    target)`` counts correctly classified samples (None for regression losses)."""
+    target)`` counts correctly classified samples (None for regression losses).
+
+    ``forward(..., sample_weight=w)`` takes the weighted mean over the rows instead,
+    ``sum(w_i * loss_i) / sum(w)`` (each row's loss_i the mean over its outputs), and
+    scales each row's gradient by its share ``w_i / sum(w)`` in place of ``1 / N`` (a
+    loss that sums over the rows, MSELoss's "half_sum", weighs each row's term by w_i): the
+    kernel computes the plain mean, then the rows' losses are summed again on the host with
+    their weights (a small host pass, as scikit-learn's weighted losses are).
+    """
 
     name = ""
     classification = False
@@ -25,8 +34,8 @@ class Loss:
         self._buffers = Buffers()
         self._grad = None
 
-    def __call__(self, pred, target, *, backend=None) -> float:
-        return self.forward(pred, target, backend=backend)
+    def __call__(self, pred, target, *, backend=None, sample_weight=None) -> float:
+        return self.forward(pred, target, backend=backend, sample_weight=sample_weight)
 
     def _grad_buffer(self, pred, backend: str):
         memory = backend if _arrays.is_device_array(pred) else "numpy"
@@ -45,7 +54,35 @@ class Loss:
             target = target.reshape(-1, 1)
         return target
 
-    def forward(self, pred, target, *, backend=None) -> float:
+    def forward(self, pred, target, *, backend=None, sample_weight=None) -> float:
+        backend = backend or get_backend()
+        loss = self._forward(pred, target, backend)
+        if sample_weight is None:
+            return loss
+        rows = pred.shape[0]
+        weights = np.asarray(sample_weight, dtype=np.float64)
+        if weights.shape != (rows,):
+            raise ValueError(f"{type(self).__name__}: sample_weight of shape {weights.shape} for {rows} rows")
+        total = weights.sum()
+        if not total > 0:
+            raise ValueError(f"{type(self).__name__}: the sample weights of a batch sum to {total}; they must be > 0")
+        scale = self._row_scale(weights, total)
+        grad = _arrays.to_host(self._grad)
+        self._grad[...] = grad * scale.astype(grad.dtype).reshape((rows,) + (1,) * (grad.ndim - 1))
+        terms = self._row_terms(_arrays.to_host(pred), _arrays.to_host(target))
+        return float(np.dot(scale, terms))
+
+    def _row_scale(self, weights: np.ndarray, total: float) -> np.ndarray:
+        """What each row's part of the plain loss (and its gradient) is multiplied by: for
+        a mean over the rows, its share of the weights times the rows."""
+        return weights * (len(weights) / total)
+
+    def _forward(self, pred, target, backend: str) -> float:
+        """The plain mean loss by the backend's kernel, its gradient kept in ``_grad``."""
+        raise NotImplementedError
+
+    def _row_terms(self, pred: np.ndarray, target) -> np.ndarray:
+        """Each row's part of the plain loss (they sum to it), on the host in float64."""
         raise NotImplementedError
 
     def backward(self):
@@ -71,8 +108,7 @@ class CrossEntropyLoss(Loss):
     name = "cross_entropy"
     classification = True
 
-    def forward(self, pred, target, *, backend=None) -> float:
-        backend = backend or get_backend()
+    def _forward(self, pred, target, backend):
         if not _arrays.is_device_array(target):
             target = np.asarray(target)
             if target.ndim == 2:
@@ -80,6 +116,16 @@ class CrossEntropyLoss(Loss):
         loss, self._grad = ops.softmax_cross_entropy(pred, target, out=self._grad_buffer(pred, backend),
                                                      backend=backend)
         return loss
+
+    def _row_terms(self, pred, target):
+        z = pred.astype(np.float64)
+        log_norm = np.log(np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)) + z.max(axis=1)
+        target = np.asarray(target)
+        if target.ndim == 2:
+            losses = (target * (log_norm[:, None] - z)).sum(axis=1)
+        else:
+            losses = log_norm - z[np.arange(len(z)), target]
+        return losses / len(z)
 
     def correct(self, pred, target) -> int:
         predicted = np.argmax(_arrays.to_host(pred), axis=1)
@@ -98,11 +144,18 @@ class MSELoss(Loss):
         super().__init__()
         self.reduction = _validate.choice("MSELoss", "reduction", reduction, ("mean", "half_sum"))
 
-    def forward(self, pred, target, *, backend=None) -> float:
-        backend = backend or get_backend()
+    def _forward(self, pred, target, backend):
         loss, self._grad = ops.mse(pred, self._float_target(pred, target), reduction=self.reduction,
                                    out=self._grad_buffer(pred, backend), backend=backend)
         return loss
+
+    def _row_scale(self, weights, total):
+        return weights if self.reduction == "half_sum" else super()._row_scale(weights, total)
+
+    def _row_terms(self, pred, target):
+        squares = (pred.astype(np.float64) - self._float_target(pred, target)) ** 2
+        squares = squares.reshape(len(squares), -1)
+        return 0.5 * squares.sum(axis=1) if self.reduction == "half_sum" else squares.sum(axis=1) / squares.size
 
     def config(self):
         return {"reduction": self.reduction}
@@ -116,11 +169,16 @@ class BCELoss(Loss):
     name = "binary_cross_entropy"
     classification = True
 
-    def forward(self, pred, target, *, backend=None) -> float:
-        backend = backend or get_backend()
+    def _forward(self, pred, target, backend):
         loss, self._grad = ops.binary_cross_entropy(pred, self._float_target(pred, target),
                                                     out=self._grad_buffer(pred, backend), backend=backend)
         return loss
+
+    def _row_terms(self, pred, target):
+        p = pred.astype(np.float64).reshape(len(pred), -1)
+        t = np.asarray(self._float_target(pred, target), dtype=np.float64).reshape(len(pred), -1)
+        logs = t * np.log(np.maximum(p, BCE_CLAMP)) + (1.0 - t) * np.log(np.maximum(1.0 - p, BCE_CLAMP))
+        return -logs.sum(axis=1) / p.size
 
     def correct(self, pred, target) -> int:
         pred = _arrays.to_host(pred)
@@ -159,11 +217,12 @@ class Objective:
         self._backend = None
         self._buffers = Buffers()
 
-    def forward(self, outputs: list, targets: list, backend: str) -> float:
+    def forward(self, outputs: list, targets: list, backend: str, sample_weight=None) -> float:
         """The weighted loss of ``outputs`` against ``targets`` (one of each per output);
-        each output's own loss is left in :attr:`values`."""
+        each output's own loss is left in :attr:`values`. ``sample_weight`` weighs the rows
+        of every output's loss (see :class:`Loss`)."""
         self._backend = backend
-        self.values = [loss.forward(output, target, backend=backend)
+        self.values = [loss.forward(output, target, backend=backend, sample_weight=sample_weight)
                        for loss, output, target in zip(self.losses, outputs, targets)]
         if len(self.values) == 1 and self.weights[0] == 1.0:
             return self.values[0]

@@ -205,6 +205,7 @@ class Graph:
         self.loss: Loss | dict | None = None
         self.loss_weights = None
         self.stop_training = False
+        self.training = True  # the mode model(x) and forward(x) compute in, as torch's (see train())
 
     def _plan(self, slot: dict) -> list:
         """The stages of the forward pass, in topological order; a Linear read only by an
@@ -410,12 +411,34 @@ class Graph:
         self._forward_rows = rows.pop()
         return [values[slot] for slot in self._output_slots]
 
-    def forward(self, x, training: bool = False):
+    def forward(self, x, training: bool | None = None):
         """The model's output for the batch ``x`` (an array, or a list or dict of arrays
-        for several inputs); a list of arrays for several outputs. The results are
+        for several inputs); a list of arrays for several outputs, in the model's mode
+        (:meth:`train` / :meth:`eval`) unless ``training`` says which. The results are
         workspaces reused by the next forward pass of the same batch size."""
-        outputs = self._forward(self._input_arrays(x), training)
+        outputs = self._forward(self._input_arrays(x), self.training if training is None else bool(training))
         return outputs[0] if len(outputs) == 1 else outputs
+
+    __call__ = forward
+
+    # -- modes, as torch.nn.Module's ------------------------------------------------------
+
+    def train(self, mode: bool = True):
+        """Set training mode (``mode=True``: Dropout drops, BatchNorm normalises by the
+        batch and updates its running statistics) or evaluation mode (``False``); returns
+        the model. ``model(x)`` and ``forward(x)`` compute in the mode set; ``fit`` trains
+        in training mode and restores the mode it found; ``predict`` and ``evaluate``
+        always compute in evaluation mode. A ``backward`` after an evaluation-mode forward
+        works as torch's: it differentiates what that forward computed (Dropout as the
+        identity, BatchNorm with its running statistics)."""
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"train: mode must be True or False, got {mode!r}")
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: ``train(False)``."""
+        return self.train(False)
 
     def backward(self, grad_output, input_grad: bool = False):
         """Backpropagate ``grad_output`` (the loss gradient with respect to the output, or
@@ -490,21 +513,21 @@ class Graph:
                                                                       arrays=False), names)]
         return Objective(losses, weights, names)
 
-    def compute_gradients(self, x, y, loss) -> tuple[float, object]:
+    def compute_gradients(self, x, y, loss, sample_weight=None) -> tuple[float, object]:
         """Forward (training mode), loss, backward: returns (loss value, model output)
         and leaves the gradients in :meth:`gradients`. With several outputs ``y`` and
-        ``loss`` are given per output (see :meth:`fit`) and the value is the weighted sum."""
+        ``loss`` are given per output (see :meth:`fit`) and the value is the weighted sum.
+        ``sample_weight`` (one number >= 0 per row) makes the loss the rows' weighted mean."""
         objective = self._objective(loss)
         outputs = self._forward(self._input_arrays(x), training=True)
-        value = objective.forward(outputs, self._target_arrays(y), self.backend)
+        value = objective.forward(outputs, self._target_arrays(y), self.backend, sample_weight)
         self._backward(objective.backward(), input_grad=False)
         return value, (outputs[0] if len(outputs) == 1 else outputs)
 
-    def train_step(self, x, y, optimizer, loss) -> tuple[float, object]:
+    def train_step(self, x, y, optimizer, loss, sample_weight=None) -> tuple[float, object]:
         """One optimisation step on the batch (x, y): returns (loss before the step,
-        model output). ``fit`` calls this once per batch, so a backend with a fused
-        training engine can replace just this method."""
-        value, output = self.compute_gradients(x, y, loss)
+        model output); the layer-by-layer engine of ``fit`` calls this once per batch."""
+        value, output = self.compute_gradients(x, y, loss, sample_weight)
         optimizer.step()
         return value, output
 
@@ -512,7 +535,8 @@ class Graph:
 
     def fit(self, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer, loss="cross_entropy",
             shuffle: bool = True, seed=None, validation_data=None, verbose: bool = True,
-            on_nonfinite: str = "raise", callbacks=(), fused: bool = True, loss_weights=None) -> History:
+            on_nonfinite: str = "raise", callbacks=(), fused: bool = True, loss_weights=None,
+            sample_weight=None) -> History:
         """Train on (x, y) for ``epochs`` passes in mini-batches of ``batch_size``.
 
         ``optimizer``: an nnkern.optim optimizer (bound to this model's parameters here
@@ -535,10 +559,15 @@ class Graph:
         ``loss_weights`` (default 1 each) weighs them: the loss minimised is
         ``sum(weight * loss)``. The logs then hold that "loss" and, per output,
         "<output>_loss" and "<output>_accuracy" (for classification losses).
+
+        ``sample_weight`` (one number >= 0 per sample of ``x``) trains on the weighted mean
+        loss of each batch, on every engine (a batch whose weights are all zero takes no
+        step); the epoch's "loss" log is then the weighted mean too.
         """
         return training.fit(self, x, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss,
                             shuffle=shuffle, seed=seed, validation_data=validation_data, verbose=verbose,
-                            on_nonfinite=on_nonfinite, callbacks=callbacks, fused=fused, loss_weights=loss_weights)
+                            on_nonfinite=on_nonfinite, callbacks=callbacks, fused=fused, loss_weights=loss_weights,
+                            sample_weight=sample_weight)
 
     def _chunks(self, x, batch_size: int):
         batch_size = _validate.integer("", "batch_size", batch_size, minimum=1, expected="a positive integer",
@@ -600,8 +629,6 @@ class Graph:
             return np.argmax(output, axis=1)
 
         return classes(outputs) if len(self.output_names) == 1 else [classes(output) for output in outputs]
-
-    __call__ = predict
 
     # -- files ------------------------------------------------------------------------
 

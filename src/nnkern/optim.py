@@ -77,6 +77,7 @@ class UpdateRule:
     b: float = 0.0
     eps: float = 0.0
     weight_decay: float = 0.0
+    bias_weight_decay: float = 0.0  # the 1-D parameters' (biases): weight_decay, or 0 where they do not decay
 
 
 class Optimizer:
@@ -95,6 +96,9 @@ class Optimizer:
     # Whether weight_decay is the L2 term added to the gradient before the update (torch's
     # form for every optimizer but AdamW, whose rule decays the parameter itself).
     L2_WEIGHT_DECAY = True
+    # Whether 1-D parameters (biases) decay too, as in torch (a subclass that sets False
+    # decays the weight matrices alone, as scikit-learn's L2 penalty does).
+    DECAY_BIASES = True
 
     def __init__(self, lr_or_params, lr, default_lr, *, schedule=None, **hyperparameters):
         name = type(self).__name__
@@ -220,7 +224,7 @@ class Optimizer:
         self.t += 1
         weight_decay = self.hyperparameters.get("weight_decay", 0.0) if self.L2_WEIGHT_DECAY else 0.0
         for p, g, state in zip(self.params, self.grads, self.state):
-            if weight_decay:
+            if weight_decay and (self.DECAY_BIASES or len(p.shape) > 1):
                 self._kernels.sgd_update(g.reshape(-1), p.reshape(-1), -weight_decay)
             self._update(p, g, state)
 
@@ -242,8 +246,10 @@ class Optimizer:
         name, a_name, b_name = spec
         name = self._rule_name(name)
         h = self.hyperparameters
+        weight_decay = h.get("weight_decay", 0.0)
         return UpdateRule(name, UPDATE_RULE_CODES[name], h["lr"], h[a_name] if a_name else 0.0,
-                          h[b_name] if b_name else 0.0, h.get("eps", 0.0), h.get("weight_decay", 0.0))
+                          h[b_name] if b_name else 0.0, h.get("eps", 0.0), weight_decay,
+                          weight_decay if self.DECAY_BIASES else 0.0)
 
     def state_of(self, param) -> tuple:
         """The state arrays of the bound parameter ``param`` (the very array), in the
@@ -424,8 +430,9 @@ class AdamW(Adam):
 
     def _update(self, p, g, state):
         h = self.hyperparameters
+        decay = h["weight_decay"] if self.DECAY_BIASES or len(p.shape) > 1 else 0.0
         ops.adamw_update(p, g, state["m"], state["v"], self.t, h["lr"], h["beta1"], h["beta2"], h["eps"],
-                         h["weight_decay"], backend=self.backend)
+                         decay, backend=self.backend)
 
 
 OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adadelta": Adadelta, "adam": Adam,

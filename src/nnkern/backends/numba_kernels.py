@@ -325,6 +325,23 @@ def softmax_cross_entropy_labels(logits, labels, dlogits):
 
 
 @_jit()
+def softmax_cross_entropy_labels_weighted(logits, labels, row_weights, dlogits):
+    """The weighted mean cross entropy, ``sum(row_weights[r] * loss_r)`` for weights that
+    sum to 1; row r's gradient is scaled by its weight instead of 1 / n."""
+    n, c = logits.shape
+    loss = 0.0
+    for r in range(n):
+        row_max, total = _exp_shifted_row(logits[r], dlogits[r])
+        weight = row_weights[r]
+        loss += weight * (math.log(total) + (float(row_max) - float(logits[r, labels[r]])))
+        scale = dlogits.dtype.type(weight / total)
+        for j in range(c):
+            dlogits[r, j] *= scale
+        dlogits[r, labels[r]] -= dlogits.dtype.type(weight)
+    return loss
+
+
+@_jit()
 def softmax_cross_entropy_targets(logits, targets, dlogits):
     """-sum_c t_c log p_c per row; its gradient is p * sum_c t_c - t."""
     n, c = logits.shape

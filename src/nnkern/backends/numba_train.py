@@ -177,11 +177,15 @@ def _sparse_weight_grad(x, delta, gw, cols, row_count, rows_of, col_count):
 
 
 @_k._jit()
-def train_step(x, labels, bufs, table, slopes, rule, hyper, weight_decay, delta0, delta1,
+def train_step(x, labels, row_weights, bufs, table, slopes, rule, hyper, bias_hyper, weight_decay,
+               bias_weight_decay, delta0, delta1,
                delta2, a_tail, b_pack, spare, sparse, cols, row_count, rows_of, col_count,
                num_threads):
     """One training step on (x, labels): returns (mean loss, rows whose first largest
     logit is their label). x: (rows, fan_in) C-contiguous; labels int64 in range.
+    row_weights: float64, each row's share of a weighted mean loss, or empty for the mean.
+    bias_hyper, bias_weight_decay: the biases' hyperparameters and L2 flag (their weight
+    decay may differ from the weights').
     delta0-2: flat buffers of rows * the widest layer; the derivative mask reads one and
     writes another (in place, LLVM would not vectorise it). sparse: the first layer reads
     only x's nonzeros, listed in cols, row_count, rows_of, col_count (int32)."""
@@ -212,7 +216,10 @@ def train_step(x, labels, bufs, table, slopes, rule, hyper, weight_decay, delta0
     n_classes = table[n_layers - 1, FAN_OUT]
     logits = bufs[table[n_layers - 1, H]][:rows * n_classes].reshape((rows, n_classes))
     delta = delta0[:rows * n_classes].reshape((rows, n_classes))
-    loss = _k.softmax_cross_entropy_labels(logits, labels, delta)
+    if row_weights.shape[0]:
+        loss = _k.softmax_cross_entropy_labels_weighted(logits, labels, row_weights, delta)
+    else:
+        loss = _k.softmax_cross_entropy_labels(logits, labels, delta)
     correct = 0
     for r in range(rows):
         best = 0
@@ -251,7 +258,7 @@ def train_step(x, labels, bufs, table, slopes, rule, hyper, weight_decay, delta0
         _update_any(rule, bufs[table[l, W]], bufs[table[l, GW]], bufs[table[l, W_S0]],
                     bufs[table[l, W_S1]], hyper, weight_decay, num_threads)
         _update_any(rule, bufs[table[l, B]], bufs[table[l, GB]], bufs[table[l, B_S0]],
-                    bufs[table[l, B_S1]], hyper, weight_decay, num_threads)
+                    bufs[table[l, B_S1]], bias_hyper, bias_weight_decay, num_threads)
     return loss, correct
 
 
@@ -306,6 +313,7 @@ class FusedMLPStep:
         self.table = table
         self.slopes = slopes
         self.hyper = np.zeros(HYPER_SIZE, dtype)
+        self.bias_hyper = np.zeros(HYPER_SIZE, dtype)
         # GEMM scratch (numba_kernels.gemm): op(a)'s partial row panel, packed op(b),
         # epilogue row and edge tiles, for the largest of the step's GEMMs
         self.a_tail = np.empty(a_size, dtype)
@@ -316,15 +324,23 @@ class FusedMLPStep:
         index = self.max_rows * int(table[0, FAN_IN]) if sparse_input else 1
         self.cols, self.rows_of = np.empty(index, np.int32), np.empty(index, np.int32)
         self.row_count = np.empty(self.max_rows if sparse_input else 1, np.int32)
+        self.no_weights = np.empty(0, np.float64)
         self.col_count = np.empty(int(table[0, FAN_IN]) if sparse_input else 1, np.int32)
 
-    def step(self, x, labels, lr, a, b, eps, weight_decay, t, num_threads):
+    def step(self, x, labels, lr, a, b, eps, weight_decay, t, num_threads, row_weights=None,
+             bias_weight_decay=None):
         """One step on the batch (x, labels): returns (mean loss, number of rows whose
         largest logit is their label). x: (rows, fan_in) C-contiguous of the model's
-        dtype, labels int64, rows <= max_rows."""
+        dtype, labels int64, rows <= max_rows. ``row_weights``: float64 (rows,), each row's
+        share of a weighted mean loss (summing to 1); None: the plain mean.
+        ``bias_weight_decay``: the biases' weight decay (None: ``weight_decay``)."""
         rows = len(labels)
         if rows == 0 or rows > self.max_rows:
             raise ValueError(f"FusedMLPStep: batch of {rows} rows, expected 1..{self.max_rows}")
+        if row_weights is None:
+            row_weights = self.no_weights
+        elif len(row_weights) != rows:
+            raise ValueError(f"FusedMLPStep: {len(row_weights)} row weights for a batch of {rows} rows")
         hyper = self.hyper
         hyper[LR], hyper[A], hyper[B_], hyper[EPS] = lr, a, b, eps
         hyper[ONE_MINUS_A], hyper[ONE_MINUS_B] = 1.0 - a, 1.0 - b
@@ -333,8 +349,15 @@ class FusedMLPStep:
         if self.rule in (RULE_ADAM, RULE_ADAMW):
             hyper[STEP_SIZE], hyper[INV_SQRT_BC2] = _backend.adam_scalars(t, lr, a, b)
         l2_decay = weight_decay != 0.0 and self.rule != RULE_ADAMW
+        bias_hyper, bias_l2_decay = hyper, l2_decay
+        if bias_weight_decay is not None and bias_weight_decay != weight_decay:
+            bias_hyper = self.bias_hyper
+            bias_hyper[:] = hyper
+            bias_hyper[NEG_WEIGHT_DECAY] = -bias_weight_decay
+            bias_hyper[DECAY] = 1.0 - lr * bias_weight_decay
+            bias_l2_decay = bias_weight_decay != 0.0 and self.rule != RULE_ADAMW
         with _backend.parallel_threads(num_threads) as threads:
-            return train_step(x, labels, self.bufs, self.table, self.slopes, self.rule, hyper,
-                              l2_decay, self.delta0, self.delta1, self.delta2,
+            return train_step(x, labels, row_weights, self.bufs, self.table, self.slopes, self.rule, hyper,
+                              bias_hyper, l2_decay, bias_l2_decay, self.delta0, self.delta1, self.delta2,
                               self.a_tail, self.b_pack, self.spare, self.sparse_input,
                               self.cols, self.row_count, self.rows_of, self.col_count, threads)

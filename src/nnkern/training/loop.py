@@ -24,32 +24,37 @@ class Meter:
 
     def __init__(self, objective):
         self.objective = objective
-        self.seen, self.loss_sum = 0, 0.0
+        self.seen, self.weight, self.loss_sum = 0, 0.0, 0.0
         self.loss_sums = [0.0] * len(objective.losses)
         self.correct = [0] * len(objective.losses)
 
-    def add(self, samples: int, value: float, values: list, correct: list) -> None:
-        self.loss_sum += value * samples
+    def add(self, samples: int, value: float, values: list, correct: list, weight: float | None = None) -> None:
+        """A batch of ``samples`` rows: its loss, per-output losses and right predictions;
+        ``weight`` (default: ``samples``) is the batch's total sample weight, which its
+        losses count with (accuracies count rows)."""
+        weight = samples if weight is None else weight
+        self.loss_sum += value * weight
         self.seen += samples
+        self.weight += weight
         for i, (output_value, output_correct) in enumerate(zip(values, correct)):
-            self.loss_sums[i] += output_value * samples
+            self.loss_sums[i] += output_value * weight
             if output_correct is not None:
                 self.correct[i] += output_correct
 
     def logs(self) -> dict:
-        def mean(total):
-            return total / self.seen if self.seen else math.nan
+        def mean(total, count):
+            return total / count if count else math.nan
 
         objective = self.objective
-        logs = {"loss": mean(self.loss_sum)}
+        logs = {"loss": mean(self.loss_sum, self.weight)}
         if len(objective.losses) == 1:
             if objective.classification:
-                logs["accuracy"] = mean(self.correct[0])
+                logs["accuracy"] = mean(self.correct[0], self.seen)
             return logs
         for name, loss, loss_sum, correct in zip(objective.names, objective.losses, self.loss_sums, self.correct):
-            logs[f"{name}_loss"] = mean(loss_sum)
+            logs[f"{name}_loss"] = mean(loss_sum, self.weight)
             if loss.classification:
-                logs[f"{name}_accuracy"] = mean(correct)
+                logs[f"{name}_accuracy"] = mean(correct, self.seen)
         return logs
 
 
@@ -67,7 +72,8 @@ def bound_optimizer(model, optimizer):
 
 def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer, loss="cross_entropy",
         shuffle: bool = True, seed=None, validation_data=None, verbose: bool = True,
-        on_nonfinite: str = "raise", callbacks=(), fused: bool = True, loss_weights=None) -> History:
+        on_nonfinite: str = "raise", callbacks=(), fused: bool = True, loss_weights=None,
+        sample_weight=None) -> History:
     """Train ``model`` (a :class:`nnkern.nn.Graph` or Sequential); the arguments are those
     of :meth:`nnkern.nn.Graph.fit`, which calls this."""
     epochs = _validate.integer("fit", "epochs", epochs, minimum=0, expected="an integer >= 0", type_error=ValueError)
@@ -76,8 +82,9 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer, loss="
     optimizer = bound_optimizer(model, optimizer)
     xs, ys = model._input_arrays(x), model._target_arrays(y)
     loader = DataLoader(xs[0] if len(xs) == 1 else tuple(xs), ys[0] if len(ys) == 1 else tuple(ys),
-                        batch_size, shuffle=shuffle, seed=seed)
-    step = select_step(model, optimizer, objective, xs, ys, batch_size, fused=fused)
+                        batch_size, shuffle=shuffle, seed=seed, sample_weight=sample_weight)
+    step = select_step(model, optimizer, objective, xs, ys, batch_size, fused=fused,
+                       weighted=sample_weight is not None)
     if verbose and step.first_call_note:
         print(step.first_call_note, flush=True)
     if verbose and fused and step.fallback_reason and model.backend in _FUSED_BACKENDS:
@@ -91,6 +98,17 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer, loss="
     history = History()
     steps = len(loader)
     model.stop_training = False
+    mode = model.training
+    model.train()
+    try:
+        return _epochs(model, step, loader, objective, callbacks, history, epochs, steps, validation_data,
+                       on_nonfinite)
+    finally:
+        model.train(mode)
+
+
+def _epochs(model, step, loader, objective, callbacks, history, epochs, steps, validation_data, on_nonfinite):
+    """fit's epochs, in training mode."""
     dispatch(callbacks, "set_model", model)
     dispatch(callbacks, "on_train_begin", {"epochs": epochs, "steps": steps, "samples": loader.samples,
                                            "validation": validation_data is not None})
@@ -99,8 +117,8 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer, loss="
         started = time.perf_counter()
         meter = Meter(objective)
         batches = step.run_epoch(loader, stop_on_nonfinite=on_nonfinite == "raise")
-        for number, (rows, value, values, correct) in enumerate(batches, 1):
-            meter.add(rows, value, values, correct)
+        for number, (rows, value, values, correct, weight) in enumerate(batches, 1):
+            meter.add(rows, value, values, correct, weight)
             if not math.isfinite(value) and on_nonfinite == "raise":
                 raise NonFiniteLossError(
                     f"fit: the loss became {value} at epoch {epoch}, step {number} of {steps}; "

@@ -1,8 +1,11 @@
 """The training steps: one interface for every engine, and the one place that picks it.
 
-A step object trains a model one batch at a time, ``step(xb, yb) -> (loss, per-output
-losses, per-output right predictions)``, and a whole epoch with ``run_epoch(loader)``,
-which yields ``(rows, loss, per-output losses, per-output right predictions)`` per batch.
+A step object trains a model one batch at a time, ``step(xb, yb, wb=None) -> (loss,
+per-output losses, per-output right predictions)`` (``wb``: the batch's sample weights),
+and a whole epoch with ``run_epoch(loader)``, which yields ``(rows, loss, per-output
+losses, per-output right predictions, weight)`` per batch (``weight``: the batch's total
+sample weight, its rows when unweighted). A batch whose sample weights are all zero takes
+no step and yields nothing.
 The engines:
 
 * :class:`LayerStep`: the layer-by-layer path (the model's forward, the objective, the
@@ -18,6 +21,8 @@ did not (:attr:`TrainingStep.fallback_reason`); ``fit(verbose=True)`` prints tha
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import engine
 
 __all__ = ["TrainingStep", "LayerStep", "FusedStep", "DeviceEpochStep", "select_step"]
@@ -30,15 +35,20 @@ class TrainingStep:
     first_call_note: str | None = None  # said before a first step that may compile
     fallback_reason: str | None = None  # why a faster engine is not used (None: it is)
 
-    def step(self, xb, yb) -> tuple[float, list, list]:
+    def step(self, xb, yb, wb=None) -> tuple[float, list, list]:
         raise NotImplementedError
 
     def run_epoch(self, loader, *, stop_on_nonfinite: bool = True):
-        """Train one pass over ``loader``'s batches, yielding ``(rows, loss, per-output
-        losses, per-output right predictions)`` after each."""
-        for xb, yb in loader:
+        """Train one pass over ``loader``'s batches (``(xb, yb)``, or ``(xb, yb, wb)`` with
+        sample weights), yielding ``(rows, loss, per-output losses, per-output right
+        predictions, weight)`` after each."""
+        for batch in loader:
+            xb, yb, wb = batch if len(batch) == 3 else (*batch, None)
             rows = len(xb[0] if isinstance(xb, tuple) else xb)
-            yield (rows, *self.step(xb, yb))
+            if wb is None:
+                yield (rows, *self.step(xb, yb), rows)
+            elif wb.any():
+                yield (rows, *self.step(xb, yb, wb), float(wb.sum()))
 
 
 class LayerStep(TrainingStep):
@@ -51,8 +61,8 @@ class LayerStep(TrainingStep):
         self.fallback_reason = fallback_reason
         self._several_outputs = len(model.output_names) > 1
 
-    def step(self, xb, yb):
-        value, output = self.model.train_step(xb, yb, self.optimizer, self.objective)
+    def step(self, xb, yb, wb=None):
+        value, output = self.model.train_step(xb, yb, self.optimizer, self.objective, wb)
         outputs, targets = (output, yb) if self._several_outputs else ([output], [yb])
         return value, self.objective.values, self.objective.correct(outputs, targets)
 
@@ -67,8 +77,11 @@ class FusedStep(TrainingStep):
         self.engine = f"{backend} fused step"
         self.first_call_note = function.first_call_note
 
-    def step(self, xb, yb):
-        value, correct = self.function(xb, yb)
+    def step(self, xb, yb, wb=None):
+        if wb is None:
+            value, correct = self.function(xb, yb)
+        else:
+            value, correct = self.function(xb, yb, row_weights=np.asarray(wb, np.float64) / np.sum(wb, dtype=np.float64))
         return value, [value], [correct]
 
 
@@ -82,16 +95,19 @@ class DeviceEpochStep(FusedStep):
 
     def run_epoch(self, loader, *, stop_on_nonfinite: bool = True):
         for value, correct, rows in self.function.run_epoch(loader, stop_on_nonfinite=stop_on_nonfinite):
-            yield rows, value, [value], [correct]
+            yield rows, value, [value], [correct], rows
 
 
 def select_step(model, optimizer, objective, xs: list, ys: list, batch_size: int, *,
-                fused: bool = True) -> TrainingStep:
+                fused: bool = True, weighted: bool = False) -> TrainingStep:
     """The step that trains ``model`` on the data ``xs`` (its input arrays) and ``ys``
-    (its target arrays) in batches of ``batch_size``: the model backend's fused engine
-    where it applies, else :class:`LayerStep`, whose ``fallback_reason`` says why."""
+    (its target arrays) in batches of ``batch_size`` (``weighted``: with sample weights):
+    the model backend's fused engine where it applies, else :class:`LayerStep`, whose
+    ``fallback_reason`` says why."""
     if not fused:
         reason = "fused=False"
+    elif weighted and model.backend == "cuda":
+        reason = "the cuda engine takes no sample weights"
     elif len(xs) != 1 or len(objective.losses) != 1:
         reason = "the model has several inputs or outputs"
     elif objective.weights != [1.0]:
