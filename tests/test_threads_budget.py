@@ -147,7 +147,9 @@ def test_set_num_threads_leaves_the_blas_alone(clean_budget):
     assert _blas_threads() == before
 
 
-def test_the_numpy_reference_limits_the_blas_only_while_its_products_run(clean_budget, monkeypatch):
+def test_the_numpy_reference_runs_on_the_blas_as_the_user_set_it(clean_budget, monkeypatch):
+    """nnkern's budget does not touch the BLAS: changing OpenBLAS's count around a product
+    is not safe while another thread is inside OpenBLAS."""
     seen = []
     real_matmul = np.matmul
 
@@ -162,7 +164,7 @@ def test_the_numpy_reference_limits_the_blas_only_while_its_products_run(clean_b
     ops.matmul(a, a, backend="numpy")
     ops.linear(a, a, np.zeros(8), backend="numpy")
     monkeypatch.undo()
-    assert seen and all(threads == [1] * len(before) for threads in seen), seen
+    assert seen and all(threads == before for threads in seen), seen
     assert _blas_threads() == before
 
 

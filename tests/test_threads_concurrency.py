@@ -87,7 +87,7 @@ def test_concurrent_fits_equal_sequential_ones(backend, split_everything):
     sequential = [_fit(backend, s) for s in seeds]
     blas_before = blas_threads()
     concurrent = _concurrently(lambda s: _fit(backend, s), [(s,) for s in seeds])
-    assert blas_threads() == blas_before  # the numpy backend gives the BLAS its count back
+    assert blas_threads() == blas_before  # nnkern leaves the BLAS's count alone
     for (w_seq, h_seq, p_seq), (w_con, h_con, p_con) in zip(sequential, concurrent):
         # a call's share of the budget may differ from the sequential run's: a product's
         # summation order then changes with the split (round-off, README "Determinism")
@@ -152,14 +152,17 @@ def test_joblib_threads_train_on_the_backend_set_for_the_process():
     backend = FAST_CPU_BACKENDS[-1] if FAST_CPU_BACKENDS else "numpy"
     before = nnkern._backend._default
     x, y = _data(0)
+
+    def fit(seed):  # in a worker thread: the backend it sees, and the one the fit trained on
+        clf = MLPClassifier((16,), max_iter=2, random_state=seed).fit(x, y)
+        return nnkern.get_backend(), clf.model_.backend
+
     try:
         nnkern.set_backend(backend)
-        fitted = Parallel(n_jobs=2, backend="threading")(
-            delayed(lambda seed: MLPClassifier((16,), max_iter=2, random_state=seed).fit(x, y))(seed)
-            for seed in range(4))
+        seen = Parallel(n_jobs=2, backend="threading")(delayed(fit)(seed) for seed in range(4))
     finally:
         nnkern._backend._default = before
-    assert [clf.model_.backend for clf in fitted] == [backend] * 4
+    assert seen == [(backend, backend)] * 4
 
 
 WORKQUEUE_SCRIPT = textwrap.dedent("""
@@ -226,7 +229,7 @@ def test_the_fused_step_runs_small_work_on_one_thread(backend, monkeypatch):
 
     class Spy(engine_module.FusedMLPStep):
         def step(self, *args):
-            asked.append(args[-1])
+            asked.append(args[8])  # step(x, labels, lr, a, b, eps, weight_decay, t, num_threads, ...)
             return real_step(self, *args)
 
     monkeypatch.setattr(engine_module, "FusedMLPStep", Spy)

@@ -28,10 +28,11 @@ multiply-adds runs on one thread (:func:`claim` with ``work``): splitting it cos
 waiting than it saves (measured: ``benchmarks/small_fit_threads.py``).
 
 **Pools.** The Cython kernels receive their thread count explicitly; the Numba kernels too,
-and Numba's own count for the calling thread is set to it (Numba keeps one per thread);
-the NumPy reference's products run with the BLAS limited to the same count while they run
-(:func:`blas_limited`), the user's setting restored afterwards. nnkern sets no pool's
-thread count for the rest of the process.
+and Numba's own count for the calling thread is set to it during the call (Numba keeps one
+per thread). nnkern sets no other library's thread pool: the NumPy reference backend's
+products run on NumPy's BLAS as the user and the host have set it (changing OpenBLAS's
+count around them is not safe while another thread is inside OpenBLAS: it kept a wrong
+count after concurrent fits).
 """
 
 from __future__ import annotations
@@ -248,31 +249,24 @@ class _Pools:
     again when Python has imported modules since (a new extension may have loaded one)."""
 
     def __init__(self):
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._modules = -1
         self._libs = []
-        # nnkern's own temporary BLAS limit (blas_limited): the counts it replaced, which
-        # stay the user's setting meanwhile; and how many calls hold it
-        self.saved: dict[int, tuple] = {}  # id(lib): (lib, its count before)
-        self.holders = 0
 
     def libs(self) -> list:
         if len(sys.modules) != self._modules:
             from threadpoolctl import ThreadpoolController
 
             with self._lock:
-                # not while nnkern's BLAS limit holds (checked under the lock it takes)
-                if len(sys.modules) != self._modules and self.holders == 0:
+                if len(sys.modules) != self._modules:
                     self._modules = len(sys.modules)
                     self._libs = [lib for lib in ThreadpoolController().lib_controllers
                                   if lib.user_api in ("blas", "openmp")]
         return self._libs
 
     def smallest(self) -> tuple[int, str] | None:
-        """(threads, name) of the pool with the fewest, as the user has them."""
-        saved = self.saved
-        found = [(saved[id(lib)][1] if id(lib) in saved else lib.num_threads, lib.internal_api)
-                 for lib in self.libs()]
+        """(threads, name) of the pool with the fewest."""
+        found = [(lib.num_threads, lib.internal_api) for lib in self.libs()]
         return min(found, key=lambda pair: pair[0]) if found else None
 
 
@@ -404,32 +398,3 @@ class claim:
         if self.outermost:
             with _active_lock:
                 _active -= 1
-
-
-@contextlib.contextmanager
-def blas_limited():
-    """``with blas_limited():`` NumPy products as one claim: the BLAS pools run at most the
-    first open block's share of the budget while any such block is open, and get the user's
-    counts back when the last one closes (a BLAS call the user makes meanwhile, from another
-    thread, runs under the same limit)."""
-    with claim() as threads:
-        with _pools._lock:
-            # the first of concurrent products sets the limit, which holds until the last
-            # ends: a BLAS's count must not change while another thread is inside it
-            # (OpenBLAS then kept a wrong count after the calls)
-            if _pools.holders == 0:
-                _pools.saved = {id(lib): (lib, lib.num_threads) for lib in _pools.libs() if lib.user_api == "blas"}
-                for lib, count in _pools.saved.values():
-                    if count != threads:
-                        lib.set_num_threads(threads)
-            _pools.holders += 1
-        try:
-            yield threads
-        finally:
-            with _pools._lock:
-                _pools.holders -= 1
-                if _pools.holders == 0:
-                    for lib, original in _pools.saved.values():
-                        if lib.num_threads != original:
-                            lib.set_num_threads(original)
-                    _pools.saved = {}

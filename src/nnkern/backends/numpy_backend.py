@@ -3,8 +3,8 @@
 This is the oracle every fast kernel is tested against, so it favours being obviously
 right over being fast: textbook formulas, float64 accumulation of losses, no tricks.
 Arguments arrive validated by :mod:`nnkern.ops` (see :mod:`nnkern.backends`). Its
-products run with NumPy's BLAS limited to the call's share of nnkern's thread budget,
-the BLAS's own setting restored after (:func:`nnkern._threads.blas_limited`).
+products run on NumPy's BLAS with the thread count the user and the host have set for it
+(nnkern's budget does not apply: README "Threads").
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-from .._threads import blas_limited
 
 _erf = np.frompyfunc(math.erf, 1, 1)
 _SQRT_2 = math.sqrt(2.0)
@@ -24,13 +22,11 @@ BCE_CLAMP = 1e-12
 
 
 def matmul(a, b, trans_a, trans_b, out):
-    with blas_limited():
-        np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
+    np.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
 
 
 def linear(x, w, b, act, slope, out):
-    with blas_limited():
-        np.matmul(x, w, out=out)
+    np.matmul(x, w, out=out)
     out += b
     activation(act, out, slope, out)
 
