@@ -48,9 +48,10 @@ import numpy as np
 
 from . import _arrays, _validate, ops
 from ._backend import backend_module, get_backend
+from ._clip import clip_grad_norm_
 from .backends import UPDATE_RULE_CODES
 
-__all__ = ["Optimizer", "UpdateRule", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "get", "OPTIMIZERS",
+__all__ = ["Optimizer", "UpdateRule", "clip_grad_norm_", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "get", "OPTIMIZERS",
            "LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "LinearLR", "LambdaLR",
            "SequentialLR", "ReduceLROnPlateau", "SCHEDULES"]
 

@@ -14,7 +14,7 @@ from . import ACTIVATION_CODES, GRAD_NEEDS_OUTPUT
 # the OpenMP runtime the compiled modules link, loaded first with nnkern's spin count
 _threads.load_openmp_runtime()
 
-from . import _cy_elementwise, _cy_gemm, _cy_losses, _cy_optim  # noqa: E402
+from . import _cy_elementwise, _cy_gemm, _cy_losses, _cy_norm, _cy_optim, _cy_vector  # noqa: E402
 
 
 def _run(kernel, *args):
@@ -90,3 +90,35 @@ def adam_update(p, g, m, v, t, lr, beta1, beta2, eps):
 
 def adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
     _run(_cy_optim.adamw_update, p, g, m, v, t, lr, beta1, beta2, eps, weight_decay)
+
+
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, out, mean, invstd):
+    update_running = training and running_mean is not None
+    if running_mean is None:  # typed arguments: the unused running statistics are the outputs
+        running_mean, running_var = mean, invstd
+    _run(_cy_norm.batch_norm_forward, x, weight, bias, running_mean, running_var, update_running, training,
+         momentum, eps, out, mean, invstd)
+
+
+def batch_norm_backward(x, grad_out, weight, mean, invstd, training, dx, dweight, dbias):
+    _run(_cy_norm.batch_norm_backward, x, grad_out, weight, mean, invstd, training, dx, dweight, dbias)
+
+
+def layer_norm_forward(x, weight, bias, eps, out, mean, invstd):
+    _run(_cy_norm.layer_norm_forward, x, weight, bias, eps, out, mean, invstd)
+
+
+def layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias):
+    _run(_cy_norm.layer_norm_backward, x, grad_out, weight, mean, invstd, dx, dweight, dbias)
+
+
+def sum_squares(x):
+    return _run(_cy_vector.sum_squares, x)
+
+
+def max_abs(x):
+    return _run(_cy_vector.max_abs, x)
+
+
+def scale(x, alpha):
+    _run(_cy_vector.scale, x, alpha)

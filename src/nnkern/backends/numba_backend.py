@@ -155,3 +155,35 @@ def adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
     step_size, inv_sqrt_bias_correction2 = adam_scalars(t, lr, beta1, beta2)
     _k.adamw_update(p, g, m, v, real(1.0 - lr * weight_decay), real(beta1), real(1.0 - beta1), real(beta2),
                     real(1.0 - beta2), real(step_size), real(inv_sqrt_bias_correction2), real(eps))
+
+
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, out, mean, invstd):
+    update_running = training and running_mean is not None
+    if running_mean is None:  # Numba needs arrays of one type: the unused running statistics are the outputs
+        running_mean, running_var = mean, invstd
+    _k.batch_norm_forward(x, weight, bias, running_mean, running_var, update_running, bool(training),
+                          float(momentum), float(eps), out, mean, invstd)
+
+
+def batch_norm_backward(x, grad_out, weight, mean, invstd, training, dx, dweight, dbias):
+    _k.batch_norm_backward(x, grad_out, weight, mean, invstd, bool(training), dx, dweight, dbias)
+
+
+def layer_norm_forward(x, weight, bias, eps, out, mean, invstd):
+    _k.layer_norm_forward(x, weight, bias, float(eps), out, mean, invstd)
+
+
+def layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias):
+    _k.layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias)
+
+
+def sum_squares(x):
+    return _k.sum_squares(x)
+
+
+def max_abs(x):
+    return _k.max_abs(x)
+
+
+def scale(x, alpha):
+    _k.scale(x, x.dtype.type(alpha))

@@ -73,7 +73,7 @@ def bound_optimizer(model, optimizer):
 def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer, loss="cross_entropy",
         shuffle: bool = True, seed=None, validation_data=None, verbose: bool = True,
         on_nonfinite: str = "raise", callbacks=(), fused: bool = True, loss_weights=None,
-        sample_weight=None) -> History:
+        sample_weight=None, max_grad_norm=None) -> History:
     """Train ``model`` (a :class:`nnkern.nn.Graph` or Sequential); the arguments are those
     of :meth:`nnkern.nn.Graph.fit`, which calls this."""
     epochs = _validate.integer("fit", "epochs", epochs, minimum=0, expected="an integer >= 0", type_error=ValueError)
@@ -83,8 +83,10 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer, loss="
     xs, ys = model._input_arrays(x), model._target_arrays(y)
     loader = DataLoader(xs[0] if len(xs) == 1 else tuple(xs), ys[0] if len(ys) == 1 else tuple(ys),
                         batch_size, shuffle=shuffle, seed=seed, sample_weight=sample_weight)
+    if max_grad_norm is not None:
+        max_grad_norm = _validate.real("fit", "max_grad_norm", max_grad_norm, low=0)
     step = select_step(model, optimizer, objective, xs, ys, batch_size, fused=fused,
-                       weighted=sample_weight is not None)
+                       weighted=sample_weight is not None, max_grad_norm=max_grad_norm)
     if verbose and step.first_call_note:
         print(step.first_call_note, flush=True)
     if verbose and fused and step.fallback_reason and model.backend in _FUSED_BACKENDS:
