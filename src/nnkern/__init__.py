@@ -23,7 +23,7 @@ from ._backend import (
     unavailable_reason,
     use_backend,
 )
-from ._threads import OversubscriptionWarning, get_num_threads, set_num_threads
+from ._threads import OversubscriptionWarning, get_num_threads, set_num_threads, thread_budget
 from . import ops
 
 __version__ = "0.1.0"
@@ -37,6 +37,7 @@ __all__ = [
     "unavailable_reason",
     "get_num_threads",
     "set_num_threads",
+    "thread_budget",
     "OversubscriptionWarning",
     "ops",
     "__version__",

@@ -478,8 +478,11 @@ def _info(args) -> int:
     model, flags = _cpu_description()
     print(f"CPU: {model}; {os.cpu_count()} logical CPU(s), {nnkern._threads.default_num_threads()} usable;"
           f" SIMD: {' '.join(flags) or 'unknown'}")
-    print(f"threads: nnkern.get_num_threads() = {nnkern.get_num_threads()},"
-          f" numba = {numba.get_num_threads()} (pool {numba.config.NUMBA_NUM_THREADS})")
+    budget, source = nnkern.thread_budget()
+    numba_threads = numba.get_num_threads()  # starts Numba's threading layer, which it then names
+    print(f"threads: nnkern.get_num_threads() = {budget} (from {source}),"
+          f" numba = {numba_threads} (pool {numba.config.NUMBA_NUM_THREADS},"
+          f" threading layer {numba.threading_layer()})")
     pools = threadpool_info()
     print("thread pools (threadpoolctl):" + ("" if pools else " none found"))
     for pool in pools:

@@ -11,7 +11,9 @@ first call for the dtype it is given, or loaded from Numba's on-disk cache.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import numba
 import numpy as np
@@ -20,14 +22,33 @@ from .. import _threads
 from . import ACTIVATION_CODES, GRAD_NEEDS_OUTPUT
 from . import numba_kernels as _k
 
-# Numba is imported now (by numba_kernels): give it nnkern's thread count.
-_threads.get_num_threads()
-_threads.apply_to_numba()
+# Numba starts its threading layer now (its omp layer on the OpenMP runtime loaded first,
+# with nnkern's spin count). Numba picks the first of tbb, omp and workqueue that loads
+# (unless NUMBA_THREADING_LAYER names one); tbb and omp take parallel regions from several
+# Python threads at once, workqueue aborts the process when two overlap.
+_threads.load_openmp_runtime()
+numba.get_num_threads()
+THREADING_LAYER = numba.threading_layer()
+# Under workqueue nnkern's parallel regions run one at a time, each call its share of the budget.
+_workqueue_lock = threading.Lock() if THREADING_LAYER == "workqueue" else contextlib.nullcontext()
 
 
-def num_threads() -> int:
-    """nnkern's thread count as Numba can run it (never above its pool size)."""
-    return min(_threads.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+@contextlib.contextmanager
+def parallel_threads(threads: int):
+    """For a compiled call that may open parallel regions, given ``threads`` (its share of
+    the budget): at most Numba's pool size, and Numba's own count for this thread (what a
+    ``prange`` without an explicit split uses) set to it during the call and restored after;
+    under the workqueue layer, one such call at a time."""
+    threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+    with _workqueue_lock:
+        before = numba.get_num_threads()
+        if before != threads:
+            numba.set_num_threads(threads)
+        try:
+            yield threads
+        finally:
+            if before != threads:
+                numba.set_num_threads(before)
 
 
 # The GEMM's form and threading thresholds live with the kernel (numba_kernels).
@@ -43,8 +64,9 @@ def _gemm(a, b, trans_a, trans_b, out, bias, act, slope):
     b_pack = np.empty(b_size, dtype=out.dtype)
     spare = np.empty(spare_size, dtype=out.dtype)
     has_bias = bias is not None
-    _k.gemm(a, trans_a, b, trans_b, out, bias if has_bias else spare, has_bias, act,
-            out.dtype.type(slope), a_tail, b_pack, spare, num_threads())
+    with _threads.claim() as share, parallel_threads(share) as threads:
+        _k.gemm(a, trans_a, b, trans_b, out, bias if has_bias else spare, has_bias, act,
+                out.dtype.type(slope), a_tail, b_pack, spare, threads)
 
 
 def matmul(a, b, trans_a, trans_b, out):

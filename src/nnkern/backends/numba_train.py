@@ -359,9 +359,8 @@ class FusedMLPStep:
             bias_hyper[NEG_WEIGHT_DECAY] = -bias_weight_decay
             bias_hyper[DECAY] = 1.0 - lr * bias_weight_decay
             bias_l2_decay = bias_weight_decay != 0.0 and self.rule != RULE_ADAMW
-        loss, correct = train_step(x, labels, row_weights, self.bufs, self.table, self.slopes, self.rule, hyper,
-                                   bias_hyper, l2_decay, bias_l2_decay, self.delta0, self.delta1, self.delta2,
-                                   self.a_tail, self.b_pack, self.spare, self.sparse_input,
-                                   self.cols, self.row_count, self.rows_of, self.col_count,
-                                   min(num_threads, _backend.num_threads()))
-        return loss, correct
+        with _backend.parallel_threads(num_threads) as threads:
+            return train_step(x, labels, row_weights, self.bufs, self.table, self.slopes, self.rule, hyper,
+                              bias_hyper, l2_decay, bias_l2_decay, self.delta0, self.delta1, self.delta2,
+                              self.a_tail, self.b_pack, self.spare, self.sparse_input,
+                              self.cols, self.row_count, self.rows_of, self.col_count, threads)

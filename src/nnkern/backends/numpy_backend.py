@@ -2,7 +2,9 @@
 
 This is the oracle every fast kernel is tested against, so it favours being obviously
 right over being fast: textbook formulas, float64 accumulation of losses, no tricks.
-Arguments arrive validated by :mod:`nnkern.ops` (see :mod:`nnkern.backends`).
+Arguments arrive validated by :mod:`nnkern.ops` (see :mod:`nnkern.backends`). Its
+products run on NumPy's BLAS with the thread count the user and the host have set for it
+(nnkern's budget does not apply: README "Threads").
 """
 
 from __future__ import annotations
