@@ -626,7 +626,7 @@ def batch_norm_forward(x, weight=None, bias=None, *, running_mean=None, running_
     if training and n < 2:
         raise ValueError(f"{op}: training needs more than one sample per feature to take the batch "
                          f"variance, got x of shape ({_shape_str(x.shape)})")
-    momentum = _validate.real(op, "momentum", momentum, low=0, high=1)
+    momentum = _validate.real(op, "momentum", momentum, low=0, high=1, expected="in [0, 1]")
     eps = _validate.real(op, "eps", eps, low=0, low_open=True)
     work = [None, None]
     if running_mean is not None:
