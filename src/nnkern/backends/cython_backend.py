@@ -73,7 +73,7 @@ def momentum_update(p, g, v, lr, momentum):
 
 
 def nesterov_update(p, g, v, lr, momentum):
-    _cy_optim.nesterov_update(p, g, v, lr, momentum, get_num_threads())
+    _run(_cy_optim.nesterov_update, p, g, v, lr, momentum)
 
 
 def adagrad_update(p, g, h, lr, eps):
