@@ -1,4 +1,4 @@
-"""Gradient clipping by global norm, with torch.nn.utils.clip_grad_norm_'s semantics::
+"""Gradient clipping by global norm, with ``torch.nn.utils.clip_grad_norm_``'s semantics::
 
     loss, _ = model.compute_gradients(xb, yb, loss_fn)
     total = clip_grad_norm_(model, max_norm=1.0)   # the norm before clipping
@@ -42,7 +42,7 @@ def _gradients_and_backend(gradients, backend):
 def clip_grad_norm_(gradients, max_norm, norm_type=2.0, error_if_nonfinite: bool = False, *,
                     backend=None) -> float:
     """Scale ``gradients`` in place so that their global norm is at most ``max_norm``;
-    returns the global norm they had (a float), as torch.nn.utils.clip_grad_norm_.
+    returns the global norm they had (a float), as ``torch.nn.utils.clip_grad_norm_``.
 
     ``gradients``: an nnkern model (its ``gradients()``, after a backward pass), a bound
     optimizer (its gradients), or gradient arrays. ``norm_type``: 2 (Euclidean) or

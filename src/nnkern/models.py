@@ -548,7 +548,7 @@ class Graph:
         loss of each batch, on every engine (a batch whose weights are all zero takes no
         step); the epoch's "loss" log is then the weighted mean too. ``max_grad_norm``
         clips the gradients to that global norm before every update, as
-        torch.nn.utils.clip_grad_norm_ (:func:`nnkern.optim.clip_grad_norm_`; the
+        ``torch.nn.utils.clip_grad_norm_`` (:func:`nnkern.optim.clip_grad_norm_`; the
         layer-by-layer engine runs it).
         """
         return training.fit(self, x, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss,
