@@ -80,8 +80,10 @@ def _gflops(product, flops: float) -> float:
 def measure_library(library: str, threads: int, dtype: str) -> dict:
     """{shape label: GFLOP/s} of one library (in the calling process)."""
     import nnkern
+    import threadpoolctl
 
     nnkern.set_num_threads(threads)
+    threadpoolctl.threadpool_limits(threads, user_api="blas")  # nnkern leaves the BLAS to its user
     if library != "blas" and library not in nnkern.available_backends():
         return {"unavailable": nnkern.unavailable_reason(library)}
     return {label: _gflops(_product(library, m, k, n, ta, tb, dtype), 2.0 * m * n * k)
@@ -92,8 +94,10 @@ def measure_interleaved(threads: int, dtype: str) -> dict:
     """The cython matmul's GFLOP/s alone, and with an np.matmul before each call (only
     nnkern's calls timed)."""
     import nnkern
+    import threadpoolctl
 
     nnkern.set_num_threads(threads)
+    threadpoolctl.threadpool_limits(threads, user_api="blas")  # nnkern leaves the BLAS to its user
     _, m, k, n, ta, tb = INTERLEAVED_SHAPE
     ours = _product("cython", m, k, n, ta, tb, dtype)
     theirs = _product("blas", m, k, n, ta, tb, dtype)

@@ -59,6 +59,7 @@ def assert_linear_close(got, x, w, b, act, params):
 UPDATES = {
     "sgd_update": (0, dict(lr=0.1)),
     "momentum_update": (1, dict(lr=0.1, momentum=0.9)),
+    "nesterov_update": (1, dict(lr=0.1, momentum=0.9)),
     "adagrad_update": (1, dict(lr=0.01, eps=1e-10)),
     "rmsprop_update": (1, dict(lr=0.01, alpha=0.99, eps=1e-8)),
     "adadelta_update": (2, dict(lr=1.0, rho=0.9, eps=1e-6)),

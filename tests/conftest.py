@@ -16,6 +16,10 @@ os.environ.setdefault("NNKERN_ALLOW_OVERSUBSCRIPTION", "1")
 
 import nnkern
 
+# The suite splits small test models over threads on purpose (the splits are what it tests);
+# the small-work rule that keeps them on one thread has its own tests (test_threads_*.py).
+nnkern._threads.SPLIT_MIN_MACS = 0
+
 collect_ignore = ["cuda", "cuda_ptx"]
 
 from _backends import FAST_CPU_BACKENDS

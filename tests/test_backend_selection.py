@@ -64,15 +64,17 @@ def test_set_num_threads_validates_and_round_trips():
         nnkern.set_num_threads(0)
     with pytest.raises(ValueError, match="positive integer"):
         nnkern.set_num_threads(1.5)
+    from threadpoolctl import threadpool_info
+
+    blas_before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
     nnkern.set_num_threads(1)
     try:
         assert nnkern.get_num_threads() == 1
-        from threadpoolctl import threadpool_info
-
-        blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
-        assert all(p["num_threads"] == 1 for p in blas)
+        assert nnkern.thread_budget() == (1, "set_num_threads()")
+        # the user's BLAS setting is theirs: nnkern limits it only while its own products run
+        assert [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"] == blas_before
     finally:
-        nnkern.set_num_threads(n)
+        nnkern.set_num_threads(None)
 
 
 def test_more_threads_than_cores_are_lowered_with_a_warning(monkeypatch):
@@ -105,16 +107,18 @@ def test_import_does_not_import_numba_or_compile():
 
 def _openmp_env_after_import(**env_overrides):
     """GOMP_SPINCOUNT and OMP_WAIT_POLICY as a fresh process sees them after ``import
-    nnkern``, then inside ``openmp_defaults()``."""
+    nnkern``, while nnkern's OpenMP runtime loads, and after it has loaded (the backends
+    load it)."""
     import os
 
     code = (
         "import os, nnkern\n"
-        "from nnkern._threads import openmp_defaults\n"
+        "from nnkern import _threads\n"
         "show = lambda: [os.environ.get(k) for k in ('GOMP_SPINCOUNT', 'OMP_WAIT_POLICY')]\n"
         "print(show())\n"
-        "with openmp_defaults():\n"
+        "with _threads.openmp_runtime_loading():\n"
         "    print(show())\n"
+        "nnkern.available_backends()\n"
         "print(show())\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
@@ -124,15 +128,15 @@ def _openmp_env_after_import(**env_overrides):
     return out.stdout.splitlines()
 
 
-def test_import_bounds_the_openmp_spin_and_foreign_runtimes_get_their_defaults():
-    after, inside, restored = _openmp_env_after_import()
-    assert after == "['4000', None]"
-    assert inside == "[None, None]"
-    assert restored == after
+def test_the_openmp_spin_is_set_only_while_nnkerns_runtime_loads():
+    """Other OpenMP runtimes loaded later, and child processes, get the user's environment."""
+    after_import, loading, loaded = _openmp_env_after_import()
+    assert after_import == loaded == "[None, None]"
+    assert loading == "['4000', None]"
 
 
 @pytest.mark.parametrize("override", [{"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "123"}])
 def test_a_users_openmp_wait_setting_wins(override):
-    after, inside, restored = _openmp_env_after_import(**override)
+    after, loading, loaded = _openmp_env_after_import(**override)
     expected = str([override.get("GOMP_SPINCOUNT"), override.get("OMP_WAIT_POLICY")])
-    assert after == inside == restored == expected
+    assert after == loading == loaded == expected

@@ -166,7 +166,8 @@ def test_layer_sizes_parse():
 def test_every_optimizer_name_builds_with_its_default_rate(name):
     optimizer = cli.make_optimizer(name)
     assert optimizer.lr == cli.DEFAULT_LR[name]
-    assert (getattr(optimizer, "momentum", 0.0) > 0) == (name == "momentum")
+    assert (getattr(optimizer, "momentum", 0.0) > 0) == (name in ("momentum", "nesterov"))
+    assert getattr(optimizer, "nesterov", False) == (name == "nesterov")
 
 
 class FakeTerminal(io.StringIO):

@@ -21,6 +21,7 @@ OPTIMIZERS = [
     lambda: optim.Adadelta(),
     lambda: optim.Adam(lr=1e-3, weight_decay=1e-4),
     lambda: optim.AdamW(lr=1e-2, weight_decay=0.5),
+    lambda: optim.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True),
 ]
 ACTIVATIONS = [nn.ReLU, nn.Sigmoid, nn.Tanh, lambda: nn.GELU(), lambda: nn.GELU("tanh"),
                lambda: nn.LeakyReLU(0.2), lambda: nn.LeakyReLU(-0.5)]
@@ -51,7 +52,7 @@ def _train(act, make_optimizer, dtype, fused, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("make_optimizer", OPTIMIZERS,
-                         ids=["sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw"])
+                         ids=["sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "nesterov"])
 def test_fused_fit_equals_layer_by_layer_fit(dtype, make_optimizer, backend):
     tol = 2e-4 if dtype == np.float32 else 1e-10
     want_history, want_params = _train(nn.ReLU, make_optimizer, dtype, False, backend)

@@ -24,6 +24,7 @@ OPTIMIZERS = {
     "adadelta": lambda: optim.Adadelta(),
     "adam": lambda: optim.Adam(lr=1e-3, weight_decay=1e-4),
     "adamw": lambda: optim.AdamW(lr=1e-2, weight_decay=0.5),
+    "nesterov_wd": lambda: optim.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True),
 }
 
 

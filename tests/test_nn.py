@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import re
 
 import numpy as np
@@ -408,17 +409,49 @@ def test_a_callback_can_stop_training():
     assert history.epochs == [1, 2]
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's warnings about the infinities
+class _NanWeightAfterFirstStep(nn.Callback):
+    """Makes the training diverge from the second step on (a NaN weight): bad input is
+    refused before the first step, so a non-finite loss comes from training."""
+
+    def on_batch_end(self, epoch, step, steps, logs):
+        if (epoch, step) == (1, 1):
+            self.model.parameters()[0][0, 0] = np.nan
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's warnings about the NaNs
 def test_a_non_finite_loss_stops_training_naming_epoch_and_step():
     model = small_model(dtype=np.float64)
     x, y = data(n=40)
-    x[25] = np.inf  # sample 25 is in the second batch of 16 (no shuffling)
     with pytest.raises(nn.NonFiniteLossError, match=r"loss became nan at epoch 1, step 2 of 3") as info:
-        model.fit(x, y, epochs=2, batch_size=16, optimizer=optim.SGD(0.1), shuffle=False, verbose=False)
+        model.fit(x, y, epochs=2, batch_size=16, optimizer=optim.SGD(0.1), shuffle=False, verbose=False,
+                  callbacks=[_NanWeightAfterFirstStep()])
     assert isinstance(info.value, FloatingPointError) and isinstance(info.value, ArithmeticError)
     history = small_model().fit(x, y, epochs=2, batch_size=16, optimizer=optim.SGD(0.1), shuffle=False,
-                                verbose=False, on_nonfinite="ignore")
+                                verbose=False, on_nonfinite="ignore", callbacks=[_NanWeightAfterFirstStep()])
     assert len(history.epochs) == 2 and math.isnan(history.history["loss"][-1])
+
+
+@pytest.mark.parametrize("backend", [b for b in ("numpy", "cython", "numba") if b in nnkern.available_backends()])
+def test_bad_data_is_refused_before_the_first_step_naming_its_row(backend):
+    x, y = data(n=300)
+    model = small_model(backend=backend)
+    before = [p.copy() for p in model.parameters()]
+    bad_x = x.copy()
+    bad_x[200, 4] = np.inf
+    with pytest.raises(ValueError, match=r"fit: x has inf at row 200, column 4; the inputs must be finite"):
+        model.fit(bad_x, y, epochs=1, batch_size=16, optimizer=optim.SGD(0.1), verbose=False)
+    bad_y = y.copy()
+    bad_y[200] = 3
+    with pytest.raises(ValueError, match=r"fit: label 3 at row 200 of y is out of range for 3 classes \(0\.\.2\)"):
+        model.fit(x, bad_y, epochs=1, batch_size=16, optimizer=optim.SGD(0.1), verbose=False)
+    x_val, y_val = x[:10].copy(), y[:10].copy()
+    y_val[7] = -1
+    with pytest.raises(ValueError, match=r"fit: label -1 at row 7 of y of validation_data is out of range"):
+        model.fit(x, y, epochs=1, optimizer="sgd", verbose=False, validation_data=(x_val, y_val))
+    x_val[3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"fit: x of validation_data has nan at row 3, column 0"):
+        model.fit(x, y, epochs=1, optimizer="sgd", verbose=False, validation_data=(x_val, y[:10]))
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.parameters()))  # no step was taken
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -519,6 +552,19 @@ def test_loading_a_truncated_or_foreign_file_names_it(tmp_path):
     for name in [*cases, "foreign.npz", "array.npy"]:
         with pytest.raises(nn.ModelFileError, match=re.escape(str(tmp_path / name))):
             nn.load(tmp_path / name)
+    # files of pickled Python objects: said so, without suggesting allow_pickle
+    np.save(tmp_path / "objects.npy", np.array([{"w": 1}], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "objects.npz", __nnkern__=np.array('{"format": "nnkern.Sequential", "version": 1}'),
+             weights=np.array([{"w": 1}], dtype=object))
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(small_model().state_dict()))
+    for name in ("objects.npy", "objects.npz", "model.pkl"):
+        with pytest.raises(nn.ModelFileError) as info:
+            nn.load(tmp_path / name)
+        assert "not an nnkern model file (it holds pickled Python objects" in str(info.value)
+        assert "allow_pickle" not in str(info.value)
+    with pytest.raises(nn.ModelFileError, match=r"text.npz: not a readable nnkern model file \(neither an .npz") as info:
+        nn.load(tmp_path / "text.npz")
+    assert "allow_pickle" not in str(info.value)
     with pytest.raises(FileNotFoundError):
         nn.load(tmp_path / "missing.npz")
 

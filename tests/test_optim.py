@@ -15,11 +15,11 @@ SHAPES = [(3, 4), (5,), (1,)]
 STEPS = 4
 
 
-def sgd_equations(p, g, state, t, lr, momentum=0.0, weight_decay=0.0):
+def sgd_equations(p, g, state, t, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
     g = g + weight_decay * p
     if momentum:
         state["v"] = momentum * state["v"] + g if "v" in state else g.copy()
-        g = state["v"]
+        g = g + momentum * state["v"] if nesterov else state["v"]
     return p - lr * g
 
 
@@ -62,6 +62,9 @@ CASES = {
     "sgd": (optim.SGD, sgd_equations, {"lr": 0.1}),
     "sgd_momentum": (optim.SGD, sgd_equations, {"lr": 0.1, "momentum": 0.9}),
     "sgd_momentum_decay": (optim.SGD, sgd_equations, {"lr": 0.05, "momentum": 0.8, "weight_decay": 0.01}),
+    "sgd_nesterov": (optim.SGD, sgd_equations, {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+    "sgd_nesterov_decay": (optim.SGD, sgd_equations,
+                           {"lr": 0.05, "momentum": 0.8, "weight_decay": 0.01, "nesterov": True}),
     "adagrad": (optim.Adagrad, adagrad_equations, {"lr": 0.1}),
     "adagrad_decay": (optim.Adagrad, adagrad_equations, {"lr": 0.1, "eps": 1e-6, "weight_decay": 0.1}),
     "rmsprop": (optim.RMSprop, rmsprop_equations, {"lr": 0.01}),
@@ -186,7 +189,8 @@ def test_changing_the_rate_between_steps():
         opt.lr = -1.0
 
 
-@pytest.mark.parametrize("case", ["sgd_momentum", "adagrad", "rmsprop", "adadelta", "adam_decay", "adamw_decay"])
+@pytest.mark.parametrize("case", ["sgd_momentum", "sgd_nesterov_decay", "adagrad", "rmsprop", "adadelta", "adam_decay",
+                                  "adamw_decay"])
 def test_state_dict_resumes_training_exactly(case):
     cls, _, hyper = CASES[case]
     rng = np.random.default_rng(3)
@@ -226,10 +230,35 @@ def test_load_state_dict_errors():
         adam.load_state_dict(other)
 
 
+def test_nesterov_is_part_of_the_saved_state():
+    p, g = np.zeros(3), np.zeros(3)
+    nesterov = optim.SGD([(p, g)], lr=0.1, momentum=0.9, nesterov=True)
+    assert nesterov.state_dict()["nesterov"] is True
+    with pytest.raises(ValueError, match="the state is of an SGD with nesterov=True, this one has nesterov=False"):
+        optim.SGD(0.1, momentum=0.9).load_state_dict(nesterov.state_dict())
+    with pytest.raises(ValueError, match="the state is of an SGD with nesterov=False, this one has nesterov=True"):
+        nesterov.load_state_dict(optim.SGD([(p.copy(), g.copy())], lr=0.1, momentum=0.9).state_dict())
+
+
+def test_nesterov_is_fixed_at_construction():
+    opt = optim.SGD(0.1, momentum=0.9, nesterov=True)
+    assert opt.nesterov and not optim.SGD(0.1, momentum=0.9).nesterov
+    assert repr(opt) == "SGD(lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=True)"
+    assert repr(optim.SGD(0.1)) == "SGD(lr=0.1, momentum=0.0, weight_decay=0.0)"
+    with pytest.raises(AttributeError):
+        opt.nesterov = False
+    with pytest.raises(ValueError, match="momentum cannot be switched on or off"):
+        opt.momentum = 0.0
+    assert optim.get("sgd", lr=0.1, momentum=0.5, nesterov=True).nesterov
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: optim.SGD(-0.1), "lr must be finite and >= 0"),
     (lambda: optim.SGD(float("nan")), "lr must be finite"),
     (lambda: optim.SGD(0.1, momentum=-1), "momentum must be finite and >= 0"),
+    (lambda: optim.SGD(0.1, nesterov=True), r"nesterov=True needs momentum > 0, got momentum=0.0"),
+    (lambda: optim.SGD(0.1, momentum=0, nesterov=True), r"nesterov=True needs momentum > 0, got momentum=0.0"),
+    (lambda: optim.SGD(0.1, momentum=-0.5, nesterov=True), "momentum must be finite and >= 0"),
     (lambda: optim.Adam(betas=(1.0, 0.999)), r"beta1 must be in \[0, 1\)"),
     (lambda: optim.Adam(betas=(0.9,)), "betas must be a pair"),
     (lambda: optim.RMSprop(eps=-1e-8), "eps must be finite and >= 0"),
@@ -238,6 +267,11 @@ def test_load_state_dict_errors():
 def test_bad_hyperparameters(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_nesterov_must_be_a_bool():
+    with pytest.raises(TypeError, match="SGD: nesterov must be True or False, got 'yes'"):
+        optim.SGD(0.1, momentum=0.9, nesterov="yes")
 
 
 def test_bind_errors():

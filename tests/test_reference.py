@@ -137,6 +137,17 @@ def test_momentum_equation():
     np.testing.assert_allclose(p, want_p, rtol=1e-15)
 
 
+def test_nesterov_equation():
+    p, v = P0.copy(), np.zeros(3)
+    want_p, b = P0.copy(), None
+    for g in GRADS:
+        ops.nesterov_update(p, g, v, 0.1, 0.9, **R)
+        b = g if b is None else 0.9 * b + g  # torch's buffer, as for momentum
+        want_p = want_p - 0.1 * (g + 0.9 * b)  # torch: the step is g + mu b_t
+    np.testing.assert_allclose(p, want_p, rtol=1e-15)
+    np.testing.assert_allclose(v, b, rtol=1e-15)
+
+
 def test_adagrad_equation():
     p, h = P0.copy(), np.zeros(3)
     want, acc = P0.copy(), np.zeros(3)

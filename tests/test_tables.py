@@ -27,6 +27,7 @@ def test_numba_and_cuda_use_the_same_rule_codes(module):
 @pytest.mark.parametrize("make, name, a, b", [
     (lambda: optim.SGD(0.1), "sgd", 0.0, 0.0),
     (lambda: optim.SGD(0.1, momentum=0.8), "momentum", 0.8, 0.0),
+    (lambda: optim.SGD(0.1, momentum=0.8, nesterov=True), "nesterov", 0.8, 0.0),
     (lambda: optim.Adagrad(0.1, eps=1e-9), "adagrad", 0.0, 0.0),
     (lambda: optim.RMSprop(0.1, alpha=0.9), "rmsprop", 0.9, 0.0),
     (lambda: optim.Adadelta(rho=0.7), "adadelta", 0.7, 0.0),

@@ -76,6 +76,11 @@ OPTIMIZERS = {
                      lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
     "sgd_momentum_weight_decay": (lambda: optim.SGD(0.05, momentum=0.9, weight_decay=0.01),
                                   lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.01)),
+    "sgd_nesterov": (lambda: optim.SGD(0.05, momentum=0.9, nesterov=True),
+                     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True)),
+    "sgd_nesterov_weight_decay": (
+        lambda: optim.SGD(0.05, momentum=0.8, weight_decay=0.01, nesterov=True),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.8, weight_decay=0.01, nesterov=True)),
     "adagrad": (lambda: optim.Adagrad(0.05), lambda p: torch.optim.Adagrad(p, lr=0.05)),
     "rmsprop": (lambda: optim.RMSprop(0.01), lambda p: torch.optim.RMSprop(p, lr=0.01)),
     "rmsprop_weight_decay": (lambda: optim.RMSprop(0.01, weight_decay=0.1),
@@ -153,6 +158,7 @@ def _warmup_cosine(optimizer):
 FIT_OPTIMIZERS = {
     "sgd_momentum": (lambda: optim.SGD(0.1, momentum=0.5), lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.5),
                      None),
+    "sgd_nesterov_weight_decay": (*OPTIMIZERS["sgd_nesterov_weight_decay"], None),
     "adamw": (*OPTIMIZERS["adamw"], None),
     "adamw_warmup_cosine": (
         lambda: optim.AdamW(0.02, weight_decay=0.1, schedule=optim.SequentialLR(

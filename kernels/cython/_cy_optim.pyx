@@ -5,7 +5,7 @@ The rules themselves live in update_rules.pxd, shared with the fused training st
 length and dtype.
 """
 
-from update_rules cimport (real, apply_update, RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD,
+from update_rules cimport (real, apply_update, RULE_SGD, RULE_MOMENTUM, RULE_NESTEROV, RULE_ADAGRAD,
                            RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM, RULE_ADAMW)
 
 
@@ -19,6 +19,13 @@ def momentum_update(real[::1] p, const real[::1] g, real[::1] v, double lr, doub
                     int num_threads):
     with nogil:
         apply_update(RULE_MOMENTUM, &p[0], &g[0], &v[0], <real *>NULL, p.shape[0],
+                     lr, momentum, 0.0, 0.0, 0, 0.0, num_threads)
+
+
+def nesterov_update(real[::1] p, const real[::1] g, real[::1] v, double lr, double momentum,
+                    int num_threads):
+    with nogil:
+        apply_update(RULE_NESTEROV, &p[0], &g[0], &v[0], <real *>NULL, p.shape[0],
                      lr, momentum, 0.0, 0.0, 0, 0.0, num_threads)
 
 

@@ -50,12 +50,13 @@ from gemm cimport (nnk_gemm_s, nnk_gemm_d, nnk_gemm_team_s, nnk_gemm_team_d, nnk
                    nnk_sparse_weight_grad_s, nnk_sparse_weight_grad_d)
 from update_rules cimport (real, apply_update, nnk_update_s, nnk_update_d, nnk_update_constants_s,
                           nnk_update_constants_d, nnk_update_constants_for_s, nnk_update_constants_for_d,
-                          RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM, RULE_ADAMW)
+                          RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM, RULE_ADAMW,
+                          RULE_NESTEROV)
 
 # The update rules' codes as compiled (nnk_update.h's enum), which tests/test_tables.py
 # compares with their one definition, nnkern.backends.UPDATE_RULE_CODES.
 UPDATE_RULE_CODES = {"sgd": RULE_SGD, "momentum": RULE_MOMENTUM, "adagrad": RULE_ADAGRAD, "rmsprop": RULE_RMSPROP,
-                     "adadelta": RULE_ADADELTA, "adam": RULE_ADAM, "adamw": RULE_ADAMW}
+                     "adadelta": RULE_ADADELTA, "adam": RULE_ADAM, "adamw": RULE_ADAMW, "nesterov": RULE_NESTEROV}
 
 cdef enum:
     MAX_LAYERS = 64

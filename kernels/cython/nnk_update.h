@@ -21,7 +21,7 @@
 #include <stddef.h>
 
 enum { NNK_RULE_SGD, NNK_RULE_MOMENTUM, NNK_RULE_ADAGRAD, NNK_RULE_RMSPROP, NNK_RULE_ADADELTA, NNK_RULE_ADAM,
-       NNK_RULE_ADAMW };
+       NNK_RULE_ADAMW, NNK_RULE_NESTEROV };
 
 #define NNK_IVDEP _Pragma("GCC ivdep")
 
@@ -32,8 +32,8 @@ enum { NNK_RULE_SGD, NNK_RULE_MOMENTUM, NNK_RULE_ADAGRAD, NNK_RULE_RMSPROP, NNK_
         T decoupled_decay;              /* AdamW: 1 - lr * weight_decay */                     \
     } nnk_update_constants_##S;                                                                \
                                                                                                \
-    /* a, b: momentum | - | alpha | rho | beta1, beta2 (Adam and AdamW) for the rules in enum  \
-     * order; t: Adam's step count (from 1). */                                                \
+    /* a, b: - | momentum | - | alpha | rho | beta1, beta2 (Adam and AdamW) | momentum         \
+     * (Nesterov) for the rules in enum order; t: Adam's step count (from 1). */               \
     static inline nnk_update_constants_##S nnk_update_constants_for_##S(                       \
         double lr, double a, double b, double eps, long t, double weight_decay) {              \
         nnk_update_constants_##S c;                                                            \
@@ -63,6 +63,13 @@ enum { NNK_RULE_SGD, NNK_RULE_MOMENTUM, NNK_RULE_ADAGRAD, NNK_RULE_RMSPROP, NNK_
                 T v = a * s0[i] + (wd != 0 ? g[i] + wd * p[i] : g[i]);                                          \
                 s0[i] = v;                                                                     \
                 p[i] -= lr * v;                                                                \
+            }                                                                                  \
+            break;                                                                             \
+        case NNK_RULE_NESTEROV: /* torch.optim.SGD(nesterov=True): the step is g + momentum * v */ \
+            NNK_IVDEP for (ptrdiff_t i = 0; i < n; i++) {                                      \
+                T gi = wd != 0 ? g[i] + wd * p[i] : g[i], v = a * s0[i] + gi;                  \
+                s0[i] = v;                                                                     \
+                p[i] -= lr * (gi + a * v);                                                     \
             }                                                                                  \
             break;                                                                             \
         case NNK_RULE_ADAGRAD:                                                                 \

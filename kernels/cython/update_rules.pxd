@@ -17,6 +17,7 @@ cdef extern from "nnk_update.h" nogil:
         RULE_ADADELTA "NNK_RULE_ADADELTA"
         RULE_ADAM "NNK_RULE_ADAM"
         RULE_ADAMW "NNK_RULE_ADAMW"
+        RULE_NESTEROV "NNK_RULE_NESTEROV"
     ctypedef struct nnk_update_constants_s:
         pass
     ctypedef struct nnk_update_constants_d:
@@ -40,8 +41,8 @@ cdef inline void apply_update(int rule, real *p, const real *g, real *s0, real *
                               double lr, double a, double b, double eps, long t,
                               double weight_decay, int num_threads) noexcept nogil:
     """One update of p (n elements) from g (+ weight_decay * p) with state s0, s1 (NULL
-    where the rule has none). a, b: momentum | - | alpha | rho | beta1, beta2 (Adam, AdamW)
-    for the rules in UpdateRule order; t: Adam's step count."""
+    where the rule has none). a, b: - | momentum | - | alpha | rho | beta1, beta2 (Adam, AdamW)
+    | momentum (Nesterov) for the rules in UpdateRule order; t: Adam's step count."""
     cdef nnk_update_constants_s cs
     cdef nnk_update_constants_d cd
     cdef Py_ssize_t part, lo, hi

@@ -8,7 +8,9 @@
 Submodules: ``ops`` (kernels on arrays), ``nn`` (layers, Sequential and Graph models, losses),
 ``optim`` (optimizers and learning-rate schedules), ``callbacks`` (early stopping,
 best-weights restore), ``data`` (MNIST and a DataLoader), ``grad`` (numerical gradients),
-``sklearn`` (scikit-learn estimators; needs the ``[sklearn]`` extra).
+``sklearn`` (scikit-learn estimators; needs the ``[sklearn]`` extra), ``interop`` (ONNX
+export, PyTorch modules both ways; the ``[onnx]`` and ``[torch]`` extras), ``training``
+(the training loop and its engines).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ._backend import (
     unavailable_reason,
     use_backend,
 )
-from ._threads import OversubscriptionWarning, get_num_threads, set_num_threads
+from ._threads import OversubscriptionWarning, get_num_threads, set_num_threads, thread_budget
 from . import ops
 
 __version__ = "0.1.0"
@@ -35,6 +37,7 @@ __all__ = [
     "unavailable_reason",
     "get_num_threads",
     "set_num_threads",
+    "thread_budget",
     "OversubscriptionWarning",
     "ops",
     "__version__",
@@ -43,7 +46,7 @@ __all__ = [
 
 def __getattr__(name):
     # the submodules are imported on first use so that `import nnkern` stays light.
-    if name in ("nn", "optim", "callbacks", "data", "grad", "sklearn"):
+    if name in ("nn", "optim", "callbacks", "data", "grad", "sklearn", "interop", "training", "engine"):
         import importlib
 
         return importlib.import_module(f"nnkern.{name}")

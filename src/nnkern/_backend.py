@@ -8,6 +8,7 @@ raises :class:`BackendUnavailableError` saying why.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import os
 import threading
@@ -34,7 +35,9 @@ class BackendUnavailableError(RuntimeError):
 _modules: dict[str, ModuleType] = {}
 _failures: dict[str, str] = {}
 _lock = threading.Lock()
-_state = threading.local()
+_default: str | None = None  # set_backend(): the process's default, seen by every thread
+# use_backend(): an override for the current context (a thread, or an asyncio task)
+_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("nnkern_backend", default=None)
 _FASTEST_CPU_FIRST = ("cython", "numba", "numpy")
 
 
@@ -91,27 +94,33 @@ def fastest_cpu_backend() -> str:
 
 
 def get_backend() -> str:
-    """The current backend (per thread). Until one is set: $NNKERN_BACKEND, else the
-    fastest usable CPU backend."""
-    name = getattr(_state, "name", None)
+    """The current backend: the innermost ``use_backend`` block of this thread (or asyncio
+    task), else the process's default set by ``set_backend``, else $NNKERN_BACKEND, else
+    the fastest usable CPU backend."""
+    name = _override.get() or _default
     if name is None:
         name = os.environ.get("NNKERN_BACKEND") or fastest_cpu_backend()
     return name
 
 
 def set_backend(name: str) -> None:
-    """Make ``name`` the current backend; raises if it is unknown or not usable here."""
+    """Make ``name`` the process's default backend, for every thread (a ``use_backend``
+    block in force in some thread still wins there); raises if it is unknown or not usable
+    here."""
+    global _default
     backend_module(name)
-    _state.name = name
+    _default = name
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """``with use_backend("cython"): ...`` runs the block on that backend."""
+    """``with use_backend("cython"): ...`` runs the block on that backend. The override
+    holds in the current context only: this thread (or asyncio task) until the block ends;
+    other threads keep the process's default. A thread started inside the block does not
+    inherit it (``contextvars.copy_context().run`` passes it on)."""
     backend_module(name)
-    previous = getattr(_state, "name", None)
-    _state.name = name
+    token = _override.set(name)
     try:
         yield name
     finally:
-        _state.name = previous
+        _override.reset(token)

@@ -24,10 +24,11 @@ HIDDEN_ACTIVATIONS = nn.ACTIVATION_LAYERS
 # He initialisation suits the rectifiers, Xavier the saturating activations.
 _HE_INIT = frozenset({"relu", "leaky_relu", "gelu"})
 
-OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw")
-# A learning rate that works for each optimizer on MNIST when none is given.
-DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adagrad": 0.01, "rmsprop": 1e-3, "adadelta": 1.0, "adam": 1e-3,
-              "adamw": 1e-3}
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "adamw")
+# A learning rate that works for each optimizer on MNIST when none is given (nesterov:
+# momentum's, the usual drop-in choice; not tuned separately).
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.01, "rmsprop": 1e-3, "adadelta": 1.0,
+              "adam": 1e-3, "adamw": 1e-3}
 DEFAULT_MOMENTUM = 0.9
 
 
@@ -59,7 +60,7 @@ def make_optimizer(name: str, lr: float | None = None, momentum: float = DEFAULT
     bound_to = () if model is None else (model,)
     if name == "sgd":
         return optim.SGD(*bound_to, lr=lr, weight_decay=weight_decay)
-    if name == "momentum":
-        return optim.SGD(*bound_to, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name in ("momentum", "nesterov"):
+        return optim.SGD(*bound_to, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=name == "nesterov")
     return {"adagrad": optim.Adagrad, "rmsprop": optim.RMSprop, "adadelta": optim.Adadelta,
             "adam": optim.Adam, "adamw": optim.AdamW}[name](*bound_to, lr=lr, weight_decay=weight_decay)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import heapq
 
+import numpy as np
+
 from .layers import Input, Layer, MergeLayer, Node, arity_problem, check_node_name
 
 
@@ -205,3 +207,40 @@ def checked_nodes(where: str, input_specs, node_specs, outputs) -> list[GraphNod
         raise ValueError(f"{where}: {listing} reach{'es' if len(unused) == 1 else ''} no output of the model "
                          f"(outputs: {outputs}); remove {'it' if len(unused) == 1 else 'them'} or make it an output")
     return [GraphNode(name, layer_of[name], inputs_of[name], features_of[name]) for name in order]
+
+
+def summary_table(model) -> str:
+    """The text of :meth:`nnkern.nn.Graph.summary` for ``model``."""
+    rows = [("node", "layer", "reads", "output", "parameters")]
+    for node in model.nodes:
+        count = sum(int(np.prod(p.shape)) for _, p in node.layer.named_parameters()) if node.layer else 0
+        rows.append((node.name, "Input" if node.layer is None else repr(node.layer), ", ".join(node.inputs) or "-",
+                     width_str(node.features), f"{count:,}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) if i == 4 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    total = sum(int(np.prod(p.shape)) for p in model.parameters())
+    lines.append("-" * len(lines[0]))
+    lines.append(f"{type(model).__name__}: {len(model.nodes)} nodes, {total:,} parameters, outputs "
+                 f"{', '.join(model.output_names)}; backend {model.backend}, {model.dtype.name}")
+    return "\n".join(lines)
+
+
+def dot_text(model) -> str:
+    """The text of :meth:`nnkern.nn.Graph.to_dot` for ``model``."""
+    def quoted(*parts: str) -> str:  # a DOT string of lines, each escaped
+        return '"' + "\\n".join(line.replace("\\", "\\\\").replace('"', '\\"') for line in parts) + '"'
+
+    lines = [f"digraph {quoted(type(model).__name__)} {{", "  rankdir=TB;",
+             '  node [shape=box, style="rounded,filled", fillcolor=white, fontname="Helvetica"];']
+    for node in model.nodes:
+        what = "Input" if node.layer is None else repr(node.layer)
+        fill = ", fillcolor=lightblue" if node.layer is None else (
+            ", fillcolor=lightyellow" if node.name in model.output_names else "")
+        lines.append(f"  {quoted(node.name)} [label={quoted(node.name, what, width_str(node.features))}{fill}];")
+    for node in model.nodes:
+        for source in node.inputs:
+            lines.append(f"  {quoted(source)} -> {quoted(node.name)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"

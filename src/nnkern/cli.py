@@ -333,7 +333,7 @@ def _train(args) -> int:
           + (f", validation: the last {held_out} training images" if held_out else "") + "),"
           f" backend {backend}, {dtype.name}, {nnkern.get_num_threads()} thread(s)")
     print(f"optimizer {args.optimizer} lr {optimizer.schedule.base_lr if optimizer.schedule else optimizer.lr:g}"
-          + (f" momentum {args.momentum:g}" if args.optimizer == "momentum" else "")
+          + (f" momentum {args.momentum:g}" if args.optimizer in ("momentum", "nesterov") else "")
           + (f" warmed up over {args.warmup} steps," if args.warmup else "") + schedule[args.lr_schedule]
           + f", weight decay {args.weight_decay:g}, batch {args.batch_size}, {args.epochs} epoch(s),"
           f" seed {args.seed}"
@@ -478,8 +478,11 @@ def _info(args) -> int:
     model, flags = _cpu_description()
     print(f"CPU: {model}; {os.cpu_count()} logical CPU(s), {nnkern._threads.default_num_threads()} usable;"
           f" SIMD: {' '.join(flags) or 'unknown'}")
-    print(f"threads: nnkern.get_num_threads() = {nnkern.get_num_threads()},"
-          f" numba = {numba.get_num_threads()} (pool {numba.config.NUMBA_NUM_THREADS})")
+    budget, source = nnkern.thread_budget()
+    numba_threads = numba.get_num_threads()  # starts Numba's threading layer, which it then names
+    print(f"threads: nnkern.get_num_threads() = {budget} (from {source}),"
+          f" numba = {numba_threads} (pool {numba.config.NUMBA_NUM_THREADS},"
+          f" threading layer {numba.threading_layer()})")
     pools = threadpool_info()
     print("thread pools (threadpoolctl):" + ("" if pools else " none found"))
     for pool in pools:
@@ -590,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=_positive_float, help="initial learning rate (default per optimizer: "
                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     train.add_argument("--momentum", type=_fraction, default=DEFAULT_MOMENTUM,
-                       help=f"momentum of --optimizer momentum (default: {DEFAULT_MOMENTUM})")
+                       help=f"momentum of --optimizer momentum and nesterov (default: {DEFAULT_MOMENTUM})")
     train.add_argument("--weight-decay", type=_nonnegative_float, default=DEFAULT_WEIGHT_DECAY,
                        help=f"L2 weight decay added to every gradient (default: {DEFAULT_WEIGHT_DECAY:g})")
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="linear",

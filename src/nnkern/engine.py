@@ -45,7 +45,7 @@ import os
 import numpy as np
 
 from . import _validate
-from ._threads import get_num_threads
+from ._threads import claim
 from .backends import ACTIVATION_CODES
 from .layers import ActivationLayer, Identity, Linear
 from .losses import CrossEntropyLoss
@@ -169,13 +169,16 @@ def build_fused_step(model, optimizer, loss, x, y, batch_size: int):
     sparse = _sparse_input(x)
     fused = engine.FusedMLPStep(layers, delta0, delta1, rule.code, dtype == np.float64, rows,
                                 sparse_input=sparse)
+    # the step's threads follow from its largest product (small ones run on one thread)
+    work = rows * max(linear.in_features * linear.out_features for linear, _ in pairs)
 
     def run(method, xb, yb, row_weights):
         xb = np.ascontiguousarray(xb, dtype=dtype)
         yb = np.ascontiguousarray(yb, dtype=np.int64)
         now = optimizer.update_rule()  # the hyperparameters as they are now (a schedule changes lr)
-        return method(xb, yb, now.lr, now.a, now.b, now.eps, now.weight_decay, optimizer.count_steps(1),
-                      get_num_threads(), row_weights, now.bias_weight_decay)
+        with claim(work) as threads:
+            return method(xb, yb, now.lr, now.a, now.b, now.eps, now.weight_decay, optimizer.count_steps(1),
+                          threads, row_weights, now.bias_weight_decay)
 
     def step(xb, yb, row_weights=None):
         return run(fused.step, xb, yb, row_weights)

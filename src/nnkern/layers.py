@@ -81,6 +81,11 @@ class Layer:
     def named_gradients(self) -> list[tuple[str, object]]:
         return []
 
+    def named_buffers(self) -> list[tuple[str, object]]:
+        """State that is no parameter (no gradient, no optimizer step) but is saved with
+        the model: BatchNorm1d's running statistics."""
+        return []
+
     def config(self) -> dict:
         """The constructor arguments that rebuild this layer (saved with a model)."""
         return {}

@@ -60,13 +60,29 @@ def read(path, *, formats) -> tuple[str, dict, dict]:
             state = {name: archive[name] for name in archive.files if name != META_KEY}
     except (FileNotFoundError, IsADirectoryError, PermissionError, ModelFileError):
         raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+    except ValueError as exc:
+        if "pickle" in str(exc):  # NumPy's refusals suggest allow_pickle, which a model file never needs
+            raise ModelFileError(f"{path}: {_why_not_arrays(path)}") from None
+        raise ModelFileError(f"{path}: not a readable nnkern model file ({type(exc).__name__}: {exc})") from exc
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
         raise ModelFileError(f"{path}: not a readable nnkern model file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") not in formats:
         raise ModelFileError(f"{path}: not an nnkern model file (format {meta.get('format') if isinstance(meta, dict) else meta!r})")
     if meta.get("version") != FORMAT_VERSION:
         raise ModelFileError(f"{path}: model file version {meta.get('version')!r}; this nnkern reads version {FORMAT_VERSION}")
     return path, meta, state
+def _why_not_arrays(path: str) -> str:
+    """Why NumPy refused ``path`` as arrays without pickles: it holds Python objects (an
+    .npy or .npz file of object arrays, or a pickle, whose first byte is the protocol's
+    0x80), or it is neither an .npz nor an .npy file."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith((b"\x80", b"\x93NUMPY", b"PK")):
+        return ("not an nnkern model file (it holds pickled Python objects; nnkern model files hold arrays "
+                "alone, and nnkern loads no pickles)")
+    return "not a readable nnkern model file (neither an .npz archive nor an .npy array)"
+
+
 def _new_file_mode() -> int:
     """The mode open() gives a new file: 0o666 less the process umask (which can only be
     read by setting it, so it is set back at once)."""

@@ -13,14 +13,18 @@ import numpy as np
 
 from . import _arrays, _validate, modelfile, training
 from ._backend import backend_module, get_backend
-from ._graph import checked_nodes, named_graph, width_str
+from ._graph import checked_nodes, dot_text, named_graph, summary_table, width_str
 from ._workspace import Buffers, check_dtype, shape_str
-from .layers import LAYER_TYPES, ActivationLayer, Layer, Linear, MergeLayer, add_into, check_features
+from .layers import LAYER_TYPES as CORE_LAYER_TYPES
+from .layers import ActivationLayer, Layer, Linear, MergeLayer, add_into, check_features
 from .losses import Loss, Objective, get_loss
+from .normalization import BatchNorm1d, LayerNorm
 from .plots import plot_graph
 from .training import History, Meter
 
 EVAL_BATCH = 1000  # rows per forward pass in predict and evaluate
+# Every layer a saved model may hold, by class name.
+LAYER_TYPES = {**CORE_LAYER_TYPES, **{cls.__name__: cls for cls in (BatchNorm1d, LayerNorm)}}
 
 
 # -- the stages of a model's plan: each reads the values in slots ``sources`` and writes
@@ -241,20 +245,7 @@ class Graph:
         """A table of the nodes in topological order: name, layer, the nodes it reads,
         output shape and parameter count, with the totals. Printed with ``print_fn``
         (None: not printed) and returned."""
-        rows = [("node", "layer", "reads", "output", "parameters")]
-        for node in self.nodes:
-            count = sum(int(np.prod(p.shape)) for _, p in node.layer.named_parameters()) if node.layer else 0
-            rows.append((node.name, "Input" if node.layer is None else repr(node.layer), ", ".join(node.inputs) or "-",
-                         width_str(node.features), f"{count:,}"))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(cell.rjust(w) if i == 4 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
-                 for row in rows]
-        lines.insert(1, "-" * len(lines[0]))
-        total = sum(int(np.prod(p.shape)) for p in self.parameters())
-        lines.append("-" * len(lines[0]))
-        lines.append(f"{type(self).__name__}: {len(self.nodes)} nodes, {total:,} parameters, outputs "
-                     f"{', '.join(self.output_names)}; backend {self.backend}, {self.dtype.name}")
-        text = "\n".join(lines)
+        text = summary_table(self)
         if print_fn is not None:
             print_fn(text)
         return text
@@ -262,21 +253,7 @@ class Graph:
     def to_dot(self) -> str:
         """The graph in Graphviz's DOT language (``dot -Tpng``): a box per node with its
         layer and output shape, an arrow per edge; inputs and outputs shaded."""
-        def quoted(*parts: str) -> str:  # a DOT string of lines, each escaped
-            return '"' + "\\n".join(line.replace("\\", "\\\\").replace('"', '\\"') for line in parts) + '"'
-
-        lines = [f"digraph {quoted(type(self).__name__)} {{", "  rankdir=TB;",
-                 '  node [shape=box, style="rounded,filled", fillcolor=white, fontname="Helvetica"];']
-        for node in self.nodes:
-            what = "Input" if node.layer is None else repr(node.layer)
-            fill = ", fillcolor=lightblue" if node.layer is None else (
-                ", fillcolor=lightyellow" if node.name in self.output_names else "")
-            lines.append(f"  {quoted(node.name)} [label={quoted(node.name, what, width_str(node.features))}{fill}];")
-        for node in self.nodes:
-            for source in node.inputs:
-                lines.append(f"  {quoted(source)} -> {quoted(node.name)};")
-        lines.append("}")
-        return "\n".join(lines) + "\n"
+        return dot_text(self)
 
     def plot(self, path, *, title: str | None = None) -> str:
         """Draw the graph (nodes, shapes, edges) to an image file with matplotlib
@@ -299,14 +276,21 @@ class Graph:
         """The gradient arrays, in the order of :meth:`parameters`, written by backward."""
         return [g for layer in self.layers for _, g in layer.named_gradients()]
 
+    def named_buffers(self) -> list[tuple[str, object]]:
+        """("<node>.running_mean", array), ...: the layers' saved state that is no
+        parameter (BatchNorm1d's running statistics), in the order of the nodes."""
+        return [(f"{node.name}.{name}", b) for node in self.nodes if node.layer is not None
+                for name, b in node.layer.named_buffers()]
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Host copies of the parameters, keyed as in :meth:`named_parameters`."""
-        return {name: _arrays.host_copy(p) for name, p in self.named_parameters()}
+        """Host copies of the parameters and buffers, keyed as in :meth:`named_parameters`
+        and :meth:`named_buffers`."""
+        return {name: _arrays.host_copy(p) for name, p in [*self.named_parameters(), *self.named_buffers()]}
 
     def load_state_dict(self, state: dict) -> None:
         """Copy the arrays of ``state`` (keys and shapes as :meth:`state_dict`) into the
-        parameters, converting them to the model's dtype."""
-        own = dict(self.named_parameters())
+        parameters and buffers, converting them to each array's dtype."""
+        own = dict([*self.named_parameters(), *self.named_buffers()])
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
             raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
@@ -318,7 +302,7 @@ class Graph:
                     f"load_state_dict: {name} has shape ({shape_str(value.shape)}), "
                     f"the model's has ({shape_str(p.shape)})"
                 )
-            values[name] = np.ascontiguousarray(value, dtype=self.dtype)
+            values[name] = np.ascontiguousarray(value, dtype=p.dtype)
         for name, p in own.items():
             p[...] = values[name]
 
@@ -536,7 +520,7 @@ class Graph:
     def fit(self, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer, loss="cross_entropy",
             shuffle: bool = True, seed=None, validation_data=None, verbose: bool = True,
             on_nonfinite: str = "raise", callbacks=(), fused: bool = True, loss_weights=None,
-            sample_weight=None) -> History:
+            sample_weight=None, max_grad_norm=None) -> History:
         """Train on (x, y) for ``epochs`` passes in mini-batches of ``batch_size``.
 
         ``optimizer``: an nnkern.optim optimizer (bound to this model's parameters here
@@ -562,12 +546,15 @@ class Graph:
 
         ``sample_weight`` (one number >= 0 per sample of ``x``) trains on the weighted mean
         loss of each batch, on every engine (a batch whose weights are all zero takes no
-        step); the epoch's "loss" log is then the weighted mean too.
+        step); the epoch's "loss" log is then the weighted mean too. ``max_grad_norm``
+        clips the gradients to that global norm before every update, as
+        ``torch.nn.utils.clip_grad_norm_`` (:func:`nnkern.optim.clip_grad_norm_`; the
+        layer-by-layer engine runs it).
         """
         return training.fit(self, x, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss,
                             shuffle=shuffle, seed=seed, validation_data=validation_data, verbose=verbose,
                             on_nonfinite=on_nonfinite, callbacks=callbacks, fused=fused, loss_weights=loss_weights,
-                            sample_weight=sample_weight)
+                            sample_weight=sample_weight, max_grad_norm=max_grad_norm)
 
     def _chunks(self, x, batch_size: int):
         batch_size = _validate.integer("", "batch_size", batch_size, minimum=1, expected="a positive integer",

@@ -34,7 +34,7 @@ batches and the last short batch of an epoch both keep theirs). So the array ret
 Gradients are overwritten (not accumulated) by every backward pass, so ``zero_grad`` is
 not needed between steps.
 
-The code lives by concern: :mod:`nnkern.layers` (layers, merges, graph nodes),
+The code lives by concern: :mod:`nnkern.layers` (layers, merges, graph nodes), :mod:`nnkern.normalization`,
 :mod:`nnkern.losses`, :mod:`nnkern.models` (Graph, Sequential, their plan, ``load``),
 :mod:`nnkern.modelfile` (the file format) and :mod:`nnkern.training` (the one training
 loop and its engines); this module is their public face.
@@ -50,7 +50,6 @@ from ._graph import GraphNode
 from ._workspace import DTYPES
 from .layers import (
     ACTIVATION_LAYERS,
-    LAYER_TYPES,
     GELU,
     ActivationLayer,
     Add,
@@ -71,7 +70,8 @@ from .layers import (
 )
 from .losses import BCELoss, CrossEntropyLoss, Loss, MSELoss, get_loss
 from .modelfile import FORMAT_VERSION, ModelFileError
-from .models import Graph, Sequential, load
+from .models import LAYER_TYPES, Graph, Sequential, load
+from .normalization import BatchNorm1d, LayerNorm
 from .training import Callback, History, NonFiniteLossError
 
 # The names of the layer bases before the split of this module (code written against them
@@ -90,6 +90,8 @@ __all__ = [
     "Softmax",
     "Identity",
     "Dropout",
+    "BatchNorm1d",
+    "LayerNorm",
     "Node",
     "Input",
     "Add",

@@ -1,5 +1,9 @@
 """Kernel functions on NumPy arrays: the public face of every backend.
 
+(One module on purpose, above the ~700 lines the project aims for: it is the single
+validation layer every backend trusts, and its checks share helpers kernel family by
+kernel family; split, the boundary would be scattered.)
+
 Each function validates its arguments here, at the Python boundary, then calls the raw
 kernel of the chosen backend (``backend=None`` means the current one, see
 :func:`nnkern.get_backend`). The raw kernels may then assume what
@@ -476,6 +480,16 @@ def momentum_update(p, g, v, lr, momentum, *, backend=None):
     _update(op, be, args, p, g, v=v)
 
 
+def nesterov_update(p, g, v, lr, momentum, *, backend=None):
+    """SGD with Nesterov momentum as torch.optim.SGD(nesterov=True):
+    ``v = momentum * v + g; p -= lr * (g + momentum * v)`` (v starts at zero). At a
+    constant rate these are the steps of scikit-learn's ``nesterovs_momentum``."""
+    op = "nesterov_update"
+    be = _backend(backend)
+    args = (_validate.real(op, "lr", lr, low=0), _validate.real(op, "momentum", momentum, low=0))
+    _update(op, be, args, p, g, v=v)
+
+
 def adagrad_update(p, g, h, lr, eps=1e-10, *, backend=None):
     """Adagrad as torch.optim.Adagrad: ``h += g*g; p -= lr * g / (sqrt(h) + eps)``."""
     op = "adagrad_update"
@@ -533,3 +547,213 @@ def adamw_update(p, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weigh
     be = _backend(backend)
     args = (*_adam_scalars(op, t, lr, beta1, beta2, eps), _validate.real(op, "weight_decay", weight_decay, low=0))
     _update(op, be, args, p, g, m=m, v=v)
+
+
+# ---------------------------------------------------------------------------------------
+# Normalisation: BatchNorm1d (per column, over the rows) and LayerNorm (per row, over the
+# columns) of 2-D inputs, as torch's; the forward returns what its backward needs
+# ---------------------------------------------------------------------------------------
+
+
+def _norm_operands(op: str, x, weight, bias, **others):
+    """x as a nonempty 2-D array, and weight and bias as (C,) vectors (None: ones and
+    zeros), all in one compute dtype (which ``others`` take part in), ready for a kernel."""
+    x = _array(x, op, "x")
+    _check_ndim(x, 2, op, "x")
+    _check_nonempty(x, op, "x")
+    width = x.shape[1]
+    vectors = {}
+    for name, v in (("weight", weight), ("bias", bias)):
+        if v is not None:
+            v = vectors[name] = _array(v, op, name)
+            if tuple(v.shape) != (width,):
+                raise ValueError(f"{op}: {name} has shape ({_shape_str(v.shape)}), expected ({width},) "
+                                 f"for x of shape ({_shape_str(x.shape)})")
+    dtype = _common_dtype(op, x=x, **vectors, **others)
+    # absent vectors are host arrays; the cuda backend copies host inputs to the device
+    weight = np.ones(width, dtype) if weight is None else _prepare(vectors["weight"], dtype, op, "weight")
+    bias = np.zeros(width, dtype) if bias is None else _prepare(vectors["bias"], dtype, op, "bias")
+    return _prepare(x, dtype, op, "x"), weight, bias, dtype
+
+
+def _saved(v, shape, dtype, op: str, name: str):
+    """A statistic saved by a forward pass (mean, invstd), checked and prepared."""
+    v = _array(v, op, name)
+    if tuple(v.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} has shape ({_shape_str(v.shape)}), expected ({_shape_str(shape)})")
+    return _prepare(v, dtype, op, name)
+
+
+def _running(v, width: int, dtype, op: str, name: str):
+    """A running statistic, updated in place: an array of the compute dtype and shape
+    (width,), writeable. Returns the array the kernel updates: ``v`` itself, or a
+    contiguous copy when ``v`` is a strided view (the caller writes it back)."""
+    if not (isinstance(v, np.ndarray) or _is_device_array(v)):
+        raise TypeError(f"{op}: {name} must be an array (it is updated in place), got {type(v).__name__}")
+    if tuple(v.shape) != (width,):
+        raise ValueError(f"{op}: {name} has shape ({_shape_str(v.shape)}), expected ({width},)")
+    if np.dtype(v.dtype) != dtype:
+        raise TypeError(f"{op}: {name} has dtype {v.dtype}; the computation runs in {dtype}")
+    if isinstance(v, np.ndarray):
+        if not v.flags.writeable:
+            raise ValueError(f"{op}: {name} is read-only")
+        if not v.flags.c_contiguous:
+            return np.ascontiguousarray(v)
+    return v
+
+
+def batch_norm_forward(x, weight=None, bias=None, *, running_mean=None, running_var=None, training=True,
+                       momentum=0.1, eps=1e-5, out=None, mean=None, invstd=None, backend=None):
+    """Batch normalisation of the columns of ``x`` (N, C), as torch.nn.BatchNorm1d:
+    ``y = (x - mean) * invstd * weight + bias`` with ``invstd = 1 / sqrt(var + eps)``.
+
+    In training (``training=True``, N >= 2) mean and the biased var are the batch's, and
+    when ``running_mean``/``running_var`` are given they are updated in place:
+    ``running = (1 - momentum) * running + momentum * batch`` with the unbiased batch
+    variance for ``running_var``. In evaluation the running statistics (required) are used.
+    ``weight``/``bias`` None: ones/zeros (affine=False). Returns ``(y, mean, invstd)``,
+    the (C,) statistics ``batch_norm_backward`` takes; ``out``, ``mean``, ``invstd`` may
+    hold buffers for them."""
+    op = "batch_norm_forward"
+    be = _backend(backend)
+    x, weight, bias, dtype = _norm_operands(op, x, weight, bias)
+    n, c = x.shape
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: give both running_mean and running_var, or neither")
+    if not training and running_mean is None:
+        raise ValueError(f"{op}: evaluation (training=False) normalises with running_mean and running_var; "
+                         "give them, or use the batch statistics with training=True")
+    if training and n < 2:
+        raise ValueError(f"{op}: training needs more than one sample per feature to take the batch "
+                         f"variance, got x of shape ({_shape_str(x.shape)})")
+    momentum = _validate.real(op, "momentum", momentum, low=0, high=1, expected="in [0, 1]")
+    eps = _validate.real(op, "eps", eps, low=0, low_open=True)
+    work = [None, None]
+    if running_mean is not None:
+        work = [_running(running_mean, c, dtype, op, "running_mean"), _running(running_var, c, dtype, op, "running_var")]
+    out = _output(out, (n, c), dtype, be, op, x)
+    mean = _output(mean, (c,), dtype, be, op + " (mean)", x)
+    invstd = _output(invstd, (c,), dtype, be, op + " (invstd)", x)
+    be.batch_norm_forward(x, weight, bias, work[0], work[1], bool(training), momentum, eps, out, mean, invstd)
+    for updated, original in zip(work, (running_mean, running_var)):
+        if updated is not original:  # a strided running statistic was updated in a copy
+            original[...] = updated
+    return out, mean, invstd
+
+
+def _norm_backward_operands(op: str, x, grad_out, weight, mean, invstd, stats_axis: int):
+    grad_out = _array(grad_out, op, "grad_out")
+    x, weight, _, dtype = _norm_operands(op, x, weight, None, grad_out=grad_out)
+    if tuple(grad_out.shape) != tuple(x.shape):
+        raise ValueError(f"{op}: grad_out has shape ({_shape_str(grad_out.shape)}) but x has shape "
+                         f"({_shape_str(x.shape)})")
+    shape = (x.shape[stats_axis],)
+    return (x, _prepare(grad_out, dtype, op, "grad_out"), weight, _saved(mean, shape, dtype, op, "mean"),
+            _saved(invstd, shape, dtype, op, "invstd"), dtype)
+
+
+def _gradient_outputs(op: str, x, dtype, be, dx, dweight, dbias):
+    c = x.shape[1]
+    return (_output(dx, x.shape, dtype, be, op + " (dx)", x), _output(dweight, (c,), dtype, be, op + " (dweight)", x),
+            _output(dbias, (c,), dtype, be, op + " (dbias)", x))
+
+
+def batch_norm_backward(x, grad_out, weight, mean, invstd, *, training=True, dx=None, dweight=None, dbias=None,
+                        backend=None):
+    """Gradients of :func:`batch_norm_forward` given its input ``x``, the gradient of its
+    output and the ``mean``/``invstd`` it returned: ``(dx, dweight, dbias)``. With
+    ``training`` the batch statistics are differentiated too; without it they are
+    constants (the evaluation-mode forward). ``weight`` None: ones. ``dx``, ``dweight``,
+    ``dbias`` may hold buffers for the results."""
+    op = "batch_norm_backward"
+    be = _backend(backend)
+    x, grad_out, weight, mean, invstd, dtype = _norm_backward_operands(op, x, grad_out, weight, mean, invstd, 1)
+    dx, dweight, dbias = _gradient_outputs(op, x, dtype, be, dx, dweight, dbias)
+    be.batch_norm_backward(x, grad_out, weight, mean, invstd, bool(training), dx, dweight, dbias)
+    return dx, dweight, dbias
+
+
+def layer_norm_forward(x, weight=None, bias=None, *, eps=1e-5, out=None, mean=None, invstd=None, backend=None):
+    """Layer normalisation of the rows of ``x`` (N, C), as torch.nn.LayerNorm(C):
+    ``y = (x - mean) * invstd * weight + bias`` with each row's mean and biased variance,
+    ``invstd = 1 / sqrt(var + eps)``. ``weight``/``bias`` None: ones/zeros. Returns
+    ``(y, mean, invstd)``, the statistics of shape (N,) that ``layer_norm_backward`` takes;
+    ``out``, ``mean``, ``invstd`` may hold buffers for them."""
+    op = "layer_norm_forward"
+    be = _backend(backend)
+    x, weight, bias, dtype = _norm_operands(op, x, weight, bias)
+    eps = _validate.real(op, "eps", eps, low=0, low_open=True)
+    n = x.shape[0]
+    out = _output(out, x.shape, dtype, be, op, x)
+    mean = _output(mean, (n,), dtype, be, op + " (mean)", x)
+    invstd = _output(invstd, (n,), dtype, be, op + " (invstd)", x)
+    be.layer_norm_forward(x, weight, bias, eps, out, mean, invstd)
+    return out, mean, invstd
+
+
+def layer_norm_backward(x, grad_out, weight, mean, invstd, *, dx=None, dweight=None, dbias=None, backend=None):
+    """Gradients of :func:`layer_norm_forward` given its input ``x``, the gradient of its
+    output and the ``mean``/``invstd`` it returned: ``(dx, dweight, dbias)``. ``weight``
+    None: ones. ``dx``, ``dweight``, ``dbias`` may hold buffers for the results."""
+    op = "layer_norm_backward"
+    be = _backend(backend)
+    x, grad_out, weight, mean, invstd, dtype = _norm_backward_operands(op, x, grad_out, weight, mean, invstd, 0)
+    dx, dweight, dbias = _gradient_outputs(op, x, dtype, be, dx, dweight, dbias)
+    be.layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias)
+    return dx, dweight, dbias
+
+
+
+# ---------------------------------------------------------------------------------------
+# Whole vectors: what gradient clipping by global norm is built on
+# ---------------------------------------------------------------------------------------
+
+
+def _vector(x, op: str):
+    """``x`` (any shape) as a flat C-contiguous array of its float dtype (None: empty)."""
+    x = _array(x, op, "x")
+    dtype = _common_dtype(op, x=x)
+    if math.prod(x.shape) == 0:
+        return None
+    x = _prepare(x, dtype, op, "x")
+    return x.reshape(x.size) if len(x.shape) != 1 else x
+
+
+def sum_squares(x, *, backend=None) -> float:
+    """The sum of ``x * x`` over every element (accumulated in float64): the squared
+    Euclidean norm. 0.0 for an empty array."""
+    op = "sum_squares"
+    be = _backend(backend)
+    x = _vector(x, op)
+    return 0.0 if x is None else float(be.sum_squares(x))
+
+
+def max_abs(x, *, backend=None) -> float:
+    """The largest ``|x|`` (the infinity norm); NaN when ``x`` holds a NaN; 0.0 for an
+    empty array."""
+    op = "max_abs"
+    be = _backend(backend)
+    x = _vector(x, op)
+    return 0.0 if x is None else float(be.max_abs(x))
+
+
+def scale(x, alpha, *, backend=None) -> None:
+    """``x *= alpha`` in place (``alpha`` a real number, also inf or NaN, rounded to x's
+    dtype as NumPy does)."""
+    op = "scale"
+    be = _backend(backend)
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"{op}: alpha must be a real number, got {alpha!r}")
+    if not (isinstance(x, np.ndarray) or _is_device_array(x)):
+        raise TypeError(f"{op}: x must be an array (it is scaled in place), got {type(x).__name__}")
+    if np.dtype(x.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"{op}: x has dtype {x.dtype}; arrays scaled in place must be float32 or float64")
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        raise ValueError(f"{op}: x is read-only")
+    if math.prod(x.shape) == 0:
+        return
+    contiguous = _is_device_array(x) or x.flags.c_contiguous
+    work = x if contiguous else np.ascontiguousarray(x)
+    be.scale(work.reshape(work.size) if len(work.shape) != 1 else work, float(alpha))
+    if not contiguous:
+        x[...] = work

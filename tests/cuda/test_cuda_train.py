@@ -74,11 +74,13 @@ def test_device_epochs_equal_the_layer_by_layer_path(split_gemms, monkeypatch):
     assert runs[0][2]["t"] == 4
 
 
-def test_the_launches_executor_computes_the_same(split_gemms, monkeypatch):
+@pytest.mark.parametrize("nesterov", [False, True], ids=["momentum", "nesterov"])
+def test_the_launches_executor_computes_the_same(split_gemms, monkeypatch, nesterov):
     monkeypatch.setenv("NNKERN_CUDA_EXECUTOR", "launches")
     x, y = _data(n=11)
     runs = _fit_both(lambda backend: _small_model(backend, np.float64, nn.GELU),
-                     lambda: optim.SGD(0.2, momentum=0.9, weight_decay=0.01), x, y, epochs=1, batch_size=8, seed=2)
+                     lambda: optim.SGD(0.2, momentum=0.9, weight_decay=0.01, nesterov=nesterov), x, y, epochs=1,
+                     batch_size=8, seed=2)
     _assert_same_training(runs, rtol=1e-10)
 
 
@@ -121,6 +123,7 @@ OPTIMIZERS = {
     "adadelta": lambda: optim.Adadelta(),
     "adam": lambda: optim.Adam(lr=1e-2, weight_decay=1e-3),
     "adamw": lambda: optim.AdamW(lr=1e-2, weight_decay=0.1),
+    "nesterov": lambda: optim.SGD(lr=0.05, momentum=0.9, weight_decay=1e-2, nesterov=True),
 }
 
 

@@ -20,12 +20,21 @@ from nnkern.backends import cuda_kernels, cuda_train
 TARGET_CC = (9, 0)
 
 # float32 kernels whose float64 arithmetic is deliberate: loss sums are float64 as in the
-# reference, and binary cross entropy computes in float64 throughout like the reference.
+# reference, binary cross entropy computes in float64 throughout like the reference, and
+# so do the normalisations (statistics and normalised values, as the reference) and the
+# vector norms of gradient clipping.
 FLOAT64_BY_DESIGN = {
     "softmax_cross_entropy_labels",
     "softmax_cross_entropy_targets",
     "mse",
     "binary_cross_entropy",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "layer_norm_forward",
+    "layer_norm_input_grad",
+    "layer_norm_parameter_grad",
+    "sum_squares",
+    "max_abs",
 }
 # The training kernels sum the loss in float64 too (row losses, the step's mean); their
 # float32 GEMMs, activations and updates must not be (test_kernel_compiles_to_ptx checks).

@@ -23,11 +23,30 @@ Raw kernel signatures (outputs are written in place; losses return a Python floa
     bias_grad(dy, out)                              # column sums of dy
     sgd_update(p, g, lr)                            # p, g and state arrays: 1-D, same length
     momentum_update(p, g, v, lr, momentum)
+    nesterov_update(p, g, v, lr, momentum)          # v = momentum*v + g; p -= lr*(g + momentum*v)
     adagrad_update(p, g, h, lr, eps)
     rmsprop_update(p, g, h, lr, alpha, eps)
     adadelta_update(p, g, h, d, lr, rho, eps)
     adam_update(p, g, m, v, t, lr, beta1, beta2, eps)
     adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay)
+    batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, out, mean, invstd)
+    batch_norm_backward(x, grad_out, weight, mean, invstd, training, dx, dweight, dbias)
+    layer_norm_forward(x, weight, bias, eps, out, mean, invstd)
+    layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias)
+    sum_squares(x) -> float                         # x: 1-D; sum of x*x accumulated in double
+    max_abs(x) -> float                             # max |x|, NaN when x holds a NaN
+    scale(x, alpha)                                 # x *= alpha in place (alpha may be inf or NaN)
+
+Normalisation (x of shape (N, C); weight and bias always given, ones and zeros for a layer
+without them): BatchNorm over the rows, per column, statistics (N >= 2 in training) and
+weight, bias, running_*, mean, invstd of shape (C,); LayerNorm over the columns, per row,
+mean and invstd of shape (N,). ``invstd`` is 1 / sqrt(var + eps) with the biased variance,
+accumulated in double. batch_norm_forward in training writes the batch's mean and invstd
+and, unless running_mean is None, updates running_mean and running_var in place with
+``momentum`` (running_var takes the unbiased variance, as torch's); in evaluation it reads
+running_mean and running_var and writes the mean and invstd it normalised with.
+batch_norm_backward with ``training`` differentiates through the batch statistics,
+without it through the fixed ones. dweight and dbias are written, not accumulated.
 
 ``act`` is one of ``ACTIVATIONS``; ``slope`` is leaky_relu's negative slope (ignored by
 the others). ``ACTIVATION_CODES`` gives the integer code compiled kernels switch on.
@@ -47,11 +66,19 @@ KERNELS = (
     "bias_grad",
     "sgd_update",
     "momentum_update",
+    "nesterov_update",
     "adagrad_update",
     "rmsprop_update",
     "adadelta_update",
     "adam_update",
     "adamw_update",
+    "batch_norm_forward",
+    "batch_norm_backward",
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "sum_squares",
+    "max_abs",
+    "scale",
 )
 
 # "gelu" is the exact erf form; "gelu_tanh" the tanh approximation (ops.activation maps
@@ -63,8 +90,8 @@ ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 # The Cython enum (kernels/cython/nnk_update.h, exported as _cy_train.UPDATE_RULE_CODES)
 # lists them in this order, and numba_train and cuda_train take their codes from here
 # (tests/test_tables.py checks all three). Each rule's hyperparameters (a, b):
-# momentum | - | - | alpha | rho | beta1, beta2 | beta1, beta2.
-UPDATE_RULES = ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw")
+# - | momentum | - | alpha | rho | beta1, beta2 | beta1, beta2 | momentum.
+UPDATE_RULES = ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "nesterov")
 UPDATE_RULE_CODES = {name: code for code, name in enumerate(UPDATE_RULES)}
 
 # Which forward quantity each activation's gradient is computed from.

@@ -255,6 +255,10 @@ def momentum_update(p, g, v, lr, momentum):
     _update("momentum_update", p, g, (v,), (lr, momentum))
 
 
+def nesterov_update(p, g, v, lr, momentum):
+    _update("nesterov_update", p, g, (v,), (lr, momentum))
+
+
 def adagrad_update(p, g, h, lr, eps):
     _update("adagrad_update", p, g, (h,), (lr, eps))
 
@@ -276,3 +280,81 @@ def adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
     _update("adamw_update", p, g, (m, v),
             (1.0 - lr * weight_decay, lr, beta1, 1.0 - beta1, beta2, 1.0 - beta2, 1.0 - beta1**t,
              1.0 - beta2**t, eps))
+
+
+# Normalisation: BatchNorm's kernels take BIAS_COLUMNS columns per block (its statistics
+# are column sums); LayerNorm's a row per block, and its parameter gradients the columns.
+
+
+def _column_launch(columns: int):
+    return math.ceil(columns / BIAS_COLUMNS), (BIAS_COLUMNS, BIAS_ROW_GROUPS)
+
+
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, out, mean, invstd):
+    kernels = kernel_family(out.dtype)
+    grid, block = _column_launch(out.shape[1])
+    with _Staging() as s:
+        saved_mean, saved_invstd = s.output(mean), s.output(invstd)
+        if running_mean is None:  # typed arguments: the unused running statistics are the outputs
+            running = (saved_mean, saved_invstd)
+        elif training:
+            running = (s.in_place(running_mean), s.in_place(running_var))
+        else:
+            running = (s.input(running_mean), s.input(running_var))
+        kernels.batch_norm_forward[grid, block](
+            s.input(x), s.input(weight), s.input(bias), *running, bool(training and running_mean is not None),
+            bool(training), float(momentum), float(eps), s.output(out), saved_mean, saved_invstd)
+
+
+def batch_norm_backward(x, grad_out, weight, mean, invstd, training, dx, dweight, dbias):
+    kernels = kernel_family(dx.dtype)
+    grid, block = _column_launch(dx.shape[1])
+    with _Staging() as s:
+        kernels.batch_norm_backward[grid, block](
+            s.input(x), s.input(grad_out), s.input(weight), s.input(mean), s.input(invstd), bool(training),
+            s.output(dx), s.output(dweight), s.output(dbias))
+
+
+def layer_norm_forward(x, weight, bias, eps, out, mean, invstd):
+    kernels = kernel_family(out.dtype)
+    with _Staging() as s:
+        kernels.layer_norm_forward[out.shape[0], ROW_THREADS](
+            s.input(x), s.input(weight), s.input(bias), float(eps), s.output(out), s.output(mean), s.output(invstd))
+
+
+def layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias):
+    kernels = kernel_family(dx.dtype)
+    grid, block = _column_launch(dx.shape[1])
+    with _Staging() as s:
+        x, grad_out, mean, invstd = s.input(x), s.input(grad_out), s.input(mean), s.input(invstd)
+        kernels.layer_norm_input_grad[dx.shape[0], ROW_THREADS](x, grad_out, s.input(weight), mean, invstd,
+                                                                s.output(dx))
+        kernels.layer_norm_parameter_grad[grid, block](x, grad_out, mean, invstd, s.output(dweight),
+                                                       s.output(dbias))
+
+
+# Whole vectors (gradient clipping by global norm)
+
+
+def sum_squares(x):
+    kernels = kernel_family(x.dtype)
+    blocks = _loss_blocks(x.size)
+    partials = cuda.device_array(blocks, dtype=np.float64)
+    with _Staging() as s:
+        kernels.sum_squares[blocks, THREADS](_flat(s.input(x)), partials)
+        return _read_sum(partials)
+
+
+def max_abs(x):
+    kernels = kernel_family(x.dtype)
+    blocks = _loss_blocks(x.size)
+    partials = cuda.device_array(blocks, dtype=np.float64)
+    with _Staging() as s:
+        kernels.max_abs[blocks, THREADS](_flat(s.input(x)), partials)
+    return float(np.max(partials.copy_to_host()))  # the blocks' results: NaN propagates
+
+
+def scale(x, alpha):
+    kernels = kernel_family(x.dtype)
+    with _Staging() as s:
+        kernels.scale[_grid(x.size), THREADS](_flat(s.in_place(x)), kernels.scalar(alpha))

@@ -1,5 +1,8 @@
 """Numba CUDA kernels of the "cuda" backend (launched by :mod:`cuda_backend`).
 
+(One module on purpose, above the ~700 lines the project aims for: every kernel is built
+inside one closure per dtype, :func:`kernel_family`, which a split would have to repeat.)
+
 The kernels are built once per float dtype by :func:`kernel_family`: their constants
 (``ONE``, ``HALF``, ...) are NumPy scalars of that dtype captured by closure, so Numba
 types them as float32 in the float32 family and no float32 kernel is silently promoted
@@ -441,6 +444,13 @@ def kernel_family(dtype) -> SimpleNamespace:
         p[i] -= lr * velocity
 
     @cuda.jit(device=True)
+    def nesterov_at(i, p, g, v, lr, momentum):
+        grad = g[i]
+        velocity = momentum * v[i] + grad
+        v[i] = velocity
+        p[i] -= lr * (grad + momentum * velocity)
+
+    @cuda.jit(device=True)
     def adagrad_at(i, p, g, h, lr, eps):
         grad = g[i]
         accumulated = h[i] + grad * grad
@@ -484,6 +494,11 @@ def kernel_family(dtype) -> SimpleNamespace:
             momentum_at(i, p, g, v, lr, momentum)
 
     @kernel(vec, vec, vec, real, real)
+    def nesterov_update(p, g, v, lr, momentum):
+        for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+            nesterov_at(i, p, g, v, lr, momentum)
+
+    @kernel(vec, vec, vec, real, real)
     def adagrad_update(p, g, h, lr, eps):
         for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
             adagrad_at(i, p, g, h, lr, eps)
@@ -524,10 +539,203 @@ def kernel_family(dtype) -> SimpleNamespace:
             adamw_at(i, p, g, m, v, decay, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
                      bias_correction1, bias_correction2, eps)
 
+    # -- normalisation: statistics and normalised values in float64, as the reference.
+    # BatchNorm and LayerNorm's parameter gradients are column kernels: a block of
+    # BIAS_COLUMNS x BIAS_ROW_GROUPS threads per BIAS_COLUMNS columns (coalesced along
+    # the rows), each row group striding down the rows; LayerNorm's other kernels take a
+    # row per block of ROW_THREADS, as softmax. --------------------------------------
+
+    @cuda.jit(device=True)
+    def column_total(buf, value):
+        """The sum of ``value`` over the row groups of this thread's column, for each of them."""
+        tx = cuda.threadIdx.x
+        buf[cuda.threadIdx.y, tx] = value
+        cuda.syncthreads()
+        total = 0.0
+        for group in range(BIAS_ROW_GROUPS):
+            total += buf[group, tx]
+        cuda.syncthreads()  # buf is reused by the next total
+        return total
+
+    @kernel(mat, vec, vec, vec, vec, types.boolean, types.boolean, types.float64, types.float64, mat, vec, vec)
+    def batch_norm_forward(x, weight, bias, running_mean, running_var, update_running, training, momentum, eps,
+                           out, mean, invstd):
+        """Training: the column's mean and biased variance (two passes), saved as mean and
+        invstd, the running statistics updated (unbiased variance) when update_running;
+        evaluation: the running statistics. Then out = (x - mean) * invstd * weight + bias."""
+        buf = cuda.shared.array((BIAS_ROW_GROUPS, BIAS_COLUMNS), types.float64)
+        ty = cuda.threadIdx.y
+        col = cuda.blockIdx.x * BIAS_COLUMNS + cuda.threadIdx.x
+        n = x.shape[0]
+        inside = col < x.shape[1]
+        if training:  # every thread reaches the column totals (they synchronise the block)
+            acc = 0.0
+            if inside:
+                for row in range(ty, n, BIAS_ROW_GROUPS):
+                    acc += np.float64(x[row, col])
+            col_mean = column_total(buf, acc) / n
+            acc = 0.0
+            if inside:
+                for row in range(ty, n, BIAS_ROW_GROUPS):
+                    d = np.float64(x[row, col]) - col_mean
+                    acc += d * d
+            var = column_total(buf, acc) / n
+            col_invstd = 1.0 / math.sqrt(var + eps)
+            if inside and ty == 0:
+                mean[col] = col_mean
+                invstd[col] = col_invstd
+                if update_running:
+                    running_mean[col] = (1.0 - momentum) * np.float64(running_mean[col]) + momentum * np.float64(f(col_mean))
+                    running_var[col] = (1.0 - momentum) * np.float64(running_var[col]) + momentum * var * (n / (n - 1.0))
+        elif inside:  # the statistics as saved, in the dtype
+            col_mean = np.float64(running_mean[col])
+            col_invstd = np.float64(f(1.0 / math.sqrt(np.float64(running_var[col]) + eps)))
+            if ty == 0:
+                mean[col] = running_mean[col]
+                invstd[col] = col_invstd
+        if inside:
+            scale = col_invstd * np.float64(weight[col])
+            shift = np.float64(bias[col])
+            for row in range(ty, n, BIAS_ROW_GROUPS):
+                out[row, col] = (np.float64(x[row, col]) - col_mean) * scale + shift
+
+    @kernel(mat, mat, vec, vec, vec, types.boolean, mat, vec, vec)
+    def batch_norm_backward(x, grad_out, weight, mean, invstd, training, dx, dweight, dbias):
+        """dbias and dweight (column sums of g and g * xhat); dx through the batch
+        statistics (training) or through fixed ones."""
+        buf = cuda.shared.array((BIAS_ROW_GROUPS, BIAS_COLUMNS), types.float64)
+        ty = cuda.threadIdx.y
+        col = cuda.blockIdx.x * BIAS_COLUMNS + cuda.threadIdx.x
+        n = x.shape[0]
+        inside = col < x.shape[1]
+        col_mean = 0.0
+        col_invstd = 0.0
+        acc_g = 0.0
+        acc_g_xhat = 0.0
+        if inside:
+            col_mean = np.float64(mean[col])
+            col_invstd = np.float64(invstd[col])
+            for row in range(ty, n, BIAS_ROW_GROUPS):
+                g = np.float64(grad_out[row, col])
+                acc_g += g
+                acc_g_xhat += g * ((np.float64(x[row, col]) - col_mean) * col_invstd)
+        sum_g = column_total(buf, acc_g)
+        sum_g_xhat = column_total(buf, acc_g_xhat)
+        if inside:
+            if ty == 0:
+                dbias[col] = sum_g
+                dweight[col] = sum_g_xhat
+            scale = np.float64(weight[col]) * col_invstd
+            if training:
+                mean_g = sum_g / n
+                mean_g_xhat = sum_g_xhat / n
+                for row in range(ty, n, BIAS_ROW_GROUPS):
+                    xhat = (np.float64(x[row, col]) - col_mean) * col_invstd
+                    dx[row, col] = scale * (np.float64(grad_out[row, col]) - mean_g - xhat * mean_g_xhat)
+            else:
+                for row in range(ty, n, BIAS_ROW_GROUPS):
+                    dx[row, col] = scale * np.float64(grad_out[row, col])
+
+    @kernel(mat, vec, vec, types.float64, mat, vec, vec)
+    def layer_norm_forward(x, weight, bias, eps, out, mean, invstd):
+        """One row: its mean and biased variance (two passes), then the normalised row."""
+        buf = cuda.shared.array(ROW_THREADS, types.float64)
+        row = cuda.blockIdx.x
+        c = x.shape[1]
+        acc = 0.0
+        for j in range(cuda.threadIdx.x, c, ROW_THREADS):
+            acc += np.float64(x[row, j])
+        row_mean = _block_sum(buf, acc) / c
+        acc = 0.0
+        for j in range(cuda.threadIdx.x, c, ROW_THREADS):
+            d = np.float64(x[row, j]) - row_mean
+            acc += d * d
+        row_invstd = 1.0 / math.sqrt(_block_sum(buf, acc) / c + eps)
+        if cuda.threadIdx.x == 0:
+            mean[row] = row_mean
+            invstd[row] = row_invstd
+        for j in range(cuda.threadIdx.x, c, ROW_THREADS):
+            out[row, j] = (np.float64(x[row, j]) - row_mean) * row_invstd * np.float64(weight[j]) + np.float64(bias[j])
+
+    @kernel(mat, mat, vec, vec, vec, mat)
+    def layer_norm_input_grad(x, grad_out, weight, mean, invstd, dx):
+        """One row of dx = invstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = g weight."""
+        buf = cuda.shared.array(ROW_THREADS, types.float64)
+        row = cuda.blockIdx.x
+        c = x.shape[1]
+        row_mean = np.float64(mean[row])
+        row_invstd = np.float64(invstd[row])
+        acc = 0.0
+        acc_xhat = 0.0
+        for j in range(cuda.threadIdx.x, c, ROW_THREADS):
+            dxhat = np.float64(grad_out[row, j]) * np.float64(weight[j])
+            acc += dxhat
+            acc_xhat += dxhat * ((np.float64(x[row, j]) - row_mean) * row_invstd)
+        mean_dxhat = _block_sum(buf, acc) / c
+        mean_dxhat_xhat = _block_sum(buf, acc_xhat) / c
+        for j in range(cuda.threadIdx.x, c, ROW_THREADS):
+            xhat = (np.float64(x[row, j]) - row_mean) * row_invstd
+            dx[row, j] = row_invstd * (np.float64(grad_out[row, j]) * np.float64(weight[j]) - mean_dxhat
+                                       - xhat * mean_dxhat_xhat)
+
+    @kernel(mat, mat, vec, vec, vec, vec)
+    def layer_norm_parameter_grad(x, grad_out, mean, invstd, dweight, dbias):
+        """Column sums of g (dbias) and of g * xhat (dweight), xhat by the row statistics."""
+        buf = cuda.shared.array((BIAS_ROW_GROUPS, BIAS_COLUMNS), types.float64)
+        col = cuda.blockIdx.x * BIAS_COLUMNS + cuda.threadIdx.x
+        acc_g = 0.0
+        acc_g_xhat = 0.0
+        if col < x.shape[1]:
+            for row in range(cuda.threadIdx.y, x.shape[0], BIAS_ROW_GROUPS):
+                g = np.float64(grad_out[row, col])
+                acc_g += g
+                acc_g_xhat += g * ((np.float64(x[row, col]) - np.float64(mean[row])) * np.float64(invstd[row]))
+        sum_g = column_total(buf, acc_g)
+        sum_g_xhat = column_total(buf, acc_g_xhat)
+        if col < x.shape[1] and cuda.threadIdx.y == 0:
+            dbias[col] = sum_g
+            dweight[col] = sum_g_xhat
+
+    # -- whole vectors (gradient clipping): per-block float64 partial results ---------
+
+    @kernel(vec, types.float64[::1])
+    def sum_squares(x, partials):
+        buf = cuda.shared.array(THREADS, types.float64)
+        acc = 0.0
+        for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+            v = np.float64(x[i])
+            acc += v * v
+        total = _block_sum(buf, acc)
+        if cuda.threadIdx.x == 0:
+            partials[cuda.blockIdx.x] = total
+
+    @kernel(vec, types.float64[::1])
+    def max_abs(x, partials):
+        """partials[block] = the block's max |x|, or NaN when it met one."""
+        buf = cuda.shared.array(THREADS, types.float64)
+        best = 0.0
+        nans = 0.0
+        for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+            v = abs(np.float64(x[i]))
+            if v != v:
+                nans += 1.0
+            elif v > best:
+                best = v
+        best = _block_max(buf, best)
+        if _block_sum(buf, nans) > 0.0:
+            best = math.nan
+        if cuda.threadIdx.x == 0:
+            partials[cuda.blockIdx.x] = best
+
+    @kernel(vec, real)
+    def scale(x, alpha):
+        for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+            x[i] *= alpha
+
     # The device functions other kernel modules build on (cuda_train's fused step).
     device = SimpleNamespace(activate=activate, local_grad=local_grad, sgd_at=sgd_at,
-                             momentum_at=momentum_at, adagrad_at=adagrad_at, rmsprop_at=rmsprop_at,
-                             adadelta_at=adadelta_at, adam_at=adam_at, adamw_at=adamw_at)
+                             momentum_at=momentum_at, nesterov_at=nesterov_at, adagrad_at=adagrad_at,
+                             rmsprop_at=rmsprop_at, adadelta_at=adadelta_at, adam_at=adam_at, adamw_at=adamw_at)
 
     return SimpleNamespace(scalar=f, signatures=signatures, device=device, **launchable)
 

@@ -1,5 +1,9 @@
 """Device-resident training for the "cuda" backend: whole epochs on the GPU.
 
+(One module on purpose, above the ~700 lines the project aims for: the device functions
+of one epoch kernel, its plan and its two executors share the kernel's constants and
+structures, compiled together.)
+
 The layer-by-layer path launches some 30-40 kernels per training step through the ops
 layer, each costing tens of microseconds of Numba launch overhead, and reads the loss back
 every step: at MNIST sizes it is bound by launches, not by the GPU. This module runs the
@@ -120,8 +124,9 @@ STEP_COLUMNS = 5
 # status[HALTED_AT]: the first step whose loss was not finite (n_steps while none was).
 HALTED_AT = 0
 # The update rules' codes, as nnkern.backends.UPDATE_RULE_CODES defines them.
-RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM, RULE_ADAMW = (
-    UPDATE_RULE_CODES[name] for name in ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw"))
+RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM, RULE_ADAMW, RULE_NESTEROV = (
+    UPDATE_RULE_CODES[name]
+    for name in ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "nesterov"))
 RULES = frozenset(UPDATE_RULE_CODES.values())  # every rule runs on the device
 # What a GEMM's epilogue does after storing (acc + bias).
 POST_NONE, POST_ACTIVATE, POST_GRAD_MASK = range(3)
@@ -496,9 +501,9 @@ def kernels(dtype, block_side: int = BLOCK_SIDE, max_registers: int = 0) -> Simp
         return (0, item, 1, 0, 0, 0, False, 0, 0, False, False, False, False, 0, 0, False, False, 0, -1,
                 POST_NONE, 0, ZERO, 0, 0, 0)
 
-    sgd_at, momentum_at, adagrad_at = device.sgd_at, device.momentum_at, device.adagrad_at
-    rmsprop_at, adadelta_at, adam_at = device.rmsprop_at, device.adadelta_at, device.adam_at
-    adamw_at = device.adamw_at
+    sgd_at, momentum_at, nesterov_at = device.sgd_at, device.momentum_at, device.nesterov_at
+    adagrad_at, rmsprop_at, adadelta_at = device.adagrad_at, device.rmsprop_at, device.adadelta_at
+    adam_at, adamw_at = device.adam_at, device.adamw_at
 
     @cuda.jit(device=True)
     def update_item(item, step, params, grads, state0, state1, hyper, step_coeffs, rule, weight_decay):
@@ -515,6 +520,8 @@ def kernels(dtype, block_side: int = BLOCK_SIDE, max_registers: int = 0) -> Simp
                 sgd_at(i, params, grads, lr)
             elif rule == RULE_MOMENTUM:
                 momentum_at(i, params, grads, state0, lr, hyper[A])
+            elif rule == RULE_NESTEROV:
+                nesterov_at(i, params, grads, state0, lr, hyper[A])
             elif rule == RULE_ADAGRAD:
                 adagrad_at(i, params, grads, state0, lr, hyper[EPS])
             elif rule == RULE_RMSPROP:

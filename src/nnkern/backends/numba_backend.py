@@ -11,7 +11,9 @@ first call for the dtype it is given, or loaded from Numba's on-disk cache.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import numba
 import numpy as np
@@ -20,14 +22,33 @@ from .. import _threads
 from . import ACTIVATION_CODES, GRAD_NEEDS_OUTPUT
 from . import numba_kernels as _k
 
-# Numba is imported now (by numba_kernels): give it nnkern's thread count.
-_threads.get_num_threads()
-_threads.apply_to_numba()
+# Numba starts its threading layer now (its omp layer on the OpenMP runtime loaded first,
+# with nnkern's spin count). Numba picks the first of tbb, omp and workqueue that loads
+# (unless NUMBA_THREADING_LAYER names one); tbb and omp take parallel regions from several
+# Python threads at once, workqueue aborts the process when two overlap.
+_threads.load_openmp_runtime()
+numba.get_num_threads()
+THREADING_LAYER = numba.threading_layer()
+# Under workqueue nnkern's parallel regions run one at a time, each call its share of the budget.
+_workqueue_lock = threading.Lock() if THREADING_LAYER == "workqueue" else contextlib.nullcontext()
 
 
-def num_threads() -> int:
-    """nnkern's thread count as Numba can run it (never above its pool size)."""
-    return min(_threads.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+@contextlib.contextmanager
+def parallel_threads(threads: int):
+    """For a compiled call that may open parallel regions, given ``threads`` (its share of
+    the budget): at most Numba's pool size, and Numba's own count for this thread (what a
+    ``prange`` without an explicit split uses) set to it during the call and restored after;
+    under the workqueue layer, one such call at a time."""
+    threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+    with _workqueue_lock:
+        before = numba.get_num_threads()
+        if before != threads:
+            numba.set_num_threads(threads)
+        try:
+            yield threads
+        finally:
+            if before != threads:
+                numba.set_num_threads(before)
 
 
 # The GEMM's form and threading thresholds live with the kernel (numba_kernels).
@@ -43,8 +64,9 @@ def _gemm(a, b, trans_a, trans_b, out, bias, act, slope):
     b_pack = np.empty(b_size, dtype=out.dtype)
     spare = np.empty(spare_size, dtype=out.dtype)
     has_bias = bias is not None
-    _k.gemm(a, trans_a, b, trans_b, out, bias if has_bias else spare, has_bias, act,
-            out.dtype.type(slope), a_tail, b_pack, spare, num_threads())
+    with _threads.claim() as share, parallel_threads(share) as threads:
+        _k.gemm(a, trans_a, b, trans_b, out, bias if has_bias else spare, has_bias, act,
+                out.dtype.type(slope), a_tail, b_pack, spare, threads)
 
 
 def matmul(a, b, trans_a, trans_b, out):
@@ -100,6 +122,11 @@ def momentum_update(p, g, v, lr, momentum):
     _k.momentum_update(p, g, v, real(lr), real(momentum))
 
 
+def nesterov_update(p, g, v, lr, momentum):
+    real = p.dtype.type
+    _k.nesterov_update(p, g, v, real(lr), real(momentum))
+
+
 def adagrad_update(p, g, h, lr, eps):
     real = p.dtype.type
     _k.adagrad_update(p, g, h, real(lr), real(eps))
@@ -133,3 +160,35 @@ def adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
     step_size, inv_sqrt_bias_correction2 = adam_scalars(t, lr, beta1, beta2)
     _k.adamw_update(p, g, m, v, real(1.0 - lr * weight_decay), real(beta1), real(1.0 - beta1), real(beta2),
                     real(1.0 - beta2), real(step_size), real(inv_sqrt_bias_correction2), real(eps))
+
+
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, out, mean, invstd):
+    update_running = training and running_mean is not None
+    if running_mean is None:  # Numba needs arrays of one type: the unused running statistics are the outputs
+        running_mean, running_var = mean, invstd
+    _k.batch_norm_forward(x, weight, bias, running_mean, running_var, update_running, bool(training),
+                          float(momentum), float(eps), out, mean, invstd)
+
+
+def batch_norm_backward(x, grad_out, weight, mean, invstd, training, dx, dweight, dbias):
+    _k.batch_norm_backward(x, grad_out, weight, mean, invstd, bool(training), dx, dweight, dbias)
+
+
+def layer_norm_forward(x, weight, bias, eps, out, mean, invstd):
+    _k.layer_norm_forward(x, weight, bias, float(eps), out, mean, invstd)
+
+
+def layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias):
+    _k.layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias)
+
+
+def sum_squares(x):
+    return _k.sum_squares(x)
+
+
+def max_abs(x):
+    return _k.max_abs(x)
+
+
+def scale(x, alpha):
+    _k.scale(x, x.dtype.type(alpha))

@@ -1,5 +1,9 @@
 """The compiled kernels of the "numba" backend (CPU).
 
+(One module on purpose, above the ~700 lines the project aims for: the kernels call and
+inline one another, GEMM micro-kernels and epilogues included, and Numba's on-disk cache
+keys each function by its module; one module keeps them one unit.)
+
 Every kernel is compiled lazily, on its first call, once per dtype (float32, float64) for
 C-contiguous arrays, and cached on disk (``cache=True``); importing this module compiles
 nothing. Arguments arrive validated by :mod:`nnkern.ops` (Numba does not bounds-check),
@@ -414,6 +418,15 @@ def momentum_update(p, g, v, lr, momentum):
 
 
 @_jit()
+def nesterov_update(p, g, v, lr, momentum):
+    for i in range(p.shape[0]):
+        gi = g[i]
+        vi = momentum * v[i] + gi
+        v[i] = vi
+        p[i] -= lr * (gi + momentum * vi)
+
+
+@_jit()
 def adagrad_update(p, g, h, lr, eps):
     for i in range(p.shape[0]):
         gi = g[i]
@@ -468,6 +481,177 @@ def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step
 # ---------------------------------------------------------------------------------------
 # GEMM: out = act(op(a) @ op(b) + bias), packed panels and an LLVM vector micro-kernel
 # ---------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------
+# Normalisation (BatchNorm over the rows per column, LayerNorm over the columns per row):
+# statistics and the normalised values in double, each kernel one call; BatchNorm's
+# column sums run row by row so that the inner loops go along memory
+# ---------------------------------------------------------------------------------------
+
+
+@_jit()
+def _column_statistics(x):
+    """(mean, biased variance) of every column, in float64, the variance two-pass."""
+    n, c = x.shape
+    mean = np.zeros(c)
+    for i in range(n):
+        for j in range(c):
+            mean[j] += x[i, j]
+    for j in range(c):
+        mean[j] /= n
+    var = np.zeros(c)
+    for i in range(n):
+        for j in range(c):
+            d = np.float64(x[i, j]) - mean[j]
+            var[j] += d * d
+    for j in range(c):
+        var[j] /= n
+    return mean, var
+
+
+@_jit()
+def _scale_shift_columns(x, mean, invstd, weight, bias, out):
+    """out = (x - mean) * invstd * weight + bias, per column, in double."""
+    n, c = x.shape
+    scale = np.empty(c)
+    for j in range(c):
+        scale[j] = invstd[j] * weight[j]
+    for i in range(n):
+        for j in range(c):
+            out[i, j] = (x[i, j] - mean[j]) * scale[j] + bias[j]
+
+
+@_jit()
+def batch_norm_forward(x, weight, bias, running_mean, running_var, update_running, training, momentum, eps,
+                       out, mean, invstd):
+    n, c = x.shape
+    if training:
+        batch_mean, var = _column_statistics(x)
+        batch_invstd = np.empty(c)
+        for j in range(c):
+            batch_invstd[j] = 1.0 / math.sqrt(var[j] + eps)
+            mean[j] = batch_mean[j]
+            invstd[j] = batch_invstd[j]
+        if update_running:
+            unbiased = n / (n - 1.0)
+            for j in range(c):
+                running_mean[j] = (1.0 - momentum) * running_mean[j] + momentum * np.float64(mean[j])
+                running_var[j] = (1.0 - momentum) * running_var[j] + momentum * var[j] * unbiased
+        _scale_shift_columns(x, batch_mean, batch_invstd, weight, bias, out)
+    else:
+        for j in range(c):
+            mean[j] = running_mean[j]
+            invstd[j] = 1.0 / math.sqrt(np.float64(running_var[j]) + eps)
+        _scale_shift_columns(x, mean.astype(np.float64), invstd.astype(np.float64), weight, bias, out)
+
+
+@_jit()
+def batch_norm_backward(x, grad_out, weight, mean, invstd, training, dx, dweight, dbias):
+    n, c = x.shape
+    sum_g = np.zeros(c)
+    sum_g_xhat = np.zeros(c)
+    for i in range(n):
+        for j in range(c):
+            g = np.float64(grad_out[i, j])
+            sum_g[j] += g
+            sum_g_xhat[j] += g * ((x[i, j] - np.float64(mean[j])) * np.float64(invstd[j]))
+    scale = np.empty(c)
+    for j in range(c):
+        dbias[j] = sum_g[j]
+        dweight[j] = sum_g_xhat[j]
+        scale[j] = np.float64(weight[j]) * np.float64(invstd[j])
+    if training:
+        for j in range(c):
+            sum_g[j] /= n
+            sum_g_xhat[j] /= n
+        for i in range(n):
+            for j in range(c):
+                xhat = (x[i, j] - np.float64(mean[j])) * np.float64(invstd[j])
+                dx[i, j] = scale[j] * (grad_out[i, j] - sum_g[j] - xhat * sum_g_xhat[j])
+    else:
+        for i in range(n):
+            for j in range(c):
+                dx[i, j] = scale[j] * grad_out[i, j]
+
+
+@_jit()
+def layer_norm_forward(x, weight, bias, eps, out, mean, invstd):
+    n, c = x.shape
+    for i in range(n):
+        total = 0.0
+        for j in range(c):
+            total += x[i, j]
+        row_mean = total / c
+        squares = 0.0
+        for j in range(c):
+            d = np.float64(x[i, j]) - row_mean
+            squares += d * d
+        row_invstd = 1.0 / math.sqrt(squares / c + eps)
+        mean[i] = row_mean
+        invstd[i] = row_invstd
+        for j in range(c):
+            out[i, j] = (x[i, j] - row_mean) * row_invstd * weight[j] + bias[j]
+
+
+@_jit()
+def layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias):
+    n, c = x.shape
+    sum_g = np.zeros(c)
+    sum_g_xhat = np.zeros(c)
+    for i in range(n):
+        row_mean, row_invstd = np.float64(mean[i]), np.float64(invstd[i])
+        mean_dxhat = 0.0
+        mean_dxhat_xhat = 0.0
+        for j in range(c):
+            g = np.float64(grad_out[i, j])
+            xhat = (x[i, j] - row_mean) * row_invstd
+            sum_g[j] += g
+            sum_g_xhat[j] += g * xhat
+            dxhat = g * weight[j]
+            mean_dxhat += dxhat
+            mean_dxhat_xhat += dxhat * xhat
+        mean_dxhat /= c
+        mean_dxhat_xhat /= c
+        for j in range(c):
+            xhat = (x[i, j] - row_mean) * row_invstd
+            dx[i, j] = row_invstd * (grad_out[i, j] * np.float64(weight[j]) - mean_dxhat - xhat * mean_dxhat_xhat)
+    for j in range(c):
+        dweight[j] = sum_g_xhat[j]
+        dbias[j] = sum_g[j]
+
+
+# ---------------------------------------------------------------------------------------
+# Whole vectors, for gradient clipping by global norm: reductions in float64
+# ---------------------------------------------------------------------------------------
+
+
+@_jit()
+def sum_squares(x):
+    total = 0.0
+    for i in range(x.shape[0]):
+        v = np.float64(x[i])
+        total += v * v
+    return total
+
+
+@_jit()
+def max_abs(x):
+    """max |x|; a NaN, once met, is the result (as NumPy's max)."""
+    best = 0.0
+    for i in range(x.shape[0]):
+        v = abs(np.float64(x[i]))
+        if not v <= best:  # a larger value, or NaN
+            if best != best:
+                continue
+            best = v
+    return best
+
+
+@_jit()
+def scale(x, alpha):
+    for i in range(x.shape[0]):
+        x[i] *= alpha
 
 
 @intrinsic

@@ -48,8 +48,9 @@ LR, A, ONE_MINUS_A, B_, ONE_MINUS_B, EPS, NEG_WEIGHT_DECAY, STEP_SIZE, INV_SQRT_
 HYPER_SIZE = 10
 
 # The update rules' codes, as nnkern.backends.UPDATE_RULE_CODES defines them.
-RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM, RULE_ADAMW = (
-    UPDATE_RULE_CODES[name] for name in ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw"))
+RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM, RULE_ADAMW, RULE_NESTEROV = (
+    UPDATE_RULE_CODES[name]
+    for name in ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "nesterov"))
 
 IDENTITY = ACTIVATION_CODES["identity"]
 
@@ -64,6 +65,8 @@ def _update(rule, p, g, s0, s1, hyper, weight_decay):
         _k.sgd_update(p, g, hyper[LR])
     elif rule == RULE_MOMENTUM:
         _k.momentum_update(p, g, s0, hyper[LR], hyper[A])
+    elif rule == RULE_NESTEROV:
+        _k.nesterov_update(p, g, s0, hyper[LR], hyper[A])
     elif rule == RULE_ADAGRAD:
         _k.adagrad_update(p, g, s0, hyper[LR], hyper[EPS])
     elif rule == RULE_RMSPROP:
@@ -377,8 +380,7 @@ class FusedMLPStep:
             bias_hyper[NEG_WEIGHT_DECAY] = -bias_weight_decay
             bias_hyper[DECAY] = 1.0 - lr * bias_weight_decay
             bias_l2_decay = bias_weight_decay != 0.0 and self.rule != RULE_ADAMW
-        loss, correct = train_step(x, labels, row_weights, self.bufs, self.table, self.slopes, self.rule, hyper,
-                                   bias_hyper, l2_decay, bias_l2_decay, self.delta0, self.delta1, self.delta2,
-                                   self.a_tail, self.b_pack, self.spare, self.sparse_lists,
-                                   min(num_threads, _backend.num_threads()))
-        return loss, correct
+        with _backend.parallel_threads(num_threads) as threads:
+            return train_step(x, labels, row_weights, self.bufs, self.table, self.slopes, self.rule, hyper,
+                              bias_hyper, l2_decay, bias_l2_decay, self.delta0, self.delta1, self.delta2,
+                              self.a_tail, self.b_pack, self.spare, self.sparse_lists, threads)

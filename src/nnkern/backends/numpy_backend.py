@@ -2,7 +2,9 @@
 
 This is the oracle every fast kernel is tested against, so it favours being obviously
 right over being fast: textbook formulas, float64 accumulation of losses, no tricks.
-Arguments arrive validated by :mod:`nnkern.ops` (see :mod:`nnkern.backends`).
+Arguments arrive validated by :mod:`nnkern.ops` (see :mod:`nnkern.backends`). Its
+products run on NumPy's BLAS with the thread count the user and the host have set for it
+(nnkern's budget does not apply: README "Threads").
 """
 
 from __future__ import annotations
@@ -156,6 +158,12 @@ def momentum_update(p, g, v, lr, momentum):
     p -= lr * v
 
 
+def nesterov_update(p, g, v, lr, momentum):
+    v *= momentum
+    v += g
+    p -= lr * (g + momentum * v)
+
+
 def adagrad_update(p, g, h, lr, eps):
     h += g * g
     p -= lr * g / (np.sqrt(h) + eps)
@@ -189,3 +197,80 @@ def adam_update(p, g, m, v, t, lr, beta1, beta2, eps):
 def adamw_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
     p *= 1.0 - lr * weight_decay  # decoupled weight decay, before Adam's step (as torch.optim.AdamW)
     adam_update(p, g, m, v, t, lr, beta1, beta2, eps)
+
+
+# Normalisation layers. Statistics are computed in float64 (as the losses are) and the
+# variance is the biased one, (x - mean)^2 averaged, as torch normalises with; invstd is
+# 1 / sqrt(var + eps), saved for the backward pass.
+
+
+def _normalize_forward(x, weight, bias, eps, axis, out, mean, invstd):
+    """Normalise ``x`` over ``axis`` with its own statistics; returns the biased variance."""
+    x64 = x.astype(np.float64)
+    mean64 = x64.mean(axis=axis)
+    centered = x64 - np.expand_dims(mean64, axis)
+    var64 = (centered * centered).mean(axis=axis)
+    invstd64 = 1.0 / np.sqrt(var64 + eps)
+    mean[...] = mean64
+    invstd[...] = invstd64
+    out[...] = centered * np.expand_dims(invstd64, axis) * weight + bias
+    return var64
+
+
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, out, mean, invstd):
+    if training:
+        var = _normalize_forward(x, weight, bias, eps, 0, out, mean, invstd)
+        if running_mean is not None:
+            n = x.shape[0]
+            running_mean *= 1.0 - momentum
+            running_mean += momentum * mean.astype(np.float64)
+            running_var *= 1.0 - momentum
+            running_var += momentum * var * n / (n - 1)  # the unbiased variance, as torch keeps
+    else:
+        mean[...] = running_mean
+        invstd[...] = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+        out[...] = (x - mean) * invstd * weight + bias
+
+
+def batch_norm_backward(x, grad_out, weight, mean, invstd, training, dx, dweight, dbias):
+    g = grad_out.astype(np.float64)
+    xhat = (x.astype(np.float64) - mean) * invstd
+    sum_g = g.sum(axis=0)
+    sum_g_xhat = (g * xhat).sum(axis=0)
+    dbias[...] = sum_g
+    dweight[...] = sum_g_xhat
+    scale = weight.astype(np.float64) * invstd
+    if training:  # the batch statistics depend on x: d/dx of (x - mean(x)) / std(x)
+        n = x.shape[0]
+        dx[...] = scale * (g - sum_g / n - xhat * sum_g_xhat / n)
+    else:
+        dx[...] = scale * g
+
+
+def layer_norm_forward(x, weight, bias, eps, out, mean, invstd):
+    _normalize_forward(x, weight, bias, eps, 1, out, mean, invstd)
+
+
+def layer_norm_backward(x, grad_out, weight, mean, invstd, dx, dweight, dbias):
+    g = grad_out.astype(np.float64)
+    invstd = invstd.astype(np.float64)[:, None]
+    xhat = (x.astype(np.float64) - mean[:, None]) * invstd
+    dbias[...] = g.sum(axis=0)
+    dweight[...] = (g * xhat).sum(axis=0)
+    dxhat = g * weight
+    dx[...] = invstd * (dxhat - dxhat.mean(axis=1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=1, keepdims=True))
+
+
+# Whole vectors (gradient clipping by global norm): reductions in float64.
+
+
+def sum_squares(x):
+    return float(np.sum(x.astype(np.float64) ** 2))
+
+
+def max_abs(x):
+    return float(np.max(np.abs(x)))  # NaN when x holds one
+
+
+def scale(x, alpha):
+    x *= alpha

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 import nnkern
+import threadpoolctl
 
 from .. import ops
 from .._threads import default_num_threads, openmp_defaults
@@ -109,8 +110,11 @@ def versions() -> dict:
 
 
 def set_threads(threads: int) -> None:
-    """The same thread count for nnkern's pools (OpenMP, Numba, BLAS) and PyTorch's."""
+    """The same thread count for nnkern's pools (OpenMP, Numba), the BLAS the NumPy
+    reference calls (nnkern leaves the BLAS to its user: this process limits it for good)
+    and PyTorch's."""
     nnkern.set_num_threads(threads)
+    threadpoolctl.threadpool_limits(threads, user_api="blas")
     torch = import_torch()
     if torch is not None:
         torch.set_num_threads(threads)

@@ -7,8 +7,11 @@ from __future__ import annotations
 import math
 import time
 
-from .. import _validate, optim
+import numpy as np
+
+from .. import _arrays, _validate, optim
 from ..data import DataLoader
+from ..losses import CrossEntropyLoss
 from .history import EpochPrinter, History, NonFiniteLossError, dispatch
 from .steps import select_step
 
@@ -70,10 +73,40 @@ def bound_optimizer(model, optimizer):
     return optimizer
 
 
+def check_data(model, objective, xs: list, ys: list, what: str) -> None:
+    """Check the whole data set (``what``: "x" and "y", or "validation_data") before the
+    first step, naming a bad row in the data as given (not in a shuffled batch): a NaN or
+    infinity in an input, or a class index of a cross-entropy output out of range."""
+    several = len(xs) > 1
+    for name, x in zip(model.input_names, xs):
+        if _arrays.is_device_array(x):
+            continue
+        x = np.asarray(x)
+        if x.dtype.kind in "fc" and not np.isfinite(x).all():
+            row, *column = np.argwhere(~np.isfinite(x))[0]
+            place = f"row {row}" + (f", column {column[0]}" if column else "")
+            where = f"input {name!r} of {what}" if several else ("x" if what == "x and y" else f"x of {what}")
+            raise ValueError(f"fit: {where} has {x[(row, *column)]} at {place}; the inputs must be finite numbers")
+    for name, loss, y, slot in zip(model.output_names, objective.losses, ys, model._output_slots):
+        classes = model.nodes[slot].features
+        if not isinstance(loss, CrossEntropyLoss) or classes is None or _arrays.is_device_array(y):
+            continue
+        y = np.asarray(y)
+        if y.ndim != 1 or y.dtype.kind not in "iu" or not y.size:
+            continue  # one-hot rows, and labels the loss itself refuses (floats, other types)
+        outside = (y < 0) | (y >= classes)
+        if outside.any():
+            row = int(np.flatnonzero(outside)[0])
+            where = f"the targets of output {name!r} in {what}" if len(ys) > 1 else \
+                ("y" if what == "x and y" else f"y of {what}")
+            raise ValueError(f"fit: label {y[row]} at row {row} of {where} is out of range for "
+                             f"{classes} classes (0..{classes - 1})")
+
+
 def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer, loss="cross_entropy",
         shuffle: bool = True, seed=None, validation_data=None, verbose: bool = True,
         on_nonfinite: str = "raise", callbacks=(), fused: bool = True, loss_weights=None,
-        sample_weight=None) -> History:
+        sample_weight=None, max_grad_norm=None) -> History:
     """Train ``model`` (a :class:`nnkern.nn.Graph` or Sequential); the arguments are those
     of :meth:`nnkern.nn.Graph.fit`, which calls this."""
     epochs = _validate.integer("fit", "epochs", epochs, minimum=0, expected="an integer >= 0", type_error=ValueError)
@@ -81,10 +114,16 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer, loss="
     objective = model._objective(loss, loss_weights)
     optimizer = bound_optimizer(model, optimizer)
     xs, ys = model._input_arrays(x), model._target_arrays(y)
+    check_data(model, objective, xs, ys, "x and y")
+    if validation_data is not None:
+        x_val, y_val = validation_data
+        check_data(model, objective, model._input_arrays(x_val), model._target_arrays(y_val), "validation_data")
     loader = DataLoader(xs[0] if len(xs) == 1 else tuple(xs), ys[0] if len(ys) == 1 else tuple(ys),
                         batch_size, shuffle=shuffle, seed=seed, sample_weight=sample_weight)
+    if max_grad_norm is not None:
+        max_grad_norm = _validate.real("fit", "max_grad_norm", max_grad_norm, low=0)
     step = select_step(model, optimizer, objective, xs, ys, batch_size, fused=fused,
-                       weighted=sample_weight is not None)
+                       weighted=sample_weight is not None, max_grad_norm=max_grad_norm)
     if verbose and step.first_call_note:
         print(step.first_call_note, flush=True)
     if verbose and fused and step.fallback_reason and model.backend in _FUSED_BACKENDS:

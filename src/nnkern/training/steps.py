@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import engine
+from .._clip import clip_grad_norm_
 
 __all__ = ["TrainingStep", "LayerStep", "FusedStep", "DeviceEpochStep", "select_step"]
 
@@ -52,17 +53,23 @@ class TrainingStep:
 
 
 class LayerStep(TrainingStep):
-    """Forward, objective, backward and the optimizer's update, layer by layer."""
+    """Forward, objective, backward and the optimizer's update, layer by layer; with
+    ``max_grad_norm`` the gradients are clipped to that global norm before the update
+    (:func:`nnkern.optim.clip_grad_norm_`)."""
 
     engine = "layer by layer"
 
-    def __init__(self, model, optimizer, objective, fallback_reason: str | None = None):
+    def __init__(self, model, optimizer, objective, fallback_reason: str | None = None, max_grad_norm=None):
         self.model, self.optimizer, self.objective = model, optimizer, objective
         self.fallback_reason = fallback_reason
+        self.max_grad_norm = max_grad_norm
         self._several_outputs = len(model.output_names) > 1
 
     def step(self, xb, yb, wb=None):
-        value, output = self.model.train_step(xb, yb, self.optimizer, self.objective, wb)
+        value, output = self.model.compute_gradients(xb, yb, self.objective, wb)
+        if self.max_grad_norm is not None:
+            clip_grad_norm_(self.model, self.max_grad_norm)
+        self.optimizer.step()
         outputs, targets = (output, yb) if self._several_outputs else ([output], [yb])
         return value, self.objective.values, self.objective.correct(outputs, targets)
 
@@ -99,13 +106,16 @@ class DeviceEpochStep(FusedStep):
 
 
 def select_step(model, optimizer, objective, xs: list, ys: list, batch_size: int, *,
-                fused: bool = True, weighted: bool = False) -> TrainingStep:
+                fused: bool = True, weighted: bool = False, max_grad_norm=None) -> TrainingStep:
     """The step that trains ``model`` on the data ``xs`` (its input arrays) and ``ys``
     (its target arrays) in batches of ``batch_size`` (``weighted``: with sample weights):
     the model backend's fused engine where it applies, else :class:`LayerStep`, whose
-    ``fallback_reason`` says why."""
+    ``fallback_reason`` says why. ``max_grad_norm``: clip the gradients to that global
+    norm before every update (the layer-by-layer engine does)."""
     if not fused:
         reason = "fused=False"
+    elif max_grad_norm is not None:
+        reason = "gradient clipping (max_grad_norm) runs layer by layer"
     elif weighted and model.backend == "cuda":
         reason = "the cuda engine takes no sample weights"
     elif len(xs) != 1 or len(objective.losses) != 1:
@@ -120,4 +130,4 @@ def select_step(model, optimizer, objective, xs: list, ys: list, batch_size: int
         else:
             kind = DeviceEpochStep if hasattr(function, "run_epoch") else FusedStep
             return kind(function, model.backend)
-    return LayerStep(model, optimizer, objective, reason)
+    return LayerStep(model, optimizer, objective, reason, max_grad_norm)
