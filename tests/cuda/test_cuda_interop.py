@@ -22,7 +22,7 @@ def test_cuda_model_to_onnx_and_torch_and_back():
     want = model.predict(x)
     session = ort.InferenceSession(interop.to_onnx(model).SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"input": x})[0], want, rtol=1e-6, atol=1e-9)  # GELU's erf: float32
-    module = interop.to_torch(model)
+    module = interop.to_torch(model.eval())  # the module takes the model's mode
     with torch.no_grad():
         np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), want, rtol=1e-12, atol=1e-14)
     back = interop.from_torch(module, backend="cuda")
