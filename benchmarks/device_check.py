@@ -197,7 +197,7 @@ def nnkern_epochs(network, weights, train, test, executor: str, epochs: int, max
         start = time.perf_counter()
         results = step.run_epoch(loader)  # returns after the epoch's one read-back
         times.append(time.perf_counter() - start)
-        losses.append(sum(value * rows for value, _, rows in results) / sum(rows for _, _, rows in results))
+        losses.append(sum(value * rows for value, _, rows, _ in results) / sum(rows for _, _, rows, _ in results))
     return {"epoch_s": times[1:], "first_epoch_s": times[0], "epoch_losses": losses,
             "executor": step.trainer.executor, "launches_per_step": step.trainer.launches_per_step(),
             "max_registers": step.trainer.max_registers,

@@ -94,7 +94,7 @@ def test_select_step_uses_the_fused_engine_with_weights(backend):
     opt = optim.SGD(0.1)
     opt.bind(model.parameters(), model.gradients(), backend=backend)
     objective = model._objective("cross_entropy")
-    step = select_step(model, opt, objective, [x], [y], 8, weighted=True)
+    step = select_step(model, opt, objective, [x], [y], 8)
     assert step.fallback_reason is None and "fused" in step.engine
 
 

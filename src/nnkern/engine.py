@@ -21,13 +21,14 @@ CPU backends the last Linear must not be followed by an activation (its output i
 logits).
 
 On the "cuda" backend the step trains on the device (backends/cuda_train.py): the whole
-data set, the parameters and the optimizer state live there, and besides ``step(xb, yb)``
-the step has ``step.run_epoch(loader)``, which ``fit`` calls to train a whole epoch in the
-DataLoader's order with one kernel launch and one read-back of the epoch's losses. The
-learning rate of each step of the epoch is the optimizer's schedule's (for one stepped per
-batch, the rates it will set step by step); other changes to the hyperparameters made
-during an epoch (by a callback) take effect from the next epoch. Any activation after the
-last Linear is backpropagated through there.
+data set, the parameters and the optimizer state live there, and besides ``step(xb, yb,
+row_weights=None)`` the step has ``step.run_epoch(loader)``, which ``fit`` calls to train a
+whole epoch in the DataLoader's order (and with its sample weights) with one kernel launch
+and one read-back of the epoch's losses. The learning rate of each step of the epoch is
+the optimizer's schedule's (for one stepped per batch, the rates it will set step by
+step); other changes to the hyperparameters made during an epoch (by a callback) take
+effect from the next epoch. Any activation after the last Linear is backpropagated
+through there.
 
 Sparse input: when at most ``SPARSE_INPUT_MAX_DENSITY`` of the training data is nonzero
 (MNIST's pixels: 19%), the fused step's first layer runs its two products with the input,
@@ -197,11 +198,25 @@ def build_fused_step(model, optimizer, loss, x, y, batch_size: int):
     return step
 
 
+def _weighted_batches(sample_weight, order, batch_size: int):
+    """(the epoch's ``order`` without its batches of zero total weight, each row's share of
+    its batch's weight, each remaining batch's total weight): a batch of zero weight takes
+    no step, as on the other engines."""
+    weights = sample_weight[order]
+    starts = np.arange(0, len(order), batch_size)
+    totals = np.add.reduceat(weights, starts) if len(order) else np.zeros(0)
+    row_totals = np.repeat(totals, np.diff(np.append(starts, len(order))))
+    kept = row_totals > 0
+    return order[kept], weights[kept] / row_totals[kept], totals[totals > 0]
+
+
 def _cuda_step(pairs, states, optimizer, dtype, rows, x, y):
-    """The "cuda" engine's step: ``step(xb, yb)`` trains one host batch (as the CPU
-    engines' steps do), and ``step.run_epoch(loader, stop_on_nonfinite=True)`` trains a
-    whole epoch of the DataLoader over (x, y) on the device, in the loader's order,
-    returning ``[(mean loss, right predictions, rows)]`` per step, read back once. The
+    """The "cuda" engine's step: ``step(xb, yb, row_weights=None)`` trains one host batch
+    (as the CPU engines' steps do), and ``step.run_epoch(loader, stop_on_nonfinite=True)``
+    trains a whole epoch of the DataLoader over (x, y) on the device, in the loader's order
+    and with its sample weights, returning ``[(mean loss, right predictions, rows,
+    weight)]`` per step (``weight``: the batch's total sample weight, its rows when
+    unweighted; a batch of zero weight takes no step and is left out), read back once. The
     epoch's learning rates are those of the optimizer's schedule, step by step, as ``fit``
     steps the schedule after every batch (which it does, for the epoch, after the epoch)."""
     from .backends import cuda_train
@@ -209,8 +224,6 @@ def _cuda_step(pairs, states, optimizer, dtype, rows, x, y):
     rule = optimizer.update_rule()
     if rule.code not in cuda_train.RULES:
         raise FusedStepUnavailable(f"the cuda engine has no {rule.name!r} rule")
-    if rule.bias_weight_decay != rule.weight_decay:
-        raise FusedStepUnavailable("the cuda engine decays biases as weights")
     if not cuda_train.data_fits(x.size * np.dtype(dtype).itemsize):
         raise FusedStepUnavailable("the training set takes more than half the free device memory")
     layers = [(linear.W, linear.b, linear.dW, linear.db, *_activation_spec(act_layer),
@@ -222,14 +235,15 @@ def _cuda_step(pairs, states, optimizer, dtype, rows, x, y):
         now = optimizer.update_rule()
         trainer.load_model()
         losses, correct, batch_rows = trainer.run(
-            hyper={"a": now.a, "b": now.b, "eps": now.eps, "weight_decay": now.weight_decay},
+            hyper={"a": now.a, "b": now.b, "eps": now.eps, "weight_decay": now.weight_decay,
+                   "bias_weight_decay": now.bias_weight_decay},
             rates=optimizer.upcoming_rates(steps), t0=optimizer.count_steps(0), **where)
         trainer.store_model()
         optimizer.count_steps(len(losses))
         return losses, correct, batch_rows
 
-    def step(xb, yb):
-        losses, correct, _ = run(1, order=None, batch=(xb, yb), stop_on_nonfinite=False)
+    def step(xb, yb, row_weights=None):
+        losses, correct, _ = run(1, order=None, batch=(xb, yb), shares=row_weights, stop_on_nonfinite=False)
         return float(losses[0]), int(correct[0])
 
     def run_epoch(loader, *, stop_on_nonfinite=True):
@@ -237,10 +251,14 @@ def _cuda_step(pairs, states, optimizer, dtype, rows, x, y):
             raise ValueError(f"run_epoch: the loader has {loader.samples} samples in batches of {loader.batch_size}; "
                              f"this step was made for {trainer.n_samples} in batches of {rows}")
         order = loader.epoch_order()
-        order = np.arange(loader.samples) if order is None else order
-        losses, correct, batch_rows = run(len(loader), order=order[:len(loader) * rows],
+        order = (np.arange(loader.samples) if order is None else order)[:len(loader) * rows]
+        shares = None
+        if loader.sample_weight is not None:
+            order, shares, totals = _weighted_batches(loader.sample_weight, order, rows)
+        losses, correct, batch_rows = run(-(-len(order) // rows), order=order, shares=shares,
                                           stop_on_nonfinite=stop_on_nonfinite)
-        return [(float(v), int(c), int(r)) for v, c, r in zip(losses, correct, batch_rows)]
+        weights = batch_rows if shares is None else totals
+        return [(float(v), int(c), int(r), float(w)) for v, c, r, w in zip(losses, correct, batch_rows, weights)]
 
     step.run_epoch = run_epoch
     step.trainer = trainer

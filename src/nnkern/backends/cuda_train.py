@@ -20,12 +20,17 @@ none, cross entropy on integer labels, any nnkern optimizer) with everything on 
   (240 KB for MNIST): drawing it on the device would save that copy but not reproduce the
   host generator's order, and the copy costs less than one training step. Batches are
   never gathered into a buffer: the GEMMs that read x index its rows through the order;
+* with sample weights, each row's share of its step's weighted mean loss (its weight over
+  its batch's total, computed on the host with the order by ``run_epoch`` of
+  :mod:`nnkern.engine`, whose batches of zero weight take no step) is copied with the order,
+  one float per sample, and scales the row's dlogits and loss in place of 1 / rows;
 * a step is ``2 L + 2`` phases for L layers: per layer a forward GEMM with the bias and
   activation fused into its epilogue; the fused softmax-cross-entropy (dlogits, the row
   losses and whether each row was classified right); per layer one backward phase holding
   both GEMMs, the augmented ``[x; 1]^T @ delta`` giving dW and db together and
   ``(delta @ W^T) * act'`` giving the layer below its delta; and one phase updating every
-  parameter (flat, by the optimizer's rule, weight decay fused);
+  parameter (flat, by the optimizer's rule, weight decay fused: the biases' own where it
+  differs from the weights', as for scikit-learn's L2 penalty on the weights alone);
 * the step's mean loss and number of right predictions are summed on the device into
   per-step arrays, read back once per epoch.
 
@@ -113,14 +118,15 @@ KIND, LAYER, SIDE1, SPLITS1, SIDE2, SPLITS2, WORKSPACE2, COUNTERS2 = range(8)
 FAN_IN, FAN_OUT, ACT, KEEP_PREACT, P_OFF, H_OFF, Z_OFF, D_OFF = range(8)
 LAYER_COLUMNS = 8
 # Entries of the hyperparameter array (in the parameters' dtype, converted from the
-# optimizer's float64 values as cuda_backend converts them).
-A, ONE_MINUS_A, B, ONE_MINUS_B, EPS, NEG_WEIGHT_DECAY = range(6)
-HYPER_SIZE = 6
+# optimizer's float64 values as cuda_backend converts them); the biases have their own
+# weight decay (0 where the optimizer decays the weights alone, as scikit-learn's L2).
+A, ONE_MINUS_A, B, ONE_MINUS_B, EPS, NEG_WEIGHT_DECAY, NEG_BIAS_WEIGHT_DECAY = range(7)
+HYPER_SIZE = 7
 # Columns of the per-step coefficients: the batch's rows (the loss's divisor), the learning
 # rate (a schedule may change it every step), Adam's bias corrections 1 - beta**t and
-# AdamW's decay 1 - lr * weight_decay.
-ROWS, LR, BIAS_CORRECTION1, BIAS_CORRECTION2, DECAY = range(5)
-STEP_COLUMNS = 5
+# AdamW's decay 1 - lr * weight_decay (of the weights, and of the biases).
+ROWS, LR, BIAS_CORRECTION1, BIAS_CORRECTION2, DECAY, BIAS_DECAY = range(6)
+STEP_COLUMNS = 6
 # status[HALTED_AT]: the first step whose loss was not finite (n_steps while none was).
 HALTED_AT = 0
 # The update rules' codes, as nnkern.backends.UPDATE_RULE_CODES defines them.
@@ -383,12 +389,14 @@ def kernels(dtype, block_side: int = BLOCK_SIDE, max_registers: int = 0) -> Simp
     large_side, medium_side = TILE_MULTIPLES[0] * block_side, TILE_MULTIPLES[1] * block_side
 
     @cuda.jit(device=True)
-    def loss_item(item, rows, base, y, order, acts, layers, slopes, step_coeffs, step, row_loss, row_correct,
-                  buf):
+    def loss_item(item, rows, base, y, order, shares, weighted, acts, layers, slopes, step_coeffs, step, row_loss,
+                  row_correct, buf):
         """Softmax cross entropy of rows_per_item rows of logits, a group of ROW_THREADS
         threads per row: dlogits = (softmax - onehot) / rows (times the last layer's
         activation gradient, if it has one) into the last layer's delta; the row's loss
-        (float64) and whether its first largest logit is its label."""
+        (float64) and whether its first largest logit is its label. ``weighted``: the
+        row's share of the step's weighted mean loss (shares[base + row]) scales its
+        dlogits instead of 1 / rows, and its loss too (the step's loss is then their sum)."""
         last = layers.shape[0] - 1
         classes = layers[last, FAN_OUT]
         logits_off = layers[last, H_OFF]
@@ -412,6 +420,7 @@ def kernels(dtype, block_side: int = BLOCK_SIDE, max_registers: int = 0) -> Simp
         log_sum = math.log(total)
         label = y[order[base + row]]
         n_rows = step_coeffs[step, ROWS]
+        share = shares[base + row] if weighted else ONE
         code = layers[last, ACT]
         grad_src = (layers[last, Z_OFF] if layers[last, KEEP_PREACT] != 0 else logits_off) + row * classes
         d_at = layers[last, D_OFF] + row * classes
@@ -419,12 +428,15 @@ def kernels(dtype, block_side: int = BLOCK_SIDE, max_registers: int = 0) -> Simp
             p = math.exp(acts[at + j] - row_max - log_sum)
             if j == label:
                 p -= ONE
-            d = p / n_rows
+            d = p * share if weighted else p / n_rows
             if code != _IDENTITY:
                 d = d * local_grad(code, acts[grad_src + j], slopes[last])
             acts[d_at + j] = d
         if lane == 0:
-            row_loss[row] = -float(acts[at + label] - row_max - log_sum)
+            log_p = acts[at + label] - row_max - log_sum
+            if weighted:
+                log_p = log_p * share  # in the parameters' dtype: no float64 multiply in float32 kernels
+            row_loss[row] = -float(log_p)
             best = 0
             best_value = acts[at]
             for j in range(1, classes):  # np.argmax: the first largest, a NaN counting as largest
@@ -435,10 +447,11 @@ def kernels(dtype, block_side: int = BLOCK_SIDE, max_registers: int = 0) -> Simp
             row_correct[row] = 1 if best == label else 0
 
     @cuda.jit(device=True)
-    def loss_sum_item(rows, step, row_loss, row_correct, step_loss, step_correct, status, stop_on_nonfinite,
-                      buf):
+    def loss_sum_item(rows, step, weighted, row_loss, row_correct, step_loss, step_correct, status,
+                      stop_on_nonfinite, buf):
         """The step's mean loss and right predictions, by one block: the layer path's
-        sum_reduce order, then / rows in float64."""
+        sum_reduce order, then / rows in float64 (weighted: the rows' losses are their
+        shares of the step's loss already)."""
         loss = 0.0
         right = 0.0
         for i in range(cuda.threadIdx.x, rows, threads):
@@ -447,7 +460,7 @@ def kernels(dtype, block_side: int = BLOCK_SIDE, max_registers: int = 0) -> Simp
         loss = _block_sum(buf, loss)
         right = _block_sum(buf, right)
         if cuda.threadIdx.x == 0:
-            mean = loss / rows
+            mean = loss if weighted else loss / rows
             step_loss[step] = mean
             step_correct[step] = int(right)
             if stop_on_nonfinite and (math.isnan(mean) or math.isinf(mean)) and status[HALTED_AT] > step:
@@ -506,16 +519,32 @@ def kernels(dtype, block_side: int = BLOCK_SIDE, max_registers: int = 0) -> Simp
     adam_at, adamw_at = device.adam_at, device.adamw_at
 
     @cuda.jit(device=True)
-    def update_item(item, step, params, grads, state0, state1, hyper, step_coeffs, rule, weight_decay):
+    def is_bias(i, layers):
+        """Whether flat parameter i is a bias (each layer is [W | b] at its P_OFF)."""
+        for l in range(layers.shape[0]):
+            bias_off = layers[l, P_OFF] + layers[l, FAN_IN] * layers[l, FAN_OUT]
+            if bias_off <= i and i < bias_off + layers[l, FAN_OUT]:
+                return True
+        return False
+
+    @cuda.jit(device=True)
+    def update_item(item, step, params, grads, state0, state1, hyper, step_coeffs, layers, rule, weight_decay):
         """One chunk of every parameter, by the optimizer's rule (cuda_kernels' device
         functions, with cuda_backend's coefficients), after the L2 weight decay
-        g += wd * p that nnkern.optim adds first."""
+        g += wd * p that nnkern.optim adds first (``weight_decay``: whether any applies;
+        the biases take their own where it differs from the weights')."""
         start = item * update_chunk
         stop = min(params.shape[0], start + update_chunk)
         lr = step_coeffs[step, LR]
+        split_decay = hyper[NEG_BIAS_WEIGHT_DECAY] != hyper[NEG_WEIGHT_DECAY]
         for i in range(start + cuda.threadIdx.x, stop, threads):
-            if weight_decay:
-                sgd_at(i, grads, params, hyper[NEG_WEIGHT_DECAY])  # g -= (-wd) * p
+            neg_decay = hyper[NEG_WEIGHT_DECAY]
+            decay = step_coeffs[step, DECAY]
+            if split_decay and is_bias(i, layers):
+                neg_decay = hyper[NEG_BIAS_WEIGHT_DECAY]
+                decay = step_coeffs[step, BIAS_DECAY]
+            if weight_decay and neg_decay != ZERO:
+                sgd_at(i, grads, params, neg_decay)  # g -= (-wd) * p
             if rule == RULE_SGD:
                 sgd_at(i, params, grads, lr)
             elif rule == RULE_MOMENTUM:
@@ -533,14 +562,14 @@ def kernels(dtype, block_side: int = BLOCK_SIDE, max_registers: int = 0) -> Simp
                         hyper[ONE_MINUS_B], step_coeffs[step, BIAS_CORRECTION1],
                         step_coeffs[step, BIAS_CORRECTION2], hyper[EPS])
             else:
-                adamw_at(i, params, grads, state0, state1, step_coeffs[step, DECAY], lr, hyper[A],
+                adamw_at(i, params, grads, state0, state1, decay, lr, hyper[A],
                          hyper[ONE_MINUS_A], hyper[B], hyper[ONE_MINUS_B], step_coeffs[step, BIAS_CORRECTION1],
                          step_coeffs[step, BIAS_CORRECTION2], hyper[EPS])
 
     @cuda.jit(device=True)
-    def run_phase(phase, step, first_item, item_stride, x, y, order, params, grads, state0, state1, acts, ws,
-                  counters, layers, phases, slopes, hyper, step_coeffs, row_loss, row_correct, step_loss,
-                  step_correct, status, n_samples, batch, rule, weight_decay, stop_on_nonfinite,
+    def run_phase(phase, step, first_item, item_stride, x, y, order, shares, params, grads, state0, state1, acts,
+                  ws, counters, layers, phases, slopes, hyper, step_coeffs, row_loss, row_correct, step_loss,
+                  step_correct, status, n_samples, batch, rule, weight_decay, weighted, stop_on_nonfinite,
                   a_tile, b_tile, flag, row_buf, sum_buf):
         """This block's work items of one phase of one step (items first_item,
         first_item + item_stride, ...)."""
@@ -551,17 +580,18 @@ def kernels(dtype, block_side: int = BLOCK_SIDE, max_registers: int = 0) -> Simp
         n_items = _phase_items_device(layers, phases, phase, rows, params.shape[0], threads)
         for item in range(first_item, n_items, item_stride):
             if kind == LOSS:
-                loss_item(item, rows, base, y, order, acts, layers, slopes, step_coeffs, step, row_loss,
-                          row_correct, row_buf)
+                loss_item(item, rows, base, y, order, shares, weighted, acts, layers, slopes, step_coeffs, step,
+                          row_loss, row_correct, row_buf)
                 continue
             if kind == UPDATE:
-                update_item(item, step, params, grads, state0, state1, hyper, step_coeffs, rule, weight_decay)
+                update_item(item, step, params, grads, state0, state1, hyper, step_coeffs, layers, rule,
+                            weight_decay)
                 continue
             (side, gemm_item, splits, M, N, K, a_is_x, a_off, a_ld, a_trans, gather, ones_row, b_is_params, b_off,
              b_ld, b_trans, dst_is_grads, dst_off, bias_off, post, code, slope, post_off, ws_off,
              counter_off) = gemm_job(kind, phase, layer, item, rows, layers, phases, slopes)
             if side == 0:
-                loss_sum_item(rows, step, row_loss, row_correct, step_loss, step_correct, status,
+                loss_sum_item(rows, step, weighted, row_loss, row_correct, step_loss, step_correct, status,
                               stop_on_nonfinite, sum_buf)
                 continue
             a = x if a_is_x else acts
@@ -582,14 +612,14 @@ def kernels(dtype, block_side: int = BLOCK_SIDE, max_registers: int = 0) -> Simp
                        ws, ws_off, counters, counter_off, a_tile, b_tile, flag)
 
     vec = real[::1]
-    common = (vec, types.int32[::1], types.int32[::1], vec, vec, vec, vec, vec, vec, types.int32[::1],
+    common = (vec, types.int32[::1], types.int32[::1], vec, vec, vec, vec, vec, vec, vec, types.int32[::1],
               types.int64[:, ::1], types.int64[:, ::1], vec, vec, real[:, ::1], types.float64[::1],
               types.int32[::1], types.float64[::1], types.int32[::1], types.int64[::1], types.int64, types.int64,
-              types.int64, types.boolean, types.boolean)
+              types.int64, types.boolean, types.boolean, types.boolean)
 
-    def train_epoch(x, y, order, params, grads, state0, state1, acts, ws, counters, layers, phases, slopes,
+    def train_epoch(x, y, order, shares, params, grads, state0, state1, acts, ws, counters, layers, phases, slopes,
                     hyper, step_coeffs, row_loss, row_correct, step_loss, step_correct, status, n_samples, batch,
-                    rule, weight_decay, stop_on_nonfinite, first_step, n_steps):
+                    rule, weight_decay, weighted, stop_on_nonfinite, first_step, n_steps):
         """The persistent executor: steps first_step, ..., first_step + n_steps - 1, every
         phase's items spread over the (cooperative) grid, a grid-wide barrier after each
         phase."""
@@ -603,15 +633,15 @@ def kernels(dtype, block_side: int = BLOCK_SIDE, max_registers: int = 0) -> Simp
             if status[HALTED_AT] < step:  # every block reads it after the same barrier
                 break
             for phase in range(phases.shape[0]):
-                run_phase(phase, step, cuda.blockIdx.x, cuda.gridDim.x, x, y, order, params, grads, state0,
-                          state1, acts, ws, counters, layers, phases, slopes, hyper, step_coeffs, row_loss,
+                run_phase(phase, step, cuda.blockIdx.x, cuda.gridDim.x, x, y, order, shares, params, grads,
+                          state0, state1, acts, ws, counters, layers, phases, slopes, hyper, step_coeffs, row_loss,
                           row_correct, step_loss, step_correct, status, n_samples, batch, rule, weight_decay,
-                          stop_on_nonfinite, a_tile, b_tile, flag, row_buf, sum_buf)
+                          weighted, stop_on_nonfinite, a_tile, b_tile, flag, row_buf, sum_buf)
                 grid.sync()
 
-    def train_phase(phase, step, x, y, order, params, grads, state0, state1, acts, ws, counters, layers, phases,
-                    slopes, hyper, step_coeffs, row_loss, row_correct, step_loss, step_correct, status, n_samples,
-                    batch, rule, weight_decay, stop_on_nonfinite):
+    def train_phase(phase, step, x, y, order, shares, params, grads, state0, state1, acts, ws, counters, layers,
+                    phases, slopes, hyper, step_coeffs, row_loss, row_correct, step_loss, step_correct, status,
+                    n_samples, batch, rule, weight_decay, weighted, stop_on_nonfinite):
         """The launches executor: one phase of one step, one launch."""
         a_tile = cuda.shared.array((TILE_K, tile_padded), real)
         b_tile = cuda.shared.array((TILE_K, tile_padded), real)
@@ -620,10 +650,10 @@ def kernels(dtype, block_side: int = BLOCK_SIDE, max_registers: int = 0) -> Simp
         sum_buf = cuda.shared.array(threads, types.float64)
         if status[HALTED_AT] < step:
             return
-        run_phase(phase, step, cuda.blockIdx.x, cuda.gridDim.x, x, y, order, params, grads, state0, state1,
-                  acts, ws, counters, layers, phases, slopes, hyper, step_coeffs, row_loss, row_correct,
-                  step_loss, step_correct, status, n_samples, batch, rule, weight_decay, stop_on_nonfinite,
-                  a_tile, b_tile, flag, row_buf, sum_buf)
+        run_phase(phase, step, cuda.blockIdx.x, cuda.gridDim.x, x, y, order, shares, params, grads, state0,
+                  state1, acts, ws, counters, layers, phases, slopes, hyper, step_coeffs, row_loss, row_correct,
+                  step_loss, step_correct, status, n_samples, batch, rule, weight_decay, weighted,
+                  stop_on_nonfinite, a_tile, b_tile, flag, row_buf, sum_buf)
 
     signatures = {
         "train_epoch": (train_epoch, (*common, types.int64, types.int64)),
@@ -735,6 +765,7 @@ class FusedCudaTrainer:
         self.max_steps = -(-self.n_samples // self.batch_size)
         self.data = (cuda.to_device(x.reshape(-1)), cuda.to_device(np.ascontiguousarray(y, dtype=np.int32)))
         self.order = cuda.device_array(max(self.n_samples, self.batch_size), np.int32)
+        self.shares = cuda.device_array(len(self.order), self.dtype)  # read only by weighted runs
         self.batch_data = None  # device buffers for the per-batch API (step), made on first use
         self.params = cuda.device_array(p_size, self.dtype)
         self.grads = cuda.device_array(p_size, self.dtype)
@@ -850,6 +881,7 @@ class FusedCudaTrainer:
         values[A], values[B], values[EPS] = hyper["a"], hyper["b"], hyper["eps"]
         values[ONE_MINUS_A], values[ONE_MINUS_B] = 1.0 - hyper["a"], 1.0 - hyper["b"]
         values[NEG_WEIGHT_DECAY] = -hyper["weight_decay"]
+        values[NEG_BIAS_WEIGHT_DECAY] = -hyper["bias_weight_decay"]
         coeffs = np.ones((steps, STEP_COLUMNS), np.float64)
         coeffs[:, ROWS] = np.minimum(self.batch_size, n_samples - self.batch_size * np.arange(steps))
         coeffs[:, LR] = rates[:steps]
@@ -859,16 +891,20 @@ class FusedCudaTrainer:
             coeffs[:, BIAS_CORRECTION2] = [1.0 - beta2**t for t in range(t0 + 1, t0 + 1 + steps)]
         if self.rule == RULE_ADAMW:
             coeffs[:, DECAY] = [1.0 - lr * hyper["weight_decay"] for lr in rates[:steps]]
+            coeffs[:, BIAS_DECAY] = [1.0 - lr * hyper["bias_weight_decay"] for lr in rates[:steps]]
         return values.astype(self.dtype), coeffs.astype(self.dtype)
 
-    def run(self, order, hyper, rates, t0: int, *, stop_on_nonfinite: bool, batch=None):
+    def run(self, order, hyper, rates, t0: int, *, stop_on_nonfinite: bool, batch=None, shares=None):
         """Train on the data set in ``order`` (int array of sample indices; steps of
         batch_size in it, the last one shorter), or on one host ``batch`` (x, y) for one
-        step. ``hyper``: {"a", "b", "eps", "weight_decay"} as floats; ``rates``: the learning
-        rate of each step; ``t0``: the optimizer's step count before. Works on the flat
-        buffers (load_model / store_model move the model's arrays). Returns (mean loss per
-        step, right predictions per step, rows per step) for the steps that ran: up to the
-        first step whose loss was not finite when ``stop_on_nonfinite``, else all."""
+        step. ``shares``: for a weighted mean loss, each entry of ``order``'s (or each
+        batch row's) share of its step's loss (float, summing to 1 over each step's rows);
+        None: each step's plain mean. ``hyper``: {"a", "b", "eps", "weight_decay",
+        "bias_weight_decay"} as floats; ``rates``: the learning rate of each step; ``t0``:
+        the optimizer's step count before. Works on the flat buffers (load_model /
+        store_model move the model's arrays). Returns (mean loss per step, right
+        predictions per step, rows per step) for the steps that ran: up to the first step
+        whose loss was not finite when ``stop_on_nonfinite``, else all."""
         if batch is not None:
             if not 1 <= len(batch[1]) <= self.batch_size:
                 raise ValueError(f"FusedCudaTrainer: batch of {len(batch[1])} rows, expected 1..{self.batch_size}")
@@ -877,6 +913,8 @@ class FusedCudaTrainer:
         else:
             x, y = self.data
             order = np.ascontiguousarray(order, dtype=np.int32)
+        if shares is not None and np.shape(shares) != order.shape:
+            raise ValueError(f"FusedCudaTrainer: {len(shares)} row shares for {len(order)} rows")
         steps = -(-len(order) // self.batch_size)
         if steps == 0:
             return [], [], []
@@ -884,14 +922,17 @@ class FusedCudaTrainer:
             raise ValueError(f"FusedCudaTrainer: {len(rates)} learning rates for {steps} steps")
         values, coeffs = self._coefficients(hyper, rates, t0, steps, len(order))
         self.order[:len(order)].copy_to_device(order)
+        if shares is not None:
+            self.shares[:len(order)].copy_to_device(np.ascontiguousarray(shares, dtype=self.dtype))
         self.hyper.copy_to_device(values)
         self.step_coeffs[:steps].copy_to_device(coeffs)
         self.status.copy_to_device(np.array([steps], np.int64))
-        args = (x, y, self.order, self.params, self.grads, self.states[0], self.states[1], self.acts, self.ws,
+        args = (x, y, self.order, self.shares, self.params, self.grads, self.states[0], self.states[1], self.acts, self.ws,
                 self.counters, self.layers_device, self.phases_device, self.slopes, self.hyper, self.step_coeffs,
                 self.row_loss, self.row_correct, self.step_loss, self.step_correct, self.status,
-                len(order), self.batch_size, self.rule, bool(hyper["weight_decay"]) and self.rule != RULE_ADAMW,
-                bool(stop_on_nonfinite))
+                len(order), self.batch_size, self.rule,
+                bool(hyper["weight_decay"] or hyper["bias_weight_decay"]) and self.rule != RULE_ADAMW,
+                shares is not None, bool(stop_on_nonfinite))
         if self.executor == "persistent":
             try:
                 self._launch_persistent(args, steps)

@@ -29,7 +29,8 @@ The network (``model_``, a :class:`nnkern.nn.Sequential` on the backend ``backen
 trains through nnkern's training steps (:func:`nnkern.training.select_step`), on
 scikit-learn's batches (its shuffle and batch order): a multiclass classifier's softmax
 output with cross entropy on the class indices, on the fused engine of the "cython" and
-"numba" backends (one compiled call per step) with "adam", "sgd" without Nesterov's
+"numba" backends (one compiled call per step) and the "cuda" backend's device engine
+(sample weights and the L2 penalty included) with "adam", "sgd" without Nesterov's
 momentum and nnkern's other optimizers; the other outputs (logistic, identity, exp) and
 "sgd" with Nesterov's momentum train layer by layer, the output activation, loss and its
 gradient computed in NumPy (``verbose`` says why a fit trains layer by layer). The L2

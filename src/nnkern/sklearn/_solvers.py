@@ -192,7 +192,7 @@ class _Solvers:
             y_val = self._label_binarizer.inverse_transform(y_val)
         return X_train, y_train, sw_train, X_val, y_val, sw_val
 
-    def _training_step(self, model, optimizer, X, y, batch_size: int, dtype, *, weighted: bool):
+    def _training_step(self, model, optimizer, X, y, batch_size: int, dtype):
         """(the step object that trains ``model`` on batches of (X, y), the targets it takes:
         ``y``, or for a softmax output the class indices). A softmax output trains with
         cross entropy on the class indices, the loss of nnkern's fused engines
@@ -206,7 +206,7 @@ class _Solvers:
             data = _rows(X, slice(0, batch_size), dtype) if scipy.sparse.issparse(X) else X
             rows = len(data)
             step = select_step(model, optimizer, model._objective("cross_entropy"), [data], [labels[:rows]],
-                               batch_size, weighted=weighted)
+                               batch_size)
             return step, labels
         reason = f"the fused engines train softmax outputs, and this output is {self.out_activation_}"
         return LayerStep(model, optimizer, model._objective(OutputLoss(self.out_activation_, self._loss_name())),
@@ -230,8 +230,7 @@ class _Solvers:
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
                               stacklevel=4)
             batch_size = int(np.clip(settings["batch_size"], 1, n_samples))
-        step, targets = self._training_step(model, optimizer, X_train, y_train, batch_size, dtype,
-                                            weighted=sw_train is not None)
+        step, targets = self._training_step(model, optimizer, X_train, y_train, batch_size, dtype)
         if self.verbose and step.fallback_reason:
             print(f"Training layer by layer, not on a fused engine: {step.fallback_reason}")
         sample_idx = np.arange(n_samples)

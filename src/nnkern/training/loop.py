@@ -122,8 +122,7 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer, loss="
                         batch_size, shuffle=shuffle, seed=seed, sample_weight=sample_weight)
     if max_grad_norm is not None:
         max_grad_norm = _validate.real("fit", "max_grad_norm", max_grad_norm, low=0)
-    step = select_step(model, optimizer, objective, xs, ys, batch_size, fused=fused,
-                       weighted=sample_weight is not None, max_grad_norm=max_grad_norm)
+    step = select_step(model, optimizer, objective, xs, ys, batch_size, fused=fused, max_grad_norm=max_grad_norm)
     if verbose and step.first_call_note:
         print(step.first_call_note, flush=True)
     if verbose and fused and step.fallback_reason and model.backend in _FUSED_BACKENDS:

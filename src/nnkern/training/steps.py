@@ -94,21 +94,22 @@ class FusedStep(TrainingStep):
 
 class DeviceEpochStep(FusedStep):
     """The "cuda" engine: ``run_epoch`` trains the whole epoch on the device, in the
-    loader's order, and yields its batches' results once the epoch is done."""
+    loader's order and with its sample weights, and yields its batches' results once the
+    epoch is done."""
 
     def __init__(self, function, backend: str):
         super().__init__(function, backend)
         self.engine = f"{backend} device epochs"
 
     def run_epoch(self, loader, *, stop_on_nonfinite: bool = True):
-        for value, correct, rows in self.function.run_epoch(loader, stop_on_nonfinite=stop_on_nonfinite):
-            yield rows, value, [value], [correct], rows
+        for value, correct, rows, weight in self.function.run_epoch(loader, stop_on_nonfinite=stop_on_nonfinite):
+            yield rows, value, [value], [correct], weight
 
 
 def select_step(model, optimizer, objective, xs: list, ys: list, batch_size: int, *,
-                fused: bool = True, weighted: bool = False, max_grad_norm=None) -> TrainingStep:
+                fused: bool = True, max_grad_norm=None) -> TrainingStep:
     """The step that trains ``model`` on the data ``xs`` (its input arrays) and ``ys``
-    (its target arrays) in batches of ``batch_size`` (``weighted``: with sample weights):
+    (its target arrays) in batches of ``batch_size``, with sample weights or without:
     the model backend's fused engine where it applies, else :class:`LayerStep`, whose
     ``fallback_reason`` says why. ``max_grad_norm``: clip the gradients to that global
     norm before every update (the layer-by-layer engine does)."""
@@ -116,8 +117,6 @@ def select_step(model, optimizer, objective, xs: list, ys: list, batch_size: int
         reason = "fused=False"
     elif max_grad_norm is not None:
         reason = "gradient clipping (max_grad_norm) runs layer by layer"
-    elif weighted and model.backend == "cuda":
-        reason = "the cuda engine takes no sample weights"
     elif len(xs) != 1 or len(objective.losses) != 1:
         reason = "the model has several inputs or outputs"
     elif objective.weights != [1.0]:
