@@ -20,7 +20,9 @@ cut short still leaves what it measured):
    at the training shapes and 4096^3: device time per product from CUDA events around
    back-to-back launches (at the small shapes that is the launch rate a Python caller
    gets), and the error against the other.
-3. ``cuda-tests``: ``pytest tests/cuda`` on the device.
+3. ``cuda-tests``: ``pytest tests/cuda`` on the device (among them fits, steps and an
+   ``MLPClassifier`` with sample weights and L2 on the weights alone, against the layer
+   path and the Cython engine: tests/cuda/test_cuda_sample_weight.py).
 4. ``cpu-scaling``: ``nnkern bench --quick`` of the 784-256-128-64-20-10 network (batch 64,
    pixels / 255) at 1, 2, 4, 8 and 16 threads (those this machine has), every CPU backend
    and PyTorch, parsed from its ``--json``.
