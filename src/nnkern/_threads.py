@@ -23,9 +23,11 @@ only make every parallel region wait for threads that are not running (a trainin
 it runs (:func:`claim`); each gets ``budget // active callers`` threads (at least one), so
 that nnkern calls from several Python threads together stay within the budget.
 
-**Small work.** A training step whose largest product is below :data:`SPLIT_MIN_MACS`
-multiply-adds runs on one thread (:func:`claim` with ``work``): splitting it costs more in
-waiting than it saves (measured: ``benchmarks/small_fit_threads.py``).
+**Small work.** ``claim(work)`` gives one thread when ``work`` (a training step's largest
+product) is below :data:`SPLIT_MIN_MACS` multiply-adds: splitting it costs more in waiting
+than it saves (measured: ``benchmarks/small_fit_threads.py``). The fused training steps
+plan their thread count for the machine instead (:mod:`nnkern._plan`: timed on their first
+steps, cached on disk) and apply this rule only with ``NNKERN_PLAN=off``.
 
 **Pools.** The Cython kernels receive their thread count explicitly; the Numba kernels too,
 and Numba's own count for the calling thread is set to it during the call (Numba keeps one
@@ -61,8 +63,9 @@ CPUS = max(1, os.cpu_count() or 1)
 # this: reading them costs a few microseconds, a small training step a few tens.
 BUDGET_REREAD_S = 0.01
 
-# A training step whose largest product (batch rows x fan_in x fan_out) is below this runs on
-# one thread. Measured with benchmarks/small_fit_threads.py (README "Threads").
+# A call whose largest product (batch rows x fan_in x fan_out) is below this runs on one
+# thread. Measured with benchmarks/small_fit_threads.py (README "Threads"). The fused training
+# steps follow their timed plan instead (nnkern._plan), and this rule only with NNKERN_PLAN=off.
 SPLIT_MIN_MACS = 1 << 21
 
 # How long an idle OpenMP thread of the runtime nnkern's kernels load (the system libgomp,

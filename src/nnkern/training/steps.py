@@ -35,6 +35,7 @@ class TrainingStep:
     engine = ""  # what trains, for messages: "layer by layer", "cython fused step", ...
     first_call_note: str | None = None  # said before a first step that may compile
     fallback_reason: str | None = None  # why a faster engine is not used (None: it is)
+    plan = None  # the fused CPU steps' thread plan (nnkern._plan.ThreadPlanner)
 
     def step(self, xb, yb, wb=None) -> tuple[float, list, list]:
         raise NotImplementedError
@@ -83,6 +84,7 @@ class FusedStep(TrainingStep):
         self.function = function
         self.engine = f"{backend} fused step"
         self.first_call_note = function.first_call_note
+        self.plan = getattr(function, "plan", None)
 
     def step(self, xb, yb, wb=None):
         if wb is None:
