@@ -11,7 +11,8 @@ is wasted), keeps the fastest and remembers it in a small JSON file, the plan ca
 :func:`nnkern._threads.claim`) and, from a share of 4, half of it. Each runs
 :data:`WARMUP_STEPS` untimed steps (a first call compiles, the first region with more
 threads starts them) and then :data:`TIMED_STEPS` timed ones; its time is their median.
-With three candidates that is 15 steps, 1.6% of a default ``nnkern train`` epoch (938
+A step's first call is never timed (it may compile, its buffers are new): with three
+candidates the plan is made after 16 steps, 1.7% of a default ``nnkern train`` epoch (938
 steps). The plan is the fewest threads within :data:`TIE_MARGIN` of the fastest: a plan
 never uses more threads when fewer are about as fast.
 

@@ -720,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tune", help="plan the training step's threads for this machine ahead of time",
         description="Time the fused training step of MNIST networks on this machine with 1 thread, the thread "
                     "budget and (from 4) half of it, on synthetic batches, and cache the fastest (fewest threads "
-                    "within 5%%) for the fits that follow: the plan a fit otherwise makes on its first steps. "
+                    "within 5%) for the fits that follow: the plan a fit otherwise makes on its first steps. "
                     "Each option may be given several times; every combination is planned.")
     tune.add_argument("--hidden", type=_layer_sizes, action="append", metavar="N,N,...",
                       help="hidden layer sizes (default: 256,128,64,20, the network of nnkern train)")
