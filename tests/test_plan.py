@@ -222,12 +222,14 @@ def test_an_unwritable_cache_warns_and_keeps_the_plan(plans, budget, tmp_path, m
     monkeypatch.setenv(_plan.PLAN_CACHE_ENV, str(blocker / "plans.json"))  # its folder is a file
     fake = FakeStep({1: 300e-6, 2: 200e-6})
     planner = _planner(fake)
-    with pytest.warns(_plan.PlanCacheWarning, match="cannot save the step's plan"):
+    with pytest.warns(_plan.PlanCacheWarning) as caught:
         _run(planner, fake, 1 + 2 * STEPS_PER_CANDIDATE + 2)
+    assert ["cannot be read (NotADirectoryError" in str(w.message) for w in caught] == [True, False]
+    assert "cannot save the step's plan" in str(caught[1].message)
     assert fake.calls[-2:] == [2, 2]
     plan = planner.current_plan()
     assert not plan.saved
-    assert "not cached: NotADirectoryError" in planner.describe()
+    assert "; not cached: FileExistsError: " in planner.describe()
 
 
 WRITER = """
