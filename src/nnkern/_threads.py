@@ -62,8 +62,10 @@ CPUS = max(1, os.cpu_count() or 1)
 BUDGET_REREAD_S = 0.01
 
 # A training step whose largest product (batch rows x fan_in x fan_out) is below this runs on
-# one thread. Measured with benchmarks/small_fit_threads.py (README "Threads").
-SPLIT_MIN_MACS = 1 << 21
+# one thread. benchmarks/small_fit_threads.py on a 2-core AMD EPYC (Zen 3), Cython step: 2
+# threads 0.88-1.02x of 1 up to 3.3 M multiply-adds, 1.36x at 6.6 M, 1.50x at 13 M
+# (BENCHMARKS.md "Where a second thread pays"); the threshold lies between the two.
+SPLIT_MIN_MACS = 1 << 22
 
 # How long an idle OpenMP thread of the runtime nnkern's kernels load (the system libgomp,
 # shared by the Cython kernels and Numba's "omp" layer) busy-waits for the next parallel

@@ -14,8 +14,6 @@ import scipy.sparse
 from sklearn.base import is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
-from sklearn.utils import gen_batches
-from sklearn.utils import shuffle as shuffled
 from sklearn.utils.validation import validate_data
 
 from .. import _arrays, nn, ops, optim
@@ -104,6 +102,21 @@ def _rows(X, index, dtype) -> np.ndarray:
     if scipy.sparse.issparse(part):
         part = part.toarray()
     return np.ascontiguousarray(part, dtype=dtype)
+
+
+def _batches(n_samples: int, batch_size: int):
+    """The slices of ``sklearn.utils.gen_batches(n_samples, batch_size)``, without its
+    per-call parameter validation (~0.1 ms: a third of a small network's step)."""
+    for start in range(0, n_samples, batch_size):
+        yield slice(start, min(start + batch_size, n_samples))
+
+
+def _shuffled(indices: np.ndarray, random_state: np.random.RandomState) -> np.ndarray:
+    """``sklearn.utils.shuffle(indices, random_state=random_state)``: the same draw from
+    the same generator (one ``shuffle`` of ``arange``), without its parameter validation."""
+    order = np.arange(len(indices))
+    random_state.shuffle(order)
+    return indices[order]
 
 
 def _lbfgs_iterations(result, max_iter: int) -> int:
@@ -249,9 +262,9 @@ class _Solvers:
                 for callback in callbacks:
                     callback.on_epoch_begin(self.n_iter_ + 1, math.ceil(n_samples / batch_size))
                 if self.shuffle:
-                    sample_idx = shuffled(sample_idx, random_state=self._random_state)
+                    sample_idx = _shuffled(sample_idx, self._random_state)
                 accumulated_loss = 0.0
-                for batch in gen_batches(n_samples, batch_size):
+                for batch in _batches(n_samples, batch_size):
                     index = sample_idx[batch] if self.shuffle else batch
                     swb = None if sw_train is None else sw_train[index]
                     weight_sum = (batch.stop - batch.start) if swb is None else float(swb.sum())
@@ -360,7 +373,7 @@ class _Solvers:
                 p[...] = theta[start:stop].reshape(shape).astype(dtype, copy=False)
             packed_grad[...] = 0
             total = 0.0
-            for chunk in gen_batches(n_samples, CHUNK_ROWS):  # the gradients of the chunks add up
+            for chunk in _batches(n_samples, CHUNK_ROWS):  # the gradients of the chunks add up
                 swb = None if sample_weight is None else sample_weight[chunk]
                 total += self._backprop(model, _rows(X, chunk, dtype), y[chunk], swb, weight_sum)
                 for g, start, stop in zip(grads, bounds, bounds[1:]):
