@@ -373,10 +373,11 @@ class claim:
     """``with claim(work) as threads:`` one kernel call or training step. The calling
     thread counts as an active caller until the block ends (nested claims count once);
     ``threads`` is its share of the budget, or 1 when ``work`` (the largest product, in
-    multiply-adds) is below :data:`SPLIT_MIN_MACS`. The host's limits are those read by
-    this thread at most :data:`BUDGET_REREAD_S` ago."""
+    multiply-adds) is below :data:`SPLIT_MIN_MACS`, and never more than the enclosing
+    claim's (a layer-by-layer step's kernels take the step's count). The host's limits are
+    those read by this thread at most :data:`BUDGET_REREAD_S` ago."""
 
-    __slots__ = ("work", "outermost")
+    __slots__ = ("work", "outermost", "enclosing")
 
     def __init__(self, work: int | None = None):
         self.work = work
@@ -389,14 +390,23 @@ class claim:
         if self.outermost:
             with _active_lock:
                 _active += 1
+            local.cap = None
         local.depth = depth + 1
+        self.enclosing = local.cap
         if self.work is not None and self.work < SPLIT_MIN_MACS:
-            return 1
-        return max(1, _current_budget(local) // max(1, _active))
+            threads = 1
+        else:
+            threads = max(1, _current_budget(local) // max(1, _active))
+        if self.enclosing is not None:
+            threads = min(threads, self.enclosing)
+        local.cap = threads
+        return threads
 
     def __exit__(self, *exc) -> None:
         global _active
-        _local.depth -= 1
+        local = _local
+        local.depth -= 1
+        local.cap = self.enclosing
         if self.outermost:
             with _active_lock:
                 _active -= 1

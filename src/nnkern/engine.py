@@ -170,7 +170,7 @@ def build_fused_step(model, optimizer, loss, x, y, batch_size: int):
     fused = engine.FusedMLPStep(layers, delta0, delta1, rule.code, dtype == np.float64, rows,
                                 sparse_input=sparse)
     # the step's threads follow from its largest product (small ones run on one thread)
-    work = rows * max(linear.in_features * linear.out_features for linear, _ in pairs)
+    work = model.largest_product(rows)
 
     def run(method, xb, yb, row_weights):
         xb = np.ascontiguousarray(xb, dtype=dtype)

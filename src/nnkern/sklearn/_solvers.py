@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils.validation import validate_data
 
 from .. import _arrays, nn, ops, optim
+from .._threads import claim
 from ..training import LayerStep, select_step
 from ._losses import OutputLoss, _output_activation, _sample_losses
 from ._parameters import ADAPTIVE_DIVISOR, ADAPTIVE_MIN_LR, AUTO_BATCH
@@ -375,7 +376,8 @@ class _Solvers:
             total = 0.0
             for chunk in _batches(n_samples, CHUNK_ROWS):  # the gradients of the chunks add up
                 swb = None if sample_weight is None else sample_weight[chunk]
-                total += self._backprop(model, _rows(X, chunk, dtype), y[chunk], swb, weight_sum)
+                with claim(model.largest_product(chunk.stop - chunk.start)):
+                    total += self._backprop(model, _rows(X, chunk, dtype), y[chunk], swb, weight_sum)
                 for g, start, stop in zip(grads, bounds, bounds[1:]):
                     packed_grad[start:stop] += _arrays.to_host(g).ravel()
             squares = 0.0
