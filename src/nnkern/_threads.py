@@ -246,24 +246,36 @@ def _env_count(name: str) -> int | None:
     return n if n >= 1 else None
 
 
+def _extension_modules() -> int:
+    """How many compiled extension modules Python has imported."""
+    return sum(1 for module in list(sys.modules.values())
+               if str(getattr(module, "__file__", None) or "").endswith((".so", ".pyd")))
+
+
 class _Pools:
     """threadpoolctl's view of the BLAS and OpenMP runtimes loaded in this process, scanned
-    again when Python has imported modules since (a new extension may have loaded one)."""
+    again when Python has imported a compiled extension since (it may have loaded one). A
+    scan reads every loaded library's path (10-50 ms with SciPy and scikit-learn loaded), so
+    imports of Python modules alone do not start one."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._modules = -1
+        self._extensions = -1
         self._libs = []
 
     def libs(self) -> list:
         if len(sys.modules) != self._modules:
-            from threadpoolctl import ThreadpoolController
-
             with self._lock:
                 if len(sys.modules) != self._modules:
                     self._modules = len(sys.modules)
-                    self._libs = [lib for lib in ThreadpoolController().lib_controllers
-                                  if lib.user_api in ("blas", "openmp")]
+                    extensions = _extension_modules()
+                    if extensions != self._extensions:
+                        from threadpoolctl import ThreadpoolController
+
+                        self._libs = [lib for lib in ThreadpoolController().lib_controllers
+                                      if lib.user_api in ("blas", "openmp")]
+                        self._extensions = extensions
         return self._libs
 
     def smallest(self) -> tuple[int, str] | None:

@@ -96,9 +96,15 @@ def _sgd(lr: float, momentum: float, nesterov: bool) -> optim.Optimizer:
     return _SGD(lr, momentum=momentum, nesterov=bool(nesterov and momentum))
 
 
-def _rows(X, index, dtype) -> np.ndarray:
+def _rows(X, index, dtype, out=None) -> np.ndarray:
     """Rows ``index`` (a slice or indices) of X as a dense C-contiguous array of ``dtype``:
-    a sparse X is densified here, one batch at a time."""
+    a sparse X is densified here, one batch at a time. ``out``: a C-contiguous array of at
+    least as many rows, which gathered rows of a dense X of ``dtype`` fill (a new batch of
+    a wide X costs page faults on every step)."""
+    if (out is not None and isinstance(index, np.ndarray) and isinstance(X, np.ndarray)
+            and X.dtype == out.dtype == dtype):
+        # mode="clip": the indices are in range, and "raise" would copy through a buffer
+        return np.take(X, index, axis=0, out=out[:len(index)], mode="clip")
     part = X[index]
     if scipy.sparse.issparse(part):
         part = part.toarray()
@@ -249,6 +255,7 @@ class _Solvers:
         if self.verbose and step.fallback_reason:
             print(f"Training layer by layer, not on a fused engine: {step.fallback_reason}")
         sample_idx = np.arange(n_samples)
+        batch_rows = np.empty((batch_size, X_train.shape[1]), dtype) if self.shuffle else None
         callbacks = list(self.callbacks or ())
         history = nn.History()
         for callback in callbacks:
@@ -272,7 +279,7 @@ class _Solvers:
                     if not weight_sum:  # a batch of zero weights has no loss: no step
                         continue
                     penalty = _set_l2_penalty(model, optimizer, settings["alpha"], weight_sum)
-                    loss, _, _ = step.step(_rows(X_train, index, dtype), targets[index], swb)
+                    loss, _, _ = step.step(_rows(X_train, index, dtype, batch_rows), targets[index], swb)
                     accumulated_loss += (loss + penalty) * (batch.stop - batch.start)
                 self.n_iter_ += 1
                 self.loss_ = accumulated_loss / n_samples
