@@ -134,10 +134,11 @@ def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
     (x, y) is checked here once (x of the model's input width, y integer labels in range),
     so the compiled step can trust every batch of it.
 
-    ``step.plan`` is its :class:`nnkern._plan.ThreadPlanner` (the thread count in use,
-    ``step.plan.describe()``). On the "cython" backend the function also has ``step.profiled(xb, yb) -> (loss,
-    correct, seconds per phase)`` and ``step.phase_names()``: the same step, timing each
-    of its phases (what ``nnkern bench --profile`` reports for the fused engine)."""
+    ``step.plan`` is its :class:`nnkern._plan.ThreadPlanner` (the thread count in use:
+    ``step.plan.describe()``). On the "cython" backend the function also has
+    ``step.profiled(xb, yb) -> (loss, correct, seconds per phase)`` and
+    ``step.phase_names()``: the same step, timing each of its phases (what ``nnkern bench
+    --profile`` reports for the fused engine)."""
     try:
         return build_fused_step(model, optimizer, loss, x, y, batch_size)
     except FusedStepUnavailable:
@@ -189,8 +190,8 @@ def build_fused_step(model, optimizer, loss, x, y, batch_size: int):
     fused = engine.FusedMLPStep(layers, delta0, delta1, rule.code, dtype == np.float64, rows,
                                 sparse_input=sparse)
     # the step's threads: its plan for this machine (nnkern._plan), timed on its first steps
-    work = rows * max(linear.in_features * linear.out_features for linear, _ in pairs)
-    planner = ThreadPlanner(model.backend, _network_name(pairs), rows, np.dtype(dtype).name, sparse, work)
+    planner = ThreadPlanner(model.backend, _network_name(pairs), rows, np.dtype(dtype).name, sparse,
+                            model.largest_product(rows))
 
     def run(method, xb, yb, row_weights):
         xb = np.ascontiguousarray(xb, dtype=dtype)
