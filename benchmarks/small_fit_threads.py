@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,7 @@ def measure(width: int, backend: str, threads: int, epochs: int, repeats: int) -
     from nnkern import _threads
     from nnkern.sklearn import MLPClassifier
 
+    os.environ["NNKERN_PLAN"] = "off"  # the fixed rule, not a plan timed on the first steps
     _threads.SPLIT_MIN_MACS = 0
     nnkern.set_num_threads(threads)
     x, y = load_digits(return_X_y=True)

@@ -67,6 +67,7 @@ def main():
     parser.add_argument("--json", help="write the results there")
     args = parser.parse_args()
     nnkern.set_num_threads(args.threads)
+    os.environ["NNKERN_PLAN"] = str(args.threads)  # that many threads, whatever the step's plan would choose
     (x_all, y_all), _ = load_mnist(dtype=np.float32)
     rng = np.random.default_rng(0)
     results = []

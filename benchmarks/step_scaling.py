@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,7 @@ def measure(name: str, backend: str, threads: int, dtype: str, normalize: str) -
 
     hidden, activation, batch = NETWORKS[name]
     network = bench.custom_network(hidden, activation, batch, normalize, dtype)
+    os.environ["NNKERN_PLAN"] = str(threads)  # that many threads, whatever the step's plan would choose
     nnkern.set_num_threads(threads)
     peak = bench.measure_sgemm_peak(2048, dtype=dtype)
     (x_unit, y), _ = load_mnist()

@@ -20,9 +20,28 @@ import nnkern
 # the small-work rule that keeps them on one thread has its own tests (test_threads_*.py).
 nnkern._threads.SPLIT_MIN_MACS = 0
 
+# The fused steps' thread plans time thread counts on a fit's first steps (NNKERN_PLAN=auto),
+# so a step's thread count, and its round-off, would follow this machine's load: the suite
+# runs the fixed rule above, deterministic, as the tests that compare results bit for bit
+# need (test_determinism.py, test_dask.py) and the thread-count fixtures expect;
+# tests/test_plan.py switches the plans on where it tests them.
+os.environ.setdefault("NNKERN_PLAN", "off")
+
 collect_ignore = ["cuda", "cuda_ptx"]
 
 from _backends import FAST_CPU_BACKENDS
+
+
+@pytest.fixture(autouse=True, scope="session")
+def plan_cache_of_the_session(tmp_path_factory):
+    """No test (nor a command it starts) reads or writes the user's plan cache."""
+    before = os.environ.get("NNKERN_PLAN_CACHE")
+    os.environ["NNKERN_PLAN_CACHE"] = str(tmp_path_factory.mktemp("plans") / "plans.json")
+    yield
+    if before is None:
+        os.environ.pop("NNKERN_PLAN_CACHE")
+    else:
+        os.environ["NNKERN_PLAN_CACHE"] = before
 
 
 @pytest.fixture(params=FAST_CPU_BACKENDS)

@@ -193,6 +193,49 @@ def test_concurrent_claims_share_the_budget(clean_budget):
     assert _threads._active == 0
 
 
+def test_a_nested_claim_takes_no_more_threads_than_the_enclosing_one(clean_budget, monkeypatch):
+    monkeypatch.setattr(_threads, "SPLIT_MIN_MACS", 1 << 22)  # the suite's conftest sets 0
+    nnkern.set_num_threads(4, oversubscribe=True)
+    with _threads.claim(work=_threads.SPLIT_MIN_MACS - 1) as small:
+        with _threads.claim() as kernel:
+            assert (small, kernel) == (1, 1)
+        with _threads.claim(work=_threads.SPLIT_MIN_MACS) as large_kernel:
+            assert large_kernel == 1
+    with _threads.claim() as step:
+        with _threads.claim(work=_threads.SPLIT_MIN_MACS - 1) as small_kernel:
+            assert (step, small_kernel) == (4, 1)
+        with _threads.claim() as kernel:  # the cap is the enclosing claim's, not a sibling's
+            assert kernel == 4
+    with _threads.claim() as alone:  # nothing left over once the claims end
+        assert alone == 4
+
+
+@pytest.mark.parametrize("hidden, threads", [(8, 1), (4096, 4)])
+def test_a_layer_by_layer_steps_kernels_take_the_steps_threads(clean_budget, monkeypatch, hidden, threads):
+    """A small network's step runs every kernel on one thread; a large one's on the budget."""
+    from nnkern import nn, optim
+    from nnkern.backends import cython_backend
+    from nnkern.training import LayerStep
+
+    monkeypatch.setattr(_threads, "SPLIT_MIN_MACS", 1 << 22)  # the suite's conftest sets 0
+    nnkern.set_num_threads(4, oversubscribe=True)
+    seen = []
+    run = cython_backend._run
+
+    def recording_run(kernel, *args):
+        with _threads.claim() as share:
+            seen.append(share)
+        return run(kernel, *args)
+
+    monkeypatch.setattr(cython_backend, "_run", recording_run)
+    rows = _threads.SPLIT_MIN_MACS // (16 * 4096) + 1  # 16 x 4096 x rows: above the threshold
+    model = nn.Sequential(nn.Linear(16, hidden, seed=0), nn.ReLU(), nn.Linear(hidden, 3, seed=1), backend="cython")
+    step = LayerStep(model, optim.SGD(model, lr=0.1), model._objective("cross_entropy"))
+    x = np.random.default_rng(0).standard_normal((rows, 16)).astype(np.float32)
+    step.step(x, np.arange(rows) % 3)
+    assert seen and set(seen) == {threads}
+
+
 def test_info_prints_the_budget_and_its_source():
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
     env["OMP_NUM_THREADS"] = "1"

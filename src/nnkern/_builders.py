@@ -1,9 +1,9 @@
 """The one builder of fully connected networks and of optimizers by name.
 
 ``nnkern train`` (:mod:`nnkern.cli`) and ``nnkern bench``'s nnkern contenders
-(:mod:`nnkern.bench`) build their models and optimizers here; the scikit-learn estimators
-(:mod:`nnkern.sklearn`) are to build theirs here too, so that a network or an optimizer
-named the same way is the same object whichever front end asked for it.
+(:mod:`nnkern.bench`) build their models and optimizers here, and the scikit-learn estimators
+(:mod:`nnkern.sklearn`) their networks, so that a network named the same way is the same
+object whichever front end asked for it.
 """
 
 from __future__ import annotations
@@ -35,17 +35,17 @@ DEFAULT_MOMENTUM = 0.9
 def build_mlp(hidden=DEFAULT_HIDDEN, *, activation="relu", inputs=INPUT_FEATURES,
               outputs=NUM_CLASSES, backend=None, dtype=np.float32, seed=None):
     """A fully connected classifier ``inputs -> hidden... -> outputs`` with ``activation``
-    (a key of ``HIDDEN_ACTIVATIONS``) after each hidden layer and logits at the end (the
-    loss applies the softmax). Layer ``i`` is initialised with seed ``seed + i`` (None:
-    unseeded)."""
-    layer_class = HIDDEN_ACTIVATIONS[activation]
+    (a key of ``HIDDEN_ACTIVATIONS``, or None for none) after each hidden layer and logits at
+    the end (the loss applies the softmax). Layer ``i`` is initialised with seed ``seed + i``
+    (None: unseeded)."""
+    layer_class = None if activation is None else HIDDEN_ACTIVATIONS[activation]
     init = "he" if activation in _HE_INIT else "xavier"
     sizes = (inputs, *hidden, outputs)
     layers = []
     for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
         layer_seed = None if seed is None else seed + i
         layers.append(nn.Linear(n_in, n_out, init=init, seed=layer_seed))
-        if i < len(sizes) - 2:
+        if layer_class is not None and i < len(sizes) - 2:
             layers.append(layer_class())
     return nn.Sequential(*layers, backend=backend, dtype=dtype)
 

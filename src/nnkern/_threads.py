@@ -23,9 +23,12 @@ only make every parallel region wait for threads that are not running (a trainin
 it runs (:func:`claim`); each gets ``budget // active callers`` threads (at least one), so
 that nnkern calls from several Python threads together stay within the budget.
 
-**Small work.** A training step whose largest product is below :data:`SPLIT_MIN_MACS`
-multiply-adds runs on one thread (:func:`claim` with ``work``): splitting it costs more in
-waiting than it saves (measured: ``benchmarks/small_fit_threads.py``).
+**Small work.** ``claim(work)`` gives one thread when ``work`` (a training step's largest
+product) is below :data:`SPLIT_MIN_MACS` multiply-adds: splitting it costs more in waiting
+than it saves (measured: ``benchmarks/small_fit_threads.py``). The layer-by-layer steps
+apply it; the fused training steps plan their thread count for the machine instead
+(:mod:`nnkern._plan`: timed on their first steps, cached on disk) and apply this rule only
+with ``NNKERN_PLAN=off``.
 
 **Pools.** The Cython kernels receive their thread count explicitly; the Numba kernels too,
 and Numba's own count for the calling thread is set to it during the call (Numba keeps one
@@ -61,9 +64,13 @@ CPUS = max(1, os.cpu_count() or 1)
 # this: reading them costs a few microseconds, a small training step a few tens.
 BUDGET_REREAD_S = 0.01
 
-# A training step whose largest product (batch rows x fan_in x fan_out) is below this runs on
-# one thread. Measured with benchmarks/small_fit_threads.py (README "Threads").
-SPLIT_MIN_MACS = 1 << 21
+# A call whose largest product (batch rows x fan_in x fan_out) is below this runs on one
+# thread. benchmarks/small_fit_threads.py on a 2-core AMD EPYC (Zen 3), Cython step: 2
+# threads 0.88-1.02x of 1 up to 3.3 M multiply-adds, 1.36x at 6.6 M, 1.50x at 13 M
+# (BENCHMARKS.md "Where a second thread pays"); the threshold lies between the two. The fused
+# training steps follow their timed plan instead (nnkern._plan), and this rule only with
+# NNKERN_PLAN=off.
+SPLIT_MIN_MACS = 1 << 22
 
 # How long an idle OpenMP thread of the runtime nnkern's kernels load (the system libgomp,
 # shared by the Cython kernels and Numba's "omp" layer) busy-waits for the next parallel
@@ -244,24 +251,36 @@ def _env_count(name: str) -> int | None:
     return n if n >= 1 else None
 
 
+def _extension_modules() -> int:
+    """How many compiled extension modules Python has imported."""
+    return sum(1 for module in list(sys.modules.values())
+               if str(getattr(module, "__file__", None) or "").endswith((".so", ".pyd")))
+
+
 class _Pools:
     """threadpoolctl's view of the BLAS and OpenMP runtimes loaded in this process, scanned
-    again when Python has imported modules since (a new extension may have loaded one)."""
+    again when Python has imported a compiled extension since (it may have loaded one). A
+    scan reads every loaded library's path (10-50 ms with SciPy and scikit-learn loaded), so
+    imports of Python modules alone do not start one."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._modules = -1
+        self._extensions = -1
         self._libs = []
 
     def libs(self) -> list:
         if len(sys.modules) != self._modules:
-            from threadpoolctl import ThreadpoolController
-
             with self._lock:
                 if len(sys.modules) != self._modules:
                     self._modules = len(sys.modules)
-                    self._libs = [lib for lib in ThreadpoolController().lib_controllers
-                                  if lib.user_api in ("blas", "openmp")]
+                    extensions = _extension_modules()
+                    if extensions != self._extensions:
+                        from threadpoolctl import ThreadpoolController
+
+                        self._libs = [lib for lib in ThreadpoolController().lib_controllers
+                                      if lib.user_api in ("blas", "openmp")]
+                        self._extensions = extensions
         return self._libs
 
     def smallest(self) -> tuple[int, str] | None:
@@ -371,10 +390,11 @@ class claim:
     """``with claim(work) as threads:`` one kernel call or training step. The calling
     thread counts as an active caller until the block ends (nested claims count once);
     ``threads`` is its share of the budget, or 1 when ``work`` (the largest product, in
-    multiply-adds) is below :data:`SPLIT_MIN_MACS`. The host's limits are those read by
-    this thread at most :data:`BUDGET_REREAD_S` ago."""
+    multiply-adds) is below :data:`SPLIT_MIN_MACS`, and never more than the enclosing
+    claim's (a layer-by-layer step's kernels take the step's count). The host's limits are
+    those read by this thread at most :data:`BUDGET_REREAD_S` ago."""
 
-    __slots__ = ("work", "outermost")
+    __slots__ = ("work", "outermost", "enclosing")
 
     def __init__(self, work: int | None = None):
         self.work = work
@@ -387,14 +407,23 @@ class claim:
         if self.outermost:
             with _active_lock:
                 _active += 1
+            local.cap = None
         local.depth = depth + 1
+        self.enclosing = local.cap
         if self.work is not None and self.work < SPLIT_MIN_MACS:
-            return 1
-        return max(1, _current_budget(local) // max(1, _active))
+            threads = 1
+        else:
+            threads = max(1, _current_budget(local) // max(1, _active))
+        if self.enclosing is not None:
+            threads = min(threads, self.enclosing)
+        local.cap = threads
+        return threads
 
     def __exit__(self, *exc) -> None:
         global _active
-        _local.depth -= 1
+        local = _local
+        local.depth -= 1
+        local.cap = self.enclosing
         if self.outermost:
             with _active_lock:
                 _active -= 1

@@ -4,6 +4,7 @@
     nnkern evaluate MODEL.npz
     nnkern predict MODEL.npz [--count 10]
     nnkern info
+    nnkern tune [--hidden 256,128,64,20] [--batch-size 64] [--inputs sparse,dense] ...
     nnkern bench [--quick] [--json PATH]
     nnkern plot-optimizers PATH.png
     nnkern plot-gradient-descent PATH.png
@@ -108,6 +109,14 @@ def _layer_sizes(text: str) -> tuple[int, ...]:
     if any(size < 1 for size in sizes):
         raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
     return sizes
+
+
+def _input_kinds(text: str) -> tuple[str, ...]:
+    """tune's --inputs "sparse,dense" as ("sparse", "dense")."""
+    kinds = tuple(dict.fromkeys(part.strip() for part in text.split(",")))
+    if not kinds or any(kind not in ("sparse", "dense") for kind in kinds):
+        raise argparse.ArgumentTypeError(f"expected sparse, dense or sparse,dense, got {text!r}")
+    return kinds
 
 
 def _load_mnist(path, dtype=np.float32):
@@ -443,25 +452,28 @@ def _cython_build_version() -> str:
 
 
 def _cpu_description() -> tuple[str, list[str]]:
-    """The CPU model and the SIMD extensions it reports, from /proc/cpuinfo where there is one."""
-    model, flags = platform.processor() or platform.machine(), []
+    """The CPU model (as the training step's plans are keyed) and the SIMD extensions it
+    reports, from /proc/cpuinfo where there is one."""
+    from ._plan import cpu_model
+
+    flags = []
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("model name", "Model") and model in ("", platform.machine(), platform.processor()):
-                    model = value.strip()
-                elif key in ("flags", "Features") and not flags:
+                if key.strip() in ("flags", "Features"):
                     present = set(value.split())
                     flags = [flag for flag in SIMD_FLAGS if flag in present]
+                    break
     except OSError:
         pass
-    return model, flags
+    return cpu_model(), flags
 
 
 def _info(args) -> int:
     from threadpoolctl import threadpool_info
+
+    from . import _plan
 
     import numba
 
@@ -492,7 +504,71 @@ def _info(args) -> int:
     blas = [pool for pool in pools if pool["user_api"] == "blas"]
     print("numpy BLAS: " + ("; ".join(f"{p['internal_api']} {p.get('version') or ''}".strip() for p in blas)
                             if blas else _numpy_blas_from_config()))
+    path = _plan.cache_path()
+    print(f"training step plans: {_plan.PLAN_ENV}={os.environ.get(_plan.PLAN_ENV) or 'auto'}; cache {path}"
+          f" ({len(_plan.read_cache(path))} plan(s); `nnkern tune` makes them ahead of time)")
     return 0
+
+
+# ---------------------------------------------------------------------------------------
+# nnkern tune
+# ---------------------------------------------------------------------------------------
+
+# The share of nonzeros in tune's sparse inputs: MNIST's pixels (what `nnkern train` feeds).
+MNIST_NONZERO_SHARE = 0.19
+# Synthetic batches tune cycles through (rows of each: the batch size).
+TUNE_BATCHES = 4
+
+
+def _plan_one(backend: str, hidden, activation: str, rows: int, dtype, inputs: str, seed: int = 0):
+    """Time the thread counts of the fused step of one MNIST network and batch on synthetic
+    data (``inputs``: "sparse", MNIST's share of nonzeros in [0, 1], or "dense" in [-1, 1]),
+    whatever plan is cached; returns the step's planner, its plan made and cached."""
+    from . import _plan, engine
+    from .losses import CrossEntropyLoss
+
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (rows * TUNE_BATCHES, INPUT_FEATURES)).astype(dtype)
+    if inputs == "sparse":
+        x = np.abs(x) * (rng.random(x.shape) < MNIST_NONZERO_SHARE)
+    y = rng.integers(0, NUM_CLASSES, len(x))
+    model = build_mlp(hidden, activation=activation, backend=backend, dtype=dtype, seed=seed)
+    optimizer = make_optimizer(DEFAULT_OPTIMIZER, None, DEFAULT_MOMENTUM, DEFAULT_WEIGHT_DECAY, model=model)
+    step = engine.build_fused_step(model, optimizer, CrossEntropyLoss(), x, y, rows)
+    step.plan.retime = True
+    # the step's first call, then every candidate's warm-up and timed steps
+    most_steps = 1 + len(_plan.candidate_threads(nnkern.get_num_threads())) * (_plan.WARMUP_STEPS + _plan.TIMED_STEPS)
+    for number in range(most_steps):
+        batch = slice((number % TUNE_BATCHES) * rows, (number % TUNE_BATCHES + 1) * rows)
+        step(x[batch], y[batch])
+        if step.plan.current_plan() is not None:
+            break
+    return step.plan
+
+
+def _tune(args) -> int:
+    from . import _plan
+
+    _apply_threads(args)
+    if _plan.plan_setting() != "auto":
+        raise CommandError(f"{_plan.PLAN_ENV}={os.environ[_plan.PLAN_ENV]} switches the plans off; "
+                           f"unset it (or set it to auto) to make plans")
+    backend = _check_backend(args.backend)
+    if backend not in ("cython", "numba"):
+        raise CommandError(f"the {backend!r} backend has no fused CPU step to plan (cython and numba have)")
+    hidden_sizes = args.hidden or [DEFAULT_HIDDEN]
+    print(f"planning the fused {backend} step on {_plan.cpu_model()}, thread budget {nnkern.get_num_threads()};"
+          f" cache {_plan.cache_path()}", flush=True)
+    failed = 0
+    for hidden in hidden_sizes:
+        for rows in args.batch_size or [DEFAULT_BATCH_SIZE]:
+            for dtype in args.dtype or ["float32"]:
+                for inputs in args.inputs:
+                    planner = _plan_one(backend, hidden, args.activation, rows, np.dtype(dtype), inputs)
+                    plan = planner.current_plan()
+                    print(f"{planner.network}, batch {rows}, {dtype}, {inputs} input: {plan.describe()}", flush=True)
+                    failed += plan.source == "timed" and not plan.saved
+    return 1 if failed else 0
 
 
 def _numpy_blas_from_config() -> str:
@@ -639,6 +715,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="backends, versions, threads, CPU and BLAS")
     info.set_defaults(run=_info)
+
+    tune = commands.add_parser(
+        "tune", help="plan the training step's threads for this machine ahead of time",
+        description="Time the fused training step of MNIST networks on this machine with 1 thread, the thread "
+                    "budget and (from 4) half of it, on synthetic batches, and cache the fastest (fewest threads "
+                    "within 5%) for the fits that follow: the plan a fit otherwise makes on its first steps. "
+                    "Each option may be given several times; every combination is planned.")
+    tune.add_argument("--hidden", type=_layer_sizes, action="append", metavar="N,N,...",
+                      help="hidden layer sizes (default: 256,128,64,20, the network of nnkern train)")
+    tune.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="hidden activation (default: relu)")
+    tune.add_argument("--batch-size", type=_positive_int, action="append",
+                      help=f"(default: {DEFAULT_BATCH_SIZE})")
+    tune.add_argument("--dtype", choices=("float32", "float64"), action="append", help="(default: float32)")
+    tune.add_argument("--inputs", type=_input_kinds, default=("sparse", "dense"), metavar="sparse,dense",
+                      help="sparse (MNIST's pixels in [0, 1], 81%% zeros: what nnkern train feeds; the first layer"
+                           " reads only the nonzeros), dense (in [-1, 1]) or both (default: sparse,dense)")
+    tune.add_argument("--backend", choices=("cython", "numba"),
+                      help="(default: the fastest CPU backend available)")
+    add_threads(tune)
+    tune.set_defaults(run=_tune)
 
     bench = commands.add_parser("bench", help="compare every backend with the NumPy reference")
     bench.add_argument("--quick", action="store_true", help="small sizes and few repeats")

@@ -36,6 +36,14 @@ the forward and the weight gradient, over the nonzeros only (the same sums witho
 zero terms; once a weight or gradient is infinite or NaN, the dense products' 0 * inf = NaN
 terms are among those left out). The environment variable ``NNKERN_SPARSE_INPUT`` overrides the choice: "0"
 never, "1" always, "auto" (the default) from the data's density.
+
+Threads: a CPU step plans its thread count for the machine (:mod:`nnkern._plan`): on its
+first steps it times 1 thread, its share of the budget and (from a share of 4) half of it,
+keeps the fewest threads within 5% of the fastest and caches that plan on disk per CPU
+model, backend, network, batch, dtype, first layer and share (``nnkern tune`` makes plans
+ahead of time). ``NNKERN_PLAN=off`` uses the fixed rule instead (one thread below
+``nnkern._threads.SPLIT_MIN_MACS`` multiply-adds in the largest product, else the share),
+``NNKERN_PLAN=<n>`` n threads; a step never uses more than its share of the budget.
 """
 
 from __future__ import annotations
@@ -46,8 +54,8 @@ import os
 import numpy as np
 
 from . import _validate
-from ._threads import claim
-from .backends import ACTIVATION_CODES
+from ._plan import ThreadPlanner
+from .backends import ACTIVATION_CODES, ACTIVATIONS
 from .layers import ActivationLayer, Identity, Linear
 from .losses import CrossEntropyLoss
 
@@ -100,6 +108,16 @@ def _activation_spec(layer):
     return ACTIVATION_CODES[name], float(params.get("negative_slope", 0.0)), not layer.grad_from_output
 
 
+def _network_name(pairs) -> str:
+    """The network as its plan is keyed: the input width, then each layer's width and
+    activation ("784-256relu-10")."""
+    names = [str(pairs[0][0].in_features)]
+    for linear, act_layer in pairs:
+        code = _activation_spec(act_layer)[0]
+        names.append(f"{linear.out_features}{'' if code == ACTIVATION_CODES['identity'] else ACTIVATIONS[code]}")
+    return "-".join(names)
+
+
 def _sparse_input(x) -> bool:
     """Whether the first layer should read only the nonzeros of the data x."""
     setting = os.environ.get("NNKERN_SPARSE_INPUT", "auto").strip().lower()
@@ -117,9 +135,11 @@ def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
     (x, y) is checked here once (x of the model's input width, y integer labels in range),
     so the compiled step can trust every batch of it.
 
-    On the "cython" backend the function also has ``step.profiled(xb, yb) -> (loss,
-    correct, seconds per phase)`` and ``step.phase_names()``: the same step, timing each
-    of its phases (what ``nnkern bench --profile`` reports for the fused engine)."""
+    ``step.plan`` is its :class:`nnkern._plan.ThreadPlanner` (the thread count in use:
+    ``step.plan.describe()``). On the "cython" backend the function also has
+    ``step.profiled(xb, yb) -> (loss, correct, seconds per phase)`` and
+    ``step.phase_names()``: the same step, timing each of its phases (what ``nnkern bench
+    --profile`` reports for the fused engine)."""
     try:
         return build_fused_step(model, optimizer, loss, x, y, batch_size)
     except FusedStepUnavailable:
@@ -170,22 +190,24 @@ def build_fused_step(model, optimizer, loss, x, y, batch_size: int):
     sparse = _sparse_input(x)
     fused = engine.FusedMLPStep(layers, delta0, delta1, rule.code, dtype == np.float64, rows,
                                 sparse_input=sparse)
-    # the step's threads follow from its largest product (small ones run on one thread)
-    work = rows * max(linear.in_features * linear.out_features for linear, _ in pairs)
+    # the step's threads: its plan for this machine (nnkern._plan), timed on its first steps
+    planner = ThreadPlanner(model.backend, _network_name(pairs), rows, np.dtype(dtype).name, sparse,
+                            model.largest_product(rows))
 
     def run(method, xb, yb, row_weights):
         xb = np.ascontiguousarray(xb, dtype=dtype)
         yb = np.ascontiguousarray(yb, dtype=np.int64)
         now = optimizer.update_rule()  # the hyperparameters as they are now (a schedule changes lr)
-        with claim(work) as threads:
-            return method(xb, yb, now.lr, now.a, now.b, now.eps, now.weight_decay, optimizer.count_steps(1),
-                          threads, row_weights, now.bias_weight_decay)
+        return planner.run(lambda threads: method(
+            xb, yb, now.lr, now.a, now.b, now.eps, now.weight_decay, optimizer.count_steps(1), threads, row_weights,
+            now.bias_weight_decay))
 
     def step(xb, yb, row_weights=None):
         return run(fused.step, xb, yb, row_weights)
 
     step.logits = layers[-1][7]  # the last batch's logits (first rows of this buffer)
     step.sparse_input = sparse
+    step.plan = planner
     # Numba compiles the step on its first call in a process unless its disk cache has it;
     # a first compilation takes 10-30 s (BENCHMARKS.md), which fit(verbose=True) says beforehand.
     compiled = getattr(engine, "train_step", None)

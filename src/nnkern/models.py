@@ -276,6 +276,12 @@ class Graph:
         """The gradient arrays, in the order of :meth:`parameters`, written by backward."""
         return [g for layer in self.layers for _, g in layer.named_gradients()]
 
+    def largest_product(self, rows: int) -> int:
+        """The multiply-adds of the model's largest Linear product for a batch of ``rows``
+        (0 without Linear layers): the work by which a training step picks its threads."""
+        return rows * max((layer.in_features * layer.out_features for layer in self.layers
+                           if isinstance(layer, Linear)), default=0)
+
     def named_buffers(self) -> list[tuple[str, object]]:
         """("<node>.running_mean", array), ...: the layers' saved state that is no
         parameter (BatchNorm1d's running statistics), in the order of the nodes."""

@@ -7,15 +7,16 @@ import numbers
 import numpy as np
 import scipy.sparse
 from sklearn.base import BaseEstimator
-from sklearn.utils import check_random_state, gen_batches
+from sklearn.utils import check_random_state
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import _arrays, nn
 from .._backend import get_backend, unavailable_reason
+from .._builders import build_mlp
 from ._losses import _output_activation
 from ._parameters import ACTIVATIONS, LEARNING_RATES, SOLVERS, _check, _choice
-from ._solvers import CHUNK_ROWS, _rows, _Solvers
+from ._solvers import CHUNK_ROWS, _batches, _rows, _Solvers
 
 
 class _BaseMLP(_Solvers, BaseEstimator):
@@ -132,13 +133,9 @@ class _BaseMLP(_Solvers, BaseEstimator):
         widths = tuple([self.coefs_[0].shape[0], *(c.shape[1] for c in self.coefs_)])
         key = (widths, self.activation, backend, np.dtype(dtype))
         if getattr(self, "_model_key", None) != key:
-            activation = ACTIVATIONS[self.activation]
-            layers = []
-            for i, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])):
-                layers.append(nn.Linear(fan_in, fan_out, seed=0))  # the weights are set just below
-                if activation is not None and i < len(widths) - 2:
-                    layers.append(activation())
-            self._model = nn.Sequential(*layers, backend=backend, dtype=dtype)
+            # seeded only to skip drawing: the weights are set just below
+            self._model = build_mlp(widths[1:-1], activation=ACTIVATIONS[self.activation], inputs=widths[0],
+                                    outputs=widths[-1], backend=backend, dtype=dtype, seed=0)
             self._model_key = key
         params = self._model.parameters()
         for i, (coef, intercept) in enumerate(zip(self.coefs_, self.intercepts_)):
@@ -171,7 +168,7 @@ class _BaseMLP(_Solvers, BaseEstimator):
         model = self._network(settings["backend"], dtype)
         if scipy.sparse.issparse(X):
             X = X.tocsr()
-            z = np.concatenate([model.predict(_rows(X, s, dtype)) for s in gen_batches(X.shape[0], CHUNK_ROWS)])
+            z = np.concatenate([model.predict(_rows(X, s, dtype)) for s in _batches(X.shape[0], CHUNK_ROWS)])
         else:
             z = model.predict(np.ascontiguousarray(X, dtype=dtype))
         return _output_activation(self.out_activation_, z)

@@ -12,8 +12,8 @@ from .. import nn
 
 # hidden activation name (scikit-learn's, plus nnkern's) -> the layer after each hidden Linear,
 # from nnkern's one table of activation layers (scikit-learn says "logistic" for sigmoid)
-ACTIVATIONS = {"identity": None, "logistic": nn.ACTIVATION_LAYERS["sigmoid"],
-               **{name: layer for name, layer in nn.ACTIVATION_LAYERS.items() if name != "sigmoid"}}
+# scikit-learn's activation names -> nnkern's (None: no activation layer)
+ACTIVATIONS = {"identity": None, "logistic": "sigmoid", **{name: name for name in nn.ACTIVATION_LAYERS if name != "sigmoid"}}
 STOCHASTIC_SOLVERS = ("adam", "sgd", "adamw", "adagrad", "rmsprop", "adadelta")
 SOLVERS = ("lbfgs", *STOCHASTIC_SOLVERS)
 LEARNING_RATES = ("constant", "invscaling", "adaptive", "cosine")

@@ -72,6 +72,33 @@ class EpochPrinter(Callback):
         print(f"epoch {epoch:>{self.width}}/{self.epochs}  {metrics}  ({logs['seconds']:.1f} s)", flush=True)
 
 
+class PlanPrinter(Callback):
+    """``verbose=True`` on a fused CPU step: its thread plan (:mod:`nnkern._plan`), once
+    known: at the start when cached or fixed, else after the steps that timed it."""
+
+    def __init__(self, plan):
+        self.plan = plan
+        self.printed = False
+
+    def _print_when_known(self) -> None:
+        line = self.plan.describe()
+        if line is not None:
+            print(line, flush=True)
+            self.printed = True
+
+    def on_train_begin(self, info):
+        self._print_when_known()
+
+    def on_batch_end(self, epoch, step, steps, logs):
+        if not self.printed:
+            self._print_when_known()
+
+    def on_train_end(self, history):
+        if not self.printed and self.plan.last_share is not None:
+            print("plan: the fit ended while the thread counts were being timed; a later fit of this network "
+                  "in this process goes on timing them", flush=True)
+
+
 def dispatch(callbacks, hook: str, *args) -> None:
     for callback in callbacks:
         method = getattr(callback, hook, None)

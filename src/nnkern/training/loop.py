@@ -12,7 +12,7 @@ import numpy as np
 from .. import _arrays, _validate, optim
 from ..data import DataLoader
 from ..losses import CrossEntropyLoss
-from .history import EpochPrinter, History, NonFiniteLossError, dispatch
+from .history import EpochPrinter, History, NonFiniteLossError, PlanPrinter, dispatch
 from .steps import select_step
 
 # Only backends with a fused engine say why a model trains layer by layer instead.
@@ -133,6 +133,7 @@ def fit(model, x, y, *, epochs: int = 1, batch_size: int = 32, optimizer, loss="
     if optimizer.schedule is not None and optimizer.schedule not in callbacks:
         callbacks.insert(0, optimizer.schedule)  # the optimizer's lr schedule steps with the training
     callbacks += [EpochPrinter(epochs)] if verbose else []
+    callbacks += [PlanPrinter(step.plan)] if verbose and step.plan is not None else []
     history = History()
     steps = len(loader)
     model.stop_training = False

@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import engine
 from .._clip import clip_grad_norm_
+from .._threads import claim
 
 __all__ = ["TrainingStep", "LayerStep", "FusedStep", "DeviceEpochStep", "select_step"]
 
@@ -35,6 +36,7 @@ class TrainingStep:
     engine = ""  # what trains, for messages: "layer by layer", "cython fused step", ...
     first_call_note: str | None = None  # said before a first step that may compile
     fallback_reason: str | None = None  # why a faster engine is not used (None: it is)
+    plan = None  # the fused CPU steps' thread plan (nnkern._plan.ThreadPlanner)
 
     def step(self, xb, yb, wb=None) -> tuple[float, list, list]:
         raise NotImplementedError
@@ -66,10 +68,13 @@ class LayerStep(TrainingStep):
         self._several_outputs = len(model.output_names) > 1
 
     def step(self, xb, yb, wb=None):
-        value, output = self.model.compute_gradients(xb, yb, self.objective, wb)
-        if self.max_grad_norm is not None:
-            clip_grad_norm_(self.model, self.max_grad_norm)
-        self.optimizer.step()
+        rows = len(xb[0] if isinstance(xb, tuple) else xb)
+        # the step's kernels take the threads of its largest product (a small network's: one)
+        with claim(self.model.largest_product(rows)):
+            value, output = self.model.compute_gradients(xb, yb, self.objective, wb)
+            if self.max_grad_norm is not None:
+                clip_grad_norm_(self.model, self.max_grad_norm)
+            self.optimizer.step()
         outputs, targets = (output, yb) if self._several_outputs else ([output], [yb])
         return value, self.objective.values, self.objective.correct(outputs, targets)
 
@@ -83,6 +88,7 @@ class FusedStep(TrainingStep):
         self.function = function
         self.engine = f"{backend} fused step"
         self.first_call_note = function.first_call_note
+        self.plan = getattr(function, "plan", None)
 
     def step(self, xb, yb, wb=None):
         if wb is None:
