@@ -299,17 +299,31 @@ def test_kernels_compile_once_per_dtype_whoever_calls_them(tmp_path):
     types as Literals, compiling a kernel once per value): in a fresh cache, the fused
     steps and the layer path compile each kernel once, the GEMM and the parallel update
     included (one kernel each, whatever the thread count), and the fused step once per
-    combination of None arguments."""
+    combination of None arguments. The one constant is the update rule, a compile-time
+    choice: Adam's steps compile Adam's update kernel and no other rule's."""
+    from nnkern.backends import numba_train
+
     report = _run_python(_FUSED_STEPS_AND_LAYER_PATH, str(tmp_path))
     assert report["sparse"] == [False, True]
     compiled = report["compiled"]
     for name, signatures in compiled.items():
         for argument_types in signatures:
-            assert not any(t.endswith("Literal") for t in argument_types), (name, argument_types)
+            literals = [t for t in argument_types if t.endswith("Literal")]
+            if name in ("_update_any", "_update"):  # the rule's code, their first argument
+                assert argument_types[0] == "IntegerLiteral" and len(literals) == 1, (name, argument_types)
+            elif name.startswith("getitem_literal_idx"):  # Numba's lookup of it in RULE_UPDATES
+                assert argument_types == ["NamedTuple", "IntegerLiteral"], argument_types
+            else:
+                assert not literals, (name, argument_types)
     for name in ("gemm", "gemm_columns", "_pack_panel", "activation", "_update_any", "_update",
                  "_sparse_linear", "_sparse_weight_grad"):
         assert len(compiled[name]) == 1, (name, compiled[name])
-    assert len(compiled["train_step"]) == 2, compiled["train_step"]  # dense; sparse and weighted
+    steps = compiled["train_step_for.<locals>.train_step"]
+    assert len(steps) == 2, steps  # dense; sparse and weighted
+    rules = {update.__name__ for update in numba_train.RULE_UPDATES}
+    assert rules & set(compiled) == {"_adam"}
+    updates = {name for name in compiled if name.endswith("_update") and name != "_update"}
+    assert updates == {"adam_update", "adamw_update", "sgd_update"}  # sgd_update: the L2 term
 
 
 # ---------------------------------------------------------------------------------------
