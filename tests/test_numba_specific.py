@@ -326,6 +326,35 @@ def test_kernels_compile_once_per_dtype_whoever_calls_them(tmp_path):
     assert updates == {"adam_update", "adamw_update", "sgd_update"}  # sgd_update: the L2 term
 
 
+# A first fit with SGD momentum (the fused step of that rule), in the given cache: whether
+# the rule's step came from the disk cache, and the epochs' losses
+_FIT_WITH_MOMENTUM = """
+    import json
+    import numpy as np
+    from nnkern import nn, optim
+    from nnkern.backends import numba_train
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((24, 5)).astype(np.float32), np.arange(24) % 3
+    model = nn.Sequential(nn.Linear(5, 4, seed=0), nn.ReLU(), nn.Linear(4, 3, seed=1),
+                          backend="numba", dtype=np.float32)
+    history = model.fit(x, y, epochs=2, batch_size=8, optimizer=optim.SGD(lr=0.1, momentum=0.9),
+                        seed=0, verbose=False)
+    stats = numba_train.train_step_for(numba_train.RULE_MOMENTUM).stats
+    print(json.dumps({"hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values()),
+                      "losses": history.history["loss"]}))
+"""
+
+
+def test_each_rules_step_is_cached_on_disk(tmp_path):
+    """The step of a rule is a closure over the rule's code: Numba caches it like any kernel,
+    so a second process loads it instead of compiling it, and trains the same."""
+    cold = _run_python(_FIT_WITH_MOMENTUM, str(tmp_path))
+    assert cold["hits"] == 0 and cold["misses"] == 1
+    warm = _run_python(_FIT_WITH_MOMENTUM, str(tmp_path))
+    assert warm["hits"] == 1 and warm["misses"] == 0
+    assert warm["losses"] == cold["losses"]
+
+
 # ---------------------------------------------------------------------------------------
 # Property tests
 # ---------------------------------------------------------------------------------------
