@@ -1,11 +1,11 @@
 """The fused training step of the "numba" backend.
 
-One compiled call (:func:`train_step`) runs a whole optimisation step of an MLP (Linear
-layers, each followed by an elementwise activation; the last layer's output is the
-logits): forward with the bias and the activation fused into the GEMM, fused
-softmax-cross-entropy on integer labels, backward with the activation-derivative mask,
-and the optimizer update of every parameter, into buffers preallocated for the largest
-batch. It releases the GIL and allocates nothing.
+One compiled call (the step :func:`train_step_for` makes for an update rule) runs a whole
+optimisation step of an MLP (Linear layers, each followed by an elementwise activation;
+the last layer's output is the logits): forward with the bias and the activation fused
+into the GEMM, fused softmax-cross-entropy on integer labels, backward with the
+activation-derivative mask, and the optimizer update of every parameter, into buffers
+preallocated for the largest batch. It releases the GIL and allocates nothing.
 
 The arithmetic is that of the separate kernels of numba_kernels: the same GEMM
 (``numba_kernels.gemm``), loss, activation and update kernels, called from compiled code,
