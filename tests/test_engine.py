@@ -182,10 +182,11 @@ def test_fit_says_when_the_numba_step_may_compile(capsys):
             continue
         from nnkern.backends import numba_train
 
-        assert (step.first_call_note is None) == bool(numba_train.train_step.signatures)
+        compiled = numba_train.train_step_for(numba_train.RULE_SGD)  # the step of SGD's rule
+        assert (step.first_call_note is None) == bool(compiled.signatures)
         model.fit(x.astype(np.float32), y, epochs=1, batch_size=16, optimizer=optim.SGD(lr=0.1))
         printed = capsys.readouterr().out
         assert (step.first_call_note is not None) == ("numba: compiling the training step" in printed)
-        assert numba_train.train_step.signatures  # compiled (or loaded) now: no note any more
+        assert compiled.signatures  # compiled (or loaded) now: no note any more
         again = fused_train_step(model, optim.SGD(model, lr=0.1), nn.CrossEntropyLoss(), x, y, 16)
         assert again.first_call_note is None

@@ -299,17 +299,60 @@ def test_kernels_compile_once_per_dtype_whoever_calls_them(tmp_path):
     types as Literals, compiling a kernel once per value): in a fresh cache, the fused
     steps and the layer path compile each kernel once, the GEMM and the parallel update
     included (one kernel each, whatever the thread count), and the fused step once per
-    combination of None arguments."""
+    combination of None arguments. The one constant is the update rule, a compile-time
+    choice: Adam's steps compile Adam's update kernel and no other rule's."""
+    from nnkern.backends import numba_train
+
     report = _run_python(_FUSED_STEPS_AND_LAYER_PATH, str(tmp_path))
     assert report["sparse"] == [False, True]
     compiled = report["compiled"]
     for name, signatures in compiled.items():
         for argument_types in signatures:
-            assert not any(t.endswith("Literal") for t in argument_types), (name, argument_types)
+            literals = [t for t in argument_types if t.endswith("Literal")]
+            if name in ("_update_any", "_update"):  # the rule's code, their first argument
+                assert argument_types[0] == "IntegerLiteral" and len(literals) == 1, (name, argument_types)
+            elif name.startswith("getitem_literal_idx"):  # Numba's lookup of it in RULE_UPDATES
+                assert argument_types == ["NamedTuple", "IntegerLiteral"], argument_types
+            else:
+                assert not literals, (name, argument_types)
     for name in ("gemm", "gemm_columns", "_pack_panel", "activation", "_update_any", "_update",
                  "_sparse_linear", "_sparse_weight_grad"):
         assert len(compiled[name]) == 1, (name, compiled[name])
-    assert len(compiled["train_step"]) == 2, compiled["train_step"]  # dense; sparse and weighted
+    steps = compiled["train_step_for.<locals>.train_step"]
+    assert len(steps) == 2, steps  # dense; sparse and weighted
+    rules = {update.__name__ for update in numba_train.RULE_UPDATES}
+    assert rules & set(compiled) == {"_adam"}
+    updates = {name for name in compiled if name.endswith("_update") and name != "_update"}
+    assert updates == {"adam_update", "adamw_update", "sgd_update"}  # sgd_update: the L2 term
+
+
+# A first fit with SGD momentum (the fused step of that rule), in the given cache: whether
+# the rule's step came from the disk cache, and the epochs' losses
+_FIT_WITH_MOMENTUM = """
+    import json
+    import numpy as np
+    from nnkern import nn, optim
+    from nnkern.backends import numba_train
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((24, 5)).astype(np.float32), np.arange(24) % 3
+    model = nn.Sequential(nn.Linear(5, 4, seed=0), nn.ReLU(), nn.Linear(4, 3, seed=1),
+                          backend="numba", dtype=np.float32)
+    history = model.fit(x, y, epochs=2, batch_size=8, optimizer=optim.SGD(lr=0.1, momentum=0.9),
+                        seed=0, verbose=False)
+    stats = numba_train.train_step_for(numba_train.RULE_MOMENTUM).stats
+    print(json.dumps({"hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values()),
+                      "losses": history.history["loss"]}))
+"""
+
+
+def test_each_rules_step_is_cached_on_disk(tmp_path):
+    """The step of a rule is a closure over the rule's code: Numba caches it like any kernel,
+    so a second process loads it instead of compiling it, and trains the same."""
+    cold = _run_python(_FIT_WITH_MOMENTUM, str(tmp_path))
+    assert cold["hits"] == 0 and cold["misses"] == 1
+    warm = _run_python(_FIT_WITH_MOMENTUM, str(tmp_path))
+    assert warm["hits"] == 1 and warm["misses"] == 0
+    assert warm["losses"] == cold["losses"]
 
 
 # ---------------------------------------------------------------------------------------

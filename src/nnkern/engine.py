@@ -210,7 +210,7 @@ def build_fused_step(model, optimizer, loss, x, y, batch_size: int):
     step.plan = planner
     # Numba compiles the step on its first call in a process unless its disk cache has it;
     # a first compilation takes 10-30 s (BENCHMARKS.md), which fit(verbose=True) says beforehand.
-    compiled = getattr(engine, "train_step", None)
+    compiled = getattr(fused, "train_step", None)  # numba: the dispatcher of this rule's step
     step.first_call_note = (
         "numba: compiling the training step, or loading it from Numba's cache (a first "
         "compilation takes 10-30 s, once)" if compiled is not None and not compiled.signatures else None)

@@ -1,11 +1,11 @@
 """The fused training step of the "numba" backend.
 
-One compiled call (:func:`train_step`) runs a whole optimisation step of an MLP (Linear
-layers, each followed by an elementwise activation; the last layer's output is the
-logits): forward with the bias and the activation fused into the GEMM, fused
-softmax-cross-entropy on integer labels, backward with the activation-derivative mask,
-and the optimizer update of every parameter, into buffers preallocated for the largest
-batch. It releases the GIL and allocates nothing.
+One compiled call (the step :func:`train_step_for` makes for an update rule) runs a whole
+optimisation step of an MLP (Linear layers, each followed by an elementwise activation;
+the last layer's output is the logits): forward with the bias and the activation fused
+into the GEMM, fused softmax-cross-entropy on integer labels, backward with the
+activation-derivative mask, and the optimizer update of every parameter, into buffers
+preallocated for the largest batch. It releases the GIL and allocates nothing.
 
 The arithmetic is that of the separate kernels of numba_kernels: the same GEMM
 (``numba_kernels.gemm``), loss, activation and update kernels, called from compiled code,
@@ -21,23 +21,28 @@ nnk_sparse_impl.h): the same sums without their zero terms.
 
 Every array reaches the compiled step through one typed list of flat arrays (``bufs``)
 and an integer table of the layers (which entry of ``bufs`` holds what), so that one
-compiled specialisation per dtype (and dense or sparse first layer, plain or weighted
-mean) serves every depth and width. Compilation is lazy (on the first step of one) and
-cached on disk, as for every numba kernel.
+compiled specialisation per update rule and dtype (and dense or sparse first layer, plain
+or weighted mean) serves every depth and width. The rule is the step's compile-time
+constant (:func:`train_step_for`), so that a first fit compiles its optimizer's update
+only. Compilation is lazy (on the first step of one) and cached on disk, as for every
+numba kernel.
 
 Arguments are validated by :mod:`nnkern.engine` before this module is reached.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
+
 import numpy as np
 from numba import prange, typed
 
-from . import ACTIVATION_CODES, UPDATE_RULE_CODES
+from . import ACTIVATION_CODES, UPDATE_RULE_CODES, UPDATE_RULES
 from . import numba_backend as _backend
 from . import numba_kernels as _k
 
-__all__ = ["FusedMLPStep", "train_step"]
+__all__ = ["FusedMLPStep", "train_step_for"]
 
 # Columns of the layer table: sizes, activation, then indices into ``bufs`` (0: the dummy).
 FAN_IN, FAN_OUT, ACT, KEEP_PREACT, W, B, GW, GB, H, Z, W_S0, W_S1, B_S0, B_S1 = range(14)
@@ -55,30 +60,69 @@ RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM, R
 IDENTITY = ACTIVATION_CODES["identity"]
 
 
+# Each update rule as one kernel of (p, g, s0, s1, hyper), in the order of the rule codes
+# (UPDATE_RULES): _update picks its rule from this table by a compile-time code, so that a
+# step compiles its optimizer's rule only.
+
+
+@_k._jit()
+def _sgd(p, g, s0, s1, hyper):
+    _k.sgd_update(p, g, hyper[LR])
+
+
+@_k._jit()
+def _momentum(p, g, s0, s1, hyper):
+    _k.momentum_update(p, g, s0, hyper[LR], hyper[A])
+
+
+@_k._jit()
+def _adagrad(p, g, s0, s1, hyper):
+    _k.adagrad_update(p, g, s0, hyper[LR], hyper[EPS])
+
+
+@_k._jit()
+def _rmsprop(p, g, s0, s1, hyper):
+    _k.rmsprop_update(p, g, s0, hyper[LR], hyper[A], hyper[ONE_MINUS_A], hyper[EPS])
+
+
+@_k._jit()
+def _adadelta(p, g, s0, s1, hyper):
+    _k.adadelta_update(p, g, s0, s1, hyper[LR], hyper[A], hyper[ONE_MINUS_A], hyper[EPS])
+
+
+@_k._jit()
+def _adam(p, g, s0, s1, hyper):
+    _k.adam_update(p, g, s0, s1, hyper[A], hyper[ONE_MINUS_A], hyper[B_], hyper[ONE_MINUS_B],
+                   hyper[STEP_SIZE], hyper[INV_SQRT_BC2], hyper[EPS])
+
+
+@_k._jit()
+def _adamw(p, g, s0, s1, hyper):
+    _k.adamw_update(p, g, s0, s1, hyper[DECAY], hyper[A], hyper[ONE_MINUS_A], hyper[B_],
+                    hyper[ONE_MINUS_B], hyper[STEP_SIZE], hyper[INV_SQRT_BC2], hyper[EPS])
+
+
+@_k._jit()
+def _nesterov(p, g, s0, s1, hyper):
+    _k.nesterov_update(p, g, s0, hyper[LR], hyper[A])
+
+
+# A named tuple: Numba types it field by field (a plain tuple of different dispatchers
+# would first be tried as a tuple of first-class functions, with an "experimental" warning).
+RuleUpdates = collections.namedtuple("RuleUpdates", UPDATE_RULES)
+RULE_UPDATES = RuleUpdates(sgd=_sgd, momentum=_momentum, adagrad=_adagrad, rmsprop=_rmsprop,
+                           adadelta=_adadelta, adam=_adam, adamw=_adamw, nesterov=_nesterov)
+
+
 @_k._jit()
 def _update(rule, p, g, s0, s1, hyper, weight_decay):
     """One optimizer update of a flat parameter, by the numba backend's update kernels.
-    weight_decay: add the L2 term to g first (AdamW's decoupled decay is in hyper[DECAY])."""
+    rule: a compile-time code (a Literal type; Numba compiles this kernel once per rule and
+    types the table lookup, hence only that rule's kernel). weight_decay: add the L2 term to
+    g first (AdamW's decoupled decay is in hyper[DECAY])."""
     if weight_decay:  # g += wd * p, as nnkern.optim does it: g -= (-wd) * p
         _k.sgd_update(g, p, hyper[NEG_WEIGHT_DECAY])
-    if rule == RULE_SGD:
-        _k.sgd_update(p, g, hyper[LR])
-    elif rule == RULE_MOMENTUM:
-        _k.momentum_update(p, g, s0, hyper[LR], hyper[A])
-    elif rule == RULE_NESTEROV:
-        _k.nesterov_update(p, g, s0, hyper[LR], hyper[A])
-    elif rule == RULE_ADAGRAD:
-        _k.adagrad_update(p, g, s0, hyper[LR], hyper[EPS])
-    elif rule == RULE_RMSPROP:
-        _k.rmsprop_update(p, g, s0, hyper[LR], hyper[A], hyper[ONE_MINUS_A], hyper[EPS])
-    elif rule == RULE_ADADELTA:
-        _k.adadelta_update(p, g, s0, s1, hyper[LR], hyper[A], hyper[ONE_MINUS_A], hyper[EPS])
-    elif rule == RULE_ADAM:
-        _k.adam_update(p, g, s0, s1, hyper[A], hyper[ONE_MINUS_A], hyper[B_], hyper[ONE_MINUS_B],
-                       hyper[STEP_SIZE], hyper[INV_SQRT_BC2], hyper[EPS])
-    else:
-        _k.adamw_update(p, g, s0, s1, hyper[DECAY], hyper[A], hyper[ONE_MINUS_A], hyper[B_],
-                        hyper[ONE_MINUS_B], hyper[STEP_SIZE], hyper[INV_SQRT_BC2], hyper[EPS])
+    RULE_UPDATES[rule](p, g, s0, s1, hyper)
 
 
 # Below this many elements one thread updates a parameter (as in the Cython update rules):
@@ -90,7 +134,8 @@ UPDATE_PARALLEL_MIN = 1 << 15
 def _update_any(rule, p, g, s0, s1, hyper, weight_decay, num_threads):
     """_update, on num_threads contiguous chunks of p, one per thread, where p is large
     enough to pay for a parallel region (elementwise rules: the same numbers as one pass).
-    Absent states are the 1-element dummy, never read."""
+    Absent states are the 1-element dummy, never read. rule: a compile-time code, as for
+    _update (one specialisation per rule)."""
     n = p.shape[0]
     if num_threads > 1 and n >= UPDATE_PARALLEL_MIN:
         chunk = (n + num_threads - 1) // num_threads
@@ -176,99 +221,109 @@ def _sparse_weight_grad(x, delta, gw, cols, row_count, rows_of, col_count):
             _add_scaled(g, x[ri[e], c], delta[ri[e]])
 
 
-@_k._jit()
-def train_step(x, labels, row_weights, bufs, table, slopes, rule, hyper, bias_hyper, weight_decay,
-               bias_weight_decay, delta0, delta1, delta2, a_tail, b_pack, spare, sparse_lists,
-               num_threads):
-    """One training step on (x, labels): returns (mean loss, rows whose first largest
-    logit is their label). x: (rows, fan_in) C-contiguous; labels int64 in range.
-    row_weights: float64, each row's share of a weighted mean loss, or None for the mean.
-    bias_hyper, bias_weight_decay: the biases' hyperparameters and L2 flag (their weight
-    decay may differ from the weights').
-    delta0-2: flat buffers of rows * the widest layer; the derivative mask reads one and
-    writes another (in place, LLVM would not vectorise it). sparse_lists: None, or the
-    first layer reads only x's nonzeros, listed in (cols, row_count, rows_of, col_count)
-    (int32).
+@functools.cache
+def train_step_for(rule: int):
+    """The compiled training step of one optimizer update rule (its code, UPDATE_RULE_CODES).
+    The code is a constant of the step (a closure over it), which reaches _update_any and
+    _update as a Literal type: each rule's step compiles that rule's update kernel only, not
+    all eight. Numba caches each rule's step on disk under the one function, keyed by the
+    closure's value."""
 
-    None arguments are told apart by type: Numba compiles the step once per combination
-    and prunes the branches of the absent ones before typing them, so that a dense,
-    unweighted fit compiles neither the sparse kernels nor the weighted loss."""
-    rows = x.shape[0]
-    n_layers = table.shape[0]
-    dummy = bufs[0]
-    zero = slopes.dtype.type(0)
-    # run-time flags and codes: constants would reach numba_kernels.gemm as Literal types,
-    # and it would be compiled once per combination of them (numba_kernels._jit)
-    no, yes, identity = bool(False), bool(True), int(IDENTITY)
+    @_k._jit()
+    def train_step(x, labels, row_weights, bufs, table, slopes, hyper, bias_hyper, weight_decay,
+                   bias_weight_decay, delta0, delta1, delta2, a_tail, b_pack, spare, sparse_lists,
+                   num_threads):
+        """One training step on (x, labels): returns (mean loss, rows whose first largest
+        logit is their label). x: (rows, fan_in) C-contiguous; labels int64 in range.
+        row_weights: float64, each row's share of a weighted mean loss, or None for the mean.
+        bias_hyper, bias_weight_decay: the biases' hyperparameters and L2 flag (their weight
+        decay may differ from the weights').
+        delta0-2: flat buffers of rows * the widest layer; the derivative mask reads one and
+        writes another (in place, LLVM would not vectorise it). sparse_lists: None, or the
+        first layer reads only x's nonzeros, listed in (cols, row_count, rows_of, col_count)
+        (int32).
 
-    inp = x
-    for l in range(n_layers):  # forward: h = act(inp @ W + b), fused in the GEMM
-        fan_in, fan_out, act = table[l, FAN_IN], table[l, FAN_OUT], table[l, ACT]
-        w = bufs[table[l, W]].reshape((fan_in, fan_out))
-        h = bufs[table[l, H]][:rows * fan_out].reshape((rows, fan_out))
-        if sparse_lists is not None and l == 0:
-            cols, row_count, _, _ = sparse_lists
-            pre = bufs[table[l, Z]][:rows * fan_out] if table[l, KEEP_PREACT] else h.reshape(-1)
-            _sparse_linear(inp, w, bufs[table[l, B]], pre.reshape((rows, fan_out)), cols, row_count)
-            _k.activation(act, pre, slopes[l], h.reshape(-1))
-        elif table[l, KEEP_PREACT]:
-            z = bufs[table[l, Z]][:rows * fan_out]
-            _k.gemm(inp, no, w, no, z.reshape((rows, fan_out)), bufs[table[l, B]], yes,
-                    identity, slopes[l], a_tail, b_pack, spare, num_threads)
-            _k.activation(act, z, slopes[l], h.reshape(-1))
+        None arguments are told apart by type: Numba compiles the step once per combination
+        and prunes the branches of the absent ones before typing them, so that a dense,
+        unweighted fit compiles neither the sparse kernels nor the weighted loss."""
+        rows = x.shape[0]
+        n_layers = table.shape[0]
+        dummy = bufs[0]
+        zero = slopes.dtype.type(0)
+        # run-time flags and codes: constants would reach numba_kernels.gemm as Literal types,
+        # and it would be compiled once per combination of them (numba_kernels._jit)
+        no, yes, identity = bool(False), bool(True), int(IDENTITY)
+
+        inp = x
+        for l in range(n_layers):  # forward: h = act(inp @ W + b), fused in the GEMM
+            fan_in, fan_out, act = table[l, FAN_IN], table[l, FAN_OUT], table[l, ACT]
+            w = bufs[table[l, W]].reshape((fan_in, fan_out))
+            h = bufs[table[l, H]][:rows * fan_out].reshape((rows, fan_out))
+            if sparse_lists is not None and l == 0:
+                cols, row_count, _, _ = sparse_lists
+                pre = bufs[table[l, Z]][:rows * fan_out] if table[l, KEEP_PREACT] else h.reshape(-1)
+                _sparse_linear(inp, w, bufs[table[l, B]], pre.reshape((rows, fan_out)), cols, row_count)
+                _k.activation(act, pre, slopes[l], h.reshape(-1))
+            elif table[l, KEEP_PREACT]:
+                z = bufs[table[l, Z]][:rows * fan_out]
+                _k.gemm(inp, no, w, no, z.reshape((rows, fan_out)), bufs[table[l, B]], yes,
+                        identity, slopes[l], a_tail, b_pack, spare, num_threads)
+                _k.activation(act, z, slopes[l], h.reshape(-1))
+            else:
+                _k.gemm(inp, no, w, no, h, bufs[table[l, B]], yes, act, slopes[l], a_tail,
+                        b_pack, spare, num_threads)
+            inp = h
+
+        n_classes = table[n_layers - 1, FAN_OUT]
+        logits = bufs[table[n_layers - 1, H]][:rows * n_classes].reshape((rows, n_classes))
+        delta = delta0[:rows * n_classes].reshape((rows, n_classes))
+        if row_weights is not None:
+            loss = _k.softmax_cross_entropy_labels_weighted(logits, labels, row_weights, delta)
         else:
-            _k.gemm(inp, no, w, no, h, bufs[table[l, B]], yes, act, slopes[l], a_tail,
-                    b_pack, spare, num_threads)
-        inp = h
+            loss = _k.softmax_cross_entropy_labels(logits, labels, delta)
+        correct = 0
+        for r in range(rows):
+            best = 0
+            for j in range(1, n_classes):
+                if logits[r, j] > logits[r, best]:
+                    best = j
+            if best == labels[r]:
+                correct += 1
 
-    n_classes = table[n_layers - 1, FAN_OUT]
-    logits = bufs[table[n_layers - 1, H]][:rows * n_classes].reshape((rows, n_classes))
-    delta = delta0[:rows * n_classes].reshape((rows, n_classes))
-    if row_weights is not None:
-        loss = _k.softmax_cross_entropy_labels_weighted(logits, labels, row_weights, delta)
-    else:
-        loss = _k.softmax_cross_entropy_labels(logits, labels, delta)
-    correct = 0
-    for r in range(rows):
-        best = 0
-        for j in range(1, n_classes):
-            if logits[r, j] > logits[r, best]:
-                best = j
-        if best == labels[r]:
-            correct += 1
+        current, free0, free1 = delta0, delta1, delta2
+        for l in range(n_layers - 1, -1, -1):  # backward, updating each layer once used
+            fan_in, fan_out = table[l, FAN_IN], table[l, FAN_OUT]
+            delta = current[:rows * fan_out].reshape((rows, fan_out))
+            if l == 0:
+                inp = x
+            else:
+                inp = bufs[table[l - 1, H]][:rows * fan_in].reshape((rows, fan_in))
+            w = bufs[table[l, W]].reshape((fan_in, fan_out))
+            gw = bufs[table[l, GW]].reshape((fan_in, fan_out))
+            # dW = inp.T @ delta; db = column sums of delta
+            if sparse_lists is not None and l == 0:
+                cols, row_count, rows_of, col_count = sparse_lists
+                _sparse_weight_grad(inp, delta, gw, cols, row_count, rows_of, col_count)
+            else:
+                _k.gemm(inp, yes, delta, no, gw, dummy, no, identity, zero, a_tail, b_pack, spare,
+                        num_threads)
+            _k.bias_grad(delta, bufs[table[l, GB]])
+            if l > 0:  # delta for the layer below: (delta @ W.T) * act'(its z or h)
+                below = l - 1
+                grad = free0[:rows * fan_in]
+                _k.gemm(delta, no, w, yes, grad.reshape((rows, fan_in)), dummy, no, identity, zero,
+                        a_tail, b_pack, spare, num_threads)
+                src = bufs[table[below, Z] if table[below, KEEP_PREACT] else table[below, H]]
+                _k.activation_grad(table[below, ACT], src[:rows * fan_in], grad, slopes[below],
+                                   free1[:rows * fan_in])
+                current, free0, free1 = free1, current, free0
+            _update_any(rule, bufs[table[l, W]], bufs[table[l, GW]], bufs[table[l, W_S0]],
+                        bufs[table[l, W_S1]], hyper, weight_decay, num_threads)
+            _update_any(rule, bufs[table[l, B]], bufs[table[l, GB]], bufs[table[l, B_S0]],
+                        bufs[table[l, B_S1]], bias_hyper, bias_weight_decay, num_threads)
+        return loss, correct
 
-    current, free0, free1 = delta0, delta1, delta2
-    for l in range(n_layers - 1, -1, -1):  # backward, updating each layer once used
-        fan_in, fan_out = table[l, FAN_IN], table[l, FAN_OUT]
-        delta = current[:rows * fan_out].reshape((rows, fan_out))
-        if l == 0:
-            inp = x
-        else:
-            inp = bufs[table[l - 1, H]][:rows * fan_in].reshape((rows, fan_in))
-        w = bufs[table[l, W]].reshape((fan_in, fan_out))
-        gw = bufs[table[l, GW]].reshape((fan_in, fan_out))
-        # dW = inp.T @ delta; db = column sums of delta
-        if sparse_lists is not None and l == 0:
-            cols, row_count, rows_of, col_count = sparse_lists
-            _sparse_weight_grad(inp, delta, gw, cols, row_count, rows_of, col_count)
-        else:
-            _k.gemm(inp, yes, delta, no, gw, dummy, no, identity, zero, a_tail, b_pack, spare,
-                    num_threads)
-        _k.bias_grad(delta, bufs[table[l, GB]])
-        if l > 0:  # delta for the layer below: (delta @ W.T) * act'(its z or h)
-            below = l - 1
-            grad = free0[:rows * fan_in]
-            _k.gemm(delta, no, w, yes, grad.reshape((rows, fan_in)), dummy, no, identity, zero,
-                    a_tail, b_pack, spare, num_threads)
-            src = bufs[table[below, Z] if table[below, KEEP_PREACT] else table[below, H]]
-            _k.activation_grad(table[below, ACT], src[:rows * fan_in], grad, slopes[below],
-                               free1[:rows * fan_in])
-            current, free0, free1 = free1, current, free0
-        _update_any(rule, bufs[table[l, W]], bufs[table[l, GW]], bufs[table[l, W_S0]],
-                    bufs[table[l, W_S1]], hyper, weight_decay, num_threads)
-        _update_any(rule, bufs[table[l, B]], bufs[table[l, GB]], bufs[table[l, B_S0]],
-                    bufs[table[l, B_S1]], bias_hyper, bias_weight_decay, num_threads)
-    return loss, correct
+    return train_step
 
 
 @_k._jit()
@@ -302,6 +357,7 @@ class FusedMLPStep:
         dtype = np.dtype(np.float64 if is_double else np.float32)
         self.dtype = dtype
         self.rule = int(rule)
+        self.train_step = train_step_for(self.rule)  # compiled on its first call, or loaded
         self.max_rows = int(max_rows)
         self.delta0, self.delta1 = delta0.reshape(-1), delta1.reshape(-1)
         self.delta2 = np.empty_like(self.delta0)
@@ -381,6 +437,6 @@ class FusedMLPStep:
             bias_hyper[DECAY] = 1.0 - lr * bias_weight_decay
             bias_l2_decay = bias_weight_decay != 0.0 and self.rule != RULE_ADAMW
         with _backend.parallel_threads(num_threads) as threads:
-            return train_step(x, labels, row_weights, self.bufs, self.table, self.slopes, self.rule, hyper,
-                              bias_hyper, l2_decay, bias_l2_decay, self.delta0, self.delta1, self.delta2,
-                              self.a_tail, self.b_pack, self.spare, self.sparse_lists, threads)
+            return self.train_step(x, labels, row_weights, self.bufs, self.table, self.slopes, hyper,
+                                   bias_hyper, l2_decay, bias_l2_decay, self.delta0, self.delta1, self.delta2,
+                                   self.a_tail, self.b_pack, self.spare, self.sparse_lists, threads)
