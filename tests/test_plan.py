@@ -298,14 +298,37 @@ def test_a_number_is_that_many_threads_within_the_share(plans, budget, monkeypat
 @pytest.mark.parametrize("setting", ["fast", "0", "-2", "1.5"])
 def test_a_bad_setting_is_refused(monkeypatch, setting):
     monkeypatch.setenv(_plan.PLAN_ENV, setting)
-    with pytest.raises(ValueError, match=f"NNKERN_PLAN must be 'auto', 'off' or a positive number of threads, "
+    with pytest.raises(ValueError, match=f"NNKERN_PLAN must be 'cached', 'auto', 'off' or a positive number of threads, "
                                          f"got '{setting}'"):
         _plan.plan_setting()
 
 
-def test_auto_is_the_default(monkeypatch):
+def test_cached_is_the_default(monkeypatch):
     monkeypatch.delenv(_plan.PLAN_ENV, raising=False)
-    assert _plan.plan_setting() == "auto"
+    assert _plan.plan_setting() == "cached"
+
+
+def test_cached_uses_a_stored_plan_else_the_rule_and_never_times(plans, budget, monkeypatch):
+    budget(2)
+    monkeypatch.setattr(_threads, "SPLIT_MIN_MACS", 1000)
+    timed = FakeStep({1: 400e-6, 2: 250e-6})
+    _run(_planner(timed), timed, 1 + 2 * STEPS_PER_CANDIDATE)  # NNKERN_PLAN=auto: plans 2 threads
+    _plan.forget_plans()  # a new process: the plan is on disk only
+    monkeypatch.setenv(_plan.PLAN_ENV, "cached")
+    before = plans.read_text()
+    stored, small, large = (FakeStep({1: 1e-4, 2: 1e-4}) for _ in range(3))
+    stored.clock = small.clock = large.clock = None  # never read: nothing is timed
+    planner = _planner(stored, work=1)  # the planned step: its plan wins over the work rule
+    _run(planner, stored, 5)
+    assert stored.calls == [2] * 5
+    assert planner.describe().startswith("plan: 2 threads, from the cache")
+    # steps without a stored plan follow the rule: one thread below SPLIT_MIN_MACS, else the share
+    _run(_planner(small, rows=64, work=999), small, 5)
+    rule = _planner(large, rows=128, work=1000)
+    _run(rule, large, 5)
+    assert (small.calls, large.calls) == ([1] * 5, [2] * 5)
+    assert rule.describe().startswith("plan: 2 threads (none cached for this step")
+    assert plans.read_text() == before  # and the cache is left as it was
 
 
 @pytest.mark.parametrize("setting", ["auto", "4"])

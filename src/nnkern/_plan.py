@@ -2,8 +2,9 @@
 
 A step's best thread count depends on the CPU (its cores, caches and how a second thread
 shares them), the network, the batch and the dtype: one constant (``SPLIT_MIN_MACS``)
-cannot hold on every machine. So the fused step (:mod:`nnkern.engine`) plans itself, as
-FFTW plans its transforms: on the first steps of a fit it times the candidate counts, one
+cannot hold on every machine. So the fused step (:mod:`nnkern.engine`) can plan itself, as
+FFTW plans its transforms (``nnkern tune``, or ``NNKERN_PLAN=auto``; by default a fit uses
+a stored plan and times nothing, see the setting below): it times the candidate counts, one
 after the other on real training steps (they train the model as any other step, so nothing
 is wasted), keeps the fastest and remembers it in a small JSON file, the plan cache.
 
@@ -27,7 +28,12 @@ cache, ``fit(verbose=True)`` the plan in use.
 
 **The setting** ``NNKERN_PLAN`` (read when a fused step is built):
 
-- ``auto`` (the default): plan as above;
+- ``cached`` (the default): a plan made before (``nnkern tune``, or a fit under ``auto``)
+  where the cache has one for this step, else the ``off`` rule; nothing is timed during
+  your fits. Four steps per candidate at a fit's start proved too few to trust for good:
+  on a quiet 2-core Zen 3 a fit's trial planned 1 thread for 784-256-128-64-20-10 at batch
+  200 (2.65 against 2.86 ms per step) where 2 threads train its epochs 1.35-1.4x faster;
+- ``auto``: plan as above (time the candidates where no plan is cached);
 - ``off``: no timing; the step uses its share, or one thread when its largest product is
   below ``SPLIT_MIN_MACS`` (deterministic: what the test suite runs with);
 - a positive integer: that many threads, lowered to the share.
@@ -76,18 +82,18 @@ class PlanCacheWarning(UserWarning):
 
 
 def plan_setting() -> str | int:
-    """``NNKERN_PLAN``: "auto" (also when unset), "off" or a positive thread count."""
+    """``NNKERN_PLAN``: "cached" (also when unset), "auto", "off" or a positive thread count."""
     raw = os.environ.get(PLAN_ENV, "").strip().lower()
-    if raw in ("", "auto"):
-        return "auto"
-    if raw == "off":
-        return "off"
+    if raw in ("", "cached"):
+        return "cached"
+    if raw in ("auto", "off"):
+        return raw
     try:
         threads = int(raw)
     except ValueError:
         threads = 0
     if threads < 1:
-        raise ValueError(f"{PLAN_ENV} must be 'auto', 'off' or a positive number of threads, "
+        raise ValueError(f"{PLAN_ENV} must be 'cached', 'auto', 'off' or a positive number of threads, "
                          f"got {os.environ[PLAN_ENV]!r}")
     return threads
 
@@ -150,8 +156,8 @@ class PlanKey:
 @dataclass(frozen=True)
 class Plan:
     """A step's thread count; ``timings``: seconds per step of each candidate timed;
-    ``source``: "timed" (in this process), "cache" (read from ``where``) or "share" (a
-    share of one thread leaves nothing to time); ``saved``: whether a timed plan reached
+    ``source``: "timed" (in this process), "cache" (read from ``where``), "share" (a
+    share of one thread leaves nothing to time) or "rule" (none cached, not timed); ``saved``: whether a timed plan reached
     the cache (else ``problem`` says why not)."""
 
     threads: int
@@ -168,6 +174,9 @@ class Plan:
                           for n, seconds in sorted(self.timings.items()))
         if self.source == "share":
             return f"plan: {count} (the step's share of the thread budget is 1)"
+        if self.source == "rule":
+            return (f"plan: {count} (none cached for this step: one thread below SPLIT_MIN_MACS multiply-adds, "
+                    f"else the share; `nnkern tune` or {PLAN_ENV}=auto times it)")
         if self.source == "cache":
             return f"plan: {count}, from the cache {self.where} (timed: {timed})"
         kept = f"cached in {self.where}" if self.saved else f"not cached: {self.problem}"
@@ -354,12 +363,38 @@ class ThreadPlanner:
                 return call(threads)
         with _threads.claim() as share:
             self.last_share = share
-            if setting != "auto":
+            if setting not in ("auto", "cached"):
                 return call(min(setting, share))
             plan = self.by_share.get(share)
             if plan is not None:
                 return call(plan.threads)
+            if setting == "cached":
+                plan = self.by_share[share] = self.stored_plan(share) or self.rule_plan(share)
+                return call(plan.threads)
             return self._planning(share, call)
+
+    def rule_plan(self, share: int) -> Plan:
+        """The plan without timing: one thread when the largest product is below
+        ``SPLIT_MIN_MACS``, else the share (what ``NNKERN_PLAN=off`` runs)."""
+        return Plan(1 if self.work < _threads.SPLIT_MIN_MACS else share, source="rule")
+
+    def stored_plan(self, share: int) -> Plan | None:
+        """The plan for ``share`` made or read in this process, else the cache's, else None;
+        nothing is timed."""
+        if share == 1:
+            return Plan(1, source="share")
+        text = self.key(share)[1]
+        with _lock:
+            plan = _plans.get(text)
+        if plan is not None:
+            return plan
+        path = cache_path()
+        entry = read_cache(path).get(text)
+        plan = None if entry is None else _cached_plan(entry, share, path)
+        if plan is not None:
+            with _lock:
+                _plans[text] = plan
+        return plan
 
     def _planning(self, share: int, call):
         """A call of a share without a plan in this step yet: the known plan, or one step of
@@ -432,6 +467,9 @@ class ThreadPlanner:
             return (f"plan: {_threads_word(threads)} ({PLAN_ENV}=off: one thread when the largest product is "
                     f"below SPLIT_MIN_MACS multiply-adds, else the budget share)")
         share = self.last_share if self.last_share is not None else _threads.get_num_threads()
+        if self.setting == "cached":
+            plan = self.by_share.get(share) or self.stored_plan(share) or self.rule_plan(share)
+            return plan.describe()
         if self.setting != "auto":
             return f"plan: {_threads_word(min(self.setting, share))} ({PLAN_ENV}={self.setting}, " \
                    f"at most the budget share {share})"

@@ -505,7 +505,7 @@ def _info(args) -> int:
     print("numpy BLAS: " + ("; ".join(f"{p['internal_api']} {p.get('version') or ''}".strip() for p in blas)
                             if blas else _numpy_blas_from_config()))
     path = _plan.cache_path()
-    print(f"training step plans: {_plan.PLAN_ENV}={os.environ.get(_plan.PLAN_ENV) or 'auto'}; cache {path}"
+    print(f"training step plans: {_plan.PLAN_ENV}={os.environ.get(_plan.PLAN_ENV) or 'cached'}; cache {path}"
           f" ({len(_plan.read_cache(path))} plan(s); `nnkern tune` makes them ahead of time)")
     return 0
 
@@ -535,7 +535,7 @@ def _plan_one(backend: str, hidden, activation: str, rows: int, dtype, inputs: s
     model = build_mlp(hidden, activation=activation, backend=backend, dtype=dtype, seed=seed)
     optimizer = make_optimizer(DEFAULT_OPTIMIZER, None, DEFAULT_MOMENTUM, DEFAULT_WEIGHT_DECAY, model=model)
     step = engine.build_fused_step(model, optimizer, CrossEntropyLoss(), x, y, rows)
-    step.plan.retime = True
+    step.plan.setting, step.plan.retime = "auto", True  # time the candidates whatever the setting
     # the step's first call, then every candidate's warm-up and timed steps
     most_steps = 1 + len(_plan.candidate_threads(nnkern.get_num_threads())) * (_plan.WARMUP_STEPS + _plan.TIMED_STEPS)
     for number in range(most_steps):
@@ -550,9 +550,9 @@ def _tune(args) -> int:
     from . import _plan
 
     _apply_threads(args)
-    if _plan.plan_setting() != "auto":
+    if _plan.plan_setting() not in ("auto", "cached"):
         raise CommandError(f"{_plan.PLAN_ENV}={os.environ[_plan.PLAN_ENV]} switches the plans off; "
-                           f"unset it (or set it to auto) to make plans")
+                           f"unset it (or set it to auto or cached) to make plans")
     backend = _check_backend(args.backend)
     if backend not in ("cython", "numba"):
         raise CommandError(f"the {backend!r} backend has no fused CPU step to plan (cython and numba have)")
