@@ -37,10 +37,8 @@ def _contender_process(conn, name: str, optimizer: str, threads: int, test_sampl
     ("failed", reason)."""
     trainer = inputs = test = None
     try:
-        if name == TORCH:
-            set_threads(threads)
-        else:  # nnkern's pools only: importing PyTorch would load its libgomp too
-            nnkern.set_num_threads(threads)
+        # the NumPy reference's BLAS too: a spawned process starts OpenBLAS on every core
+        set_threads(threads, with_torch=name == TORCH)
         (x_unit, y_train), (x_test_unit, y_test) = load_mnist()
     except Exception as exc:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))

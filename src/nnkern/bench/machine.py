@@ -109,13 +109,14 @@ def versions() -> dict:
     return found
 
 
-def set_threads(threads: int) -> None:
+def set_threads(threads: int, *, with_torch: bool = True) -> None:
     """The same thread count for nnkern's pools (OpenMP, Numba), the BLAS the NumPy
     reference calls (nnkern leaves the BLAS to its user: this process limits it for good)
-    and PyTorch's."""
+    and, ``with_torch``, PyTorch's (importing PyTorch loads its own OpenMP runtime: a
+    process that does not time PyTorch leaves it out)."""
     nnkern.set_num_threads(threads)
     threadpoolctl.threadpool_limits(threads, user_api="blas")
-    torch = import_torch()
+    torch = import_torch() if with_torch else None
     if torch is not None:
         torch.set_num_threads(threads)
 
