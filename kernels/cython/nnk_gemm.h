@@ -48,9 +48,13 @@
  * 8 x 2 accumulators leave room for the B row and the broadcasts; AVX2 and SSE have 16:
  * 6 x 2 accumulators. NR is two vectors of the element type. */
 #define NNK_AVX512_VEC_BYTES 64
+#ifndef NNK_AVX512_MR
 #define NNK_AVX512_MR 8
+#endif
 #define NNK_AVX2_VEC_BYTES 32
+#ifndef NNK_AVX2_MR
 #define NNK_AVX2_MR 6
+#endif
 #define NNK_SSE_VEC_BYTES 16
 #define NNK_SSE_MR 6
 
