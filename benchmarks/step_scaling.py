@@ -35,14 +35,13 @@ STEPS, BATCHES, WARMUP = 100, 20, 20
 
 def measure(name: str, backend: str, threads: int, dtype: str, normalize: str) -> dict:
     """One measurement in this process."""
-    import nnkern
     from nnkern import bench
     from nnkern.data import load_mnist
 
     hidden, activation, batch = NETWORKS[name]
     network = bench.custom_network(hidden, activation, batch, normalize, dtype)
     os.environ["NNKERN_PLAN"] = str(threads)  # that many threads, whatever the step's plan would choose
-    nnkern.set_num_threads(threads)
+    bench.set_threads(threads, with_torch=False)  # the peak's BLAS too: on `threads` threads
     peak = bench.measure_sgemm_peak(2048, dtype=dtype)
     (x_unit, y), _ = load_mnist()
     batches = bench.epoch_batches(network.data(x_unit), y, batch, batch * BATCHES, seed=0)
