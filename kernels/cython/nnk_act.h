@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "nnk_dispatch.h"
+
 enum {
     NNK_IDENTITY = 0,
     NNK_SIGMOID = 1,
@@ -83,7 +85,7 @@ static inline T nnk_act_local_grad_##S(int act, T x, T y, T slope) {            
     default: return (T)1;                                                                      \
     }                                                                                          \
 }                                                                                              \
-static void nnk_act_block_##S(int act, T slope, const T *x, ptrdiff_t ldx, T *y,               \
+NNK_MULTIVERSION static void nnk_act_block_##S(int act, T slope, const T *x, ptrdiff_t ldx, T *y,               \
                               ptrdiff_t ldy, ptrdiff_t rows, ptrdiff_t cols) {                 \
     for (ptrdiff_t i = 0; i < rows; i++) {                                                     \
         const T *xr = x + i * ldx;                                                             \
@@ -115,7 +117,7 @@ static void nnk_act_block_##S(int act, T slope, const T *x, ptrdiff_t ldx, T *y,
         }                                                                                      \
     }                                                                                          \
 }                                                                                              \
-static void nnk_act_grad_block_##S(int act, T slope, const T *x, ptrdiff_t ldx, const T *y,    \
+NNK_MULTIVERSION static void nnk_act_grad_block_##S(int act, T slope, const T *x, ptrdiff_t ldx, const T *y,    \
                                    ptrdiff_t ldy, const T *g, ptrdiff_t ldg, T *out,           \
                                    ptrdiff_t ldo, ptrdiff_t rows, ptrdiff_t cols) {            \
     for (ptrdiff_t i = 0; i < rows; i++) {                                                     \

@@ -42,6 +42,7 @@
 #endif
 
 #include "nnk_act.h"
+#include "nnk_dispatch.h"
 #include "nnk_team.h"
 
 /* Vector width and register tile per instruction set. AVX-512 has 32 vector registers:
@@ -204,9 +205,7 @@ __attribute__((noinline)) static void nnk_sparse_index_columns(ptrdiff_t m, ptrd
 
 /* nnk_gemm_isa.h instantiates the float and double GEMM for the instruction set NNK_ISA
  * (a name suffix), with vector width NNK_VEC_BYTES and tile height NNK_MR. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__AVX2__)
-#define NNK_DISPATCH 1
-
+#ifdef NNK_DISPATCH
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma")
 #define NNK_ISA avx512

@@ -20,6 +20,8 @@
 #include <math.h>
 #include <stddef.h>
 
+#include "nnk_dispatch.h"
+
 enum { NNK_RULE_SGD, NNK_RULE_MOMENTUM, NNK_RULE_ADAGRAD, NNK_RULE_RMSPROP, NNK_RULE_ADADELTA, NNK_RULE_ADAM,
        NNK_RULE_ADAMW, NNK_RULE_NESTEROV };
 
@@ -50,7 +52,7 @@ enum { NNK_RULE_SGD, NNK_RULE_MOMENTUM, NNK_RULE_ADAGRAD, NNK_RULE_RMSPROP, NNK_
         return c;                                                                              \
     }                                                                                          \
                                                                                                \
-    static void nnk_update_##S(int rule, T *p, const T *g, T *s0, T *s1, ptrdiff_t n,          \
+    NNK_MULTIVERSION static void nnk_update_##S(int rule, T *p, const T *g, T *s0, T *s1, ptrdiff_t n,          \
                                const nnk_update_constants_##S *c) {                            \
         const T lr = c->lr, a = c->a, one_minus_a = c->one_minus_a, b = c->b,                  \
                 one_minus_b = c->one_minus_b, eps = c->eps, wd = c->weight_decay;              \
