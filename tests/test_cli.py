@@ -356,6 +356,8 @@ def test_info_in_process(capsys):
         assert re.search(rf"^  {name} +{'available' if reason is None else 'unavailable: '}", out, re.M)
     assert f"nnkern.get_num_threads() = {nnkern.get_num_threads()}" in out
     assert "CPU: " in out and "numpy BLAS: " in out
+    if nnkern.unavailable_reason("cython") is None:
+        assert re.search(r"^  cython GEMM: .+ tiles, (native|portable) build", out, re.M)
 
 
 def test_info_as_a_module_in_a_subprocess():

@@ -213,3 +213,16 @@ def test_matmul_property(m, k, n, trans_a, trans_b, dtype, threads, seed):
     out = np.full((m, n), np.nan, dtype=dtype)
     _cy_gemm.matmul(a, b, trans_a, trans_b, out, threads)
     assert_matmul_close(out, a_op, b_op)
+
+
+def test_the_gemm_variant_is_the_best_this_cpu_runs():
+    """A portable build (the wheel; CI tests one) must pick the widest tiles the CPU has, a
+    native build those of its -march=native."""
+    variant = _cy_gemm.gemm_variant()
+    assert "native build" in variant or "portable build" in variant, variant
+    if "portable build" not in variant:
+        return
+    with open("/proc/cpuinfo") as cpuinfo:
+        flags = set(next(line for line in cpuinfo if line.startswith("flags")).split(":")[1].split())
+    best = "AVX-512" if "avx512f" in flags else "AVX2+FMA" if {"avx2", "fma"} <= flags else "SSE2"
+    assert variant.startswith(best + " tiles"), (variant, best)

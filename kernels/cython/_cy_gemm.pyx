@@ -19,6 +19,7 @@ from gemm cimport (
     nnk_gemm_packed_b_d,
     nnk_gemm_packed_b_s,
     nnk_gemm_s,
+    nnk_gemm_variant,
     nnk_grad_needs_output,
     nnk_pack_b_d,
     nnk_pack_b_s,
@@ -29,6 +30,12 @@ from gemm cimport (
 ctypedef fused real:
     float
     double
+
+
+def gemm_variant() -> str:
+    """The GEMM variant this CPU runs and how it was chosen, e.g. "AVX-512 tiles, portable
+    build (chosen at run time)"."""
+    return nnk_gemm_variant().decode()
 
 
 cdef inline void _check(int status) except *:

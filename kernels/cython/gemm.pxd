@@ -62,6 +62,7 @@ cdef extern from "nnk_team.h" nogil:
 cdef extern from "nnk_gemm.h" nogil:
     enum:
         NNK_TEAM_PARALLEL_MIN_MNK
+    const char *nnk_gemm_variant()
     ctypedef void (*nnk_team_fn)(nnk_team *team, int thread, void *context) noexcept nogil
     void nnk_team_run(nnk_team *team, int threads, nnk_team_fn fn, void *context)
     ctypedef struct nnk_epilogue_s:

@@ -255,6 +255,22 @@ static int nnk_isa_level(void) {
 #define NNK_CALL(name, S, args) NNK_PASTE(NNK_PASTE(name, S), native) args
 #endif
 
+/* Which GEMM variant runs here, and how it was chosen (`nnkern info` prints it). */
+static inline const char *nnk_gemm_variant(void) {
+#ifdef NNK_DISPATCH
+    static const char *names[] = {"SSE2 tiles, portable build (chosen at run time)",
+                                  "AVX2+FMA tiles, portable build (chosen at run time)",
+                                  "AVX-512 tiles, portable build (chosen at run time)"};
+    return names[nnk_isa_level()];
+#elif defined(__AVX512F__)
+    return "AVX-512 tiles, native build (-march=native)";
+#elif defined(__AVX__)
+    return "AVX2 tiles, native build (-march=native)";
+#else
+    return "128-bit tiles, native build";
+#endif
+}
+
 /* The public entry points (see gemm.pxd), for the variant this CPU runs. */
 #define NNK_PUBLIC_DEFINE(T, S)                                                                \
     static inline size_t nnk_packed_b_size_##S(ptrdiff_t k, ptrdiff_t n) {                     \
