@@ -15,6 +15,8 @@ import json
 import sys
 from collections import defaultdict
 
+from nnkern.bench.report import describe_kernels
+
 REFERENCE = "numpy"
 
 
@@ -40,6 +42,7 @@ def nnkern_bench_markdown(result: dict) -> list[str]:
         "### End to end: `nnkern bench`",
         "",
         f"- Machine: {m['cpu']}, {m['cores']} cores, SIMD {' '.join(m['simd'])}; {m['platform']}",
+        *([f"- Kernels: {describe_kernels(m)}"] if describe_kernels(m) else []),
         f"- Versions: {versions}",
         f"- {c['threads']} threads for every pool (nnkern, BLAS, PyTorch); repeats: {c['repeats']}, "
         f"each contender in its own process, taking turns; median reported; {c['samples_per_repeat']} training "

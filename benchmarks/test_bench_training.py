@@ -50,11 +50,12 @@ def test_epoch(benchmark, mnist, network, contender):
     batches = bench.epoch_batches(x_train, y_train, network.batch_size, len(x_train), seed=0)
 
     reference = bench.make_trainer(REFERENCE, network, weights)
+    reference_inputs = reference.prepare(batches)  # a trainer builds its training step there
     trainer = bench.make_trainer(contender, network, weights)
     inputs = trainer.prepare(batches)
     for t in (reference, trainer):
         t.reset()
-    expected_loss = reference.train(batches[:VALIDATION_STEPS])
+    expected_loss = reference.train(reference_inputs[:VALIDATION_STEPS])
     loss = trainer.train(inputs[:VALIDATION_STEPS])
     assert_matches(loss, expected_loss, f"{contender} loss after {VALIDATION_STEPS} steps", rtol=1e-3)
 

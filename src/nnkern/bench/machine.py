@@ -97,7 +97,18 @@ def machine_info() -> dict:
         "simd": simd,
         "platform": platform.platform(),
         "blas": blas,
+        "nnkern_gemm": _cython_gemm_variant(),
     }
+
+
+def _cython_gemm_variant() -> str | None:
+    """How the cython backend's GEMM runs here ("AVX-512 tiles, native build ..."), or None
+    where the backend is not built."""
+    if nnkern.unavailable_reason("cython") is not None:
+        return None
+    from ..backends import _cy_gemm
+
+    return _cy_gemm.gemm_variant()
 
 
 def versions() -> dict:

@@ -15,10 +15,20 @@ def _peak_line(peak: dict) -> str:
             f"products: {', '.join(sources)})")
 
 
+def describe_kernels(machine: dict) -> str | None:
+    """The cython GEMM variant and NumPy's BLAS of a run's ``machine`` record, or None for
+    a record without them (made before they were kept, or without the cython backend)."""
+    if not machine.get("nnkern_gemm"):
+        return None
+    blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['architecture']})" for b in machine.get("blas", []))
+    return f"cython GEMM {machine['nnkern_gemm']}; NumPy's BLAS {blas or 'unknown'}"
+
+
 def format_header(result: dict) -> str:
     m, v, c = result["machine"], result["versions"], result["config"]
     lines = [
         f"machine : {m['cpu']}, {m['cores']} cores, SIMD {' '.join(m['simd']) or 'none found'}",
+        *([f"kernels : {describe_kernels(m)}"] if describe_kernels(m) else []),
         "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"threads : {c['threads']} (nnkern, BLAS, PyTorch)   repeats: {c['repeats']}, each contender in its own "
         f"process, taking turns   samples per repeat: {c['samples_per_repeat']}   test samples: {c['test_samples']}",
