@@ -2,11 +2,12 @@
 
 For a model on the "cython" or the "numba" backend made of Linear layers, each followed
 by an elementwise activation (or none), trained by any nnkern optimizer with a loss the
-engines have a head for (:meth:`nnkern.losses.Loss.fused_head`, :data:`nnkern.backends.OUTPUT_HEADS`:
-cross entropy on integer labels; on float targets of shape (rows, outputs) ``MSELoss``,
-``BCELoss`` after a last Sigmoid layer, and scikit-learn's logistic / binary log loss and
-identity / squared error outputs), :func:`fused_train_step` returns a step function that
-runs forward, loss, backward and the update of every parameter in one GIL-free call
+engines have a head for (:meth:`nnkern.losses.Loss.fused_head`,
+:data:`nnkern.backends.OUTPUT_HEADS`: cross entropy on integer labels; on float targets of
+shape (rows, outputs) ``MSELoss``, ``BCELoss`` after a last Sigmoid layer, and
+scikit-learn's logistic / binary log loss and identity / squared error outputs),
+:func:`fused_train_step` returns a step function that runs forward, loss, backward and the
+update of every parameter in one GIL-free call
 (kernels/cython/_cy_train.pyx, backends/numba_train.py) into preallocated buffers.
 ``fit`` uses it automatically (for a Sequential, or a Graph that is a chain) and falls
 back to the layer-by-layer path for anything else: :func:`nnkern.training.select_step`
@@ -23,8 +24,9 @@ schedule (:mod:`nnkern.optim`) that changes it between steps or epochs takes eff
 CPU backends the last Linear must not be followed by an activation (its output z is the
 loss head's input), except the Sigmoid that ``BCELoss`` reads, which the head applies.
 
-On the "cuda" backend (cross entropy on integer labels only) the step trains on the device (backends/cuda_train.py): the whole
-data set, the parameters and the optimizer state live there, and besides ``step(xb, yb,
+On the "cuda" backend (cross entropy on integer labels only: other losses train layer by
+layer there) the step trains on the device (backends/cuda_train.py): the whole data set,
+the parameters and the optimizer state live there, and besides ``step(xb, yb,
 row_weights=None)`` the step has ``step.run_epoch(loader)``, which ``fit`` calls to train a
 whole epoch in the DataLoader's order (and with its sample weights) with one kernel launch
 and one read-back of the epoch's losses. The learning rate of each step of the epoch is
@@ -43,8 +45,8 @@ never, "1" always, "auto" (the default) from the data's density.
 Threads: a CPU step plans its thread count for the machine (:mod:`nnkern._plan`): on its
 first steps it times 1 thread, its share of the budget and (from a share of 4) half of it,
 keeps the fewest threads within 5% of the fastest and caches that plan on disk per CPU
-model, backend, network (with its loss head), batch, dtype, first layer and share (``nnkern tune`` makes plans
-ahead of time). ``NNKERN_PLAN=off`` uses the fixed rule instead (one thread below
+model, backend, network (with its loss head), batch, dtype, first layer and share
+(``nnkern tune`` makes plans ahead of time). ``NNKERN_PLAN=off`` uses the fixed rule instead (one thread below
 ``nnkern._threads.SPLIT_MIN_MACS`` multiply-adds in the largest product, else the share),
 ``NNKERN_PLAN=<n>`` n threads; a step never uses more than its share of the budget.
 """
@@ -145,7 +147,8 @@ def _check_float_targets(y, rows: int, outputs: int):
     """The float heads' targets, the whole data set: real numbers of shape (rows, outputs)
     ((rows,) for one output), finite; FusedStepUnavailable says what is wrong."""
     if y.dtype.kind not in "fiub":
-        raise FusedStepUnavailable(f"the targets are of dtype {y.dtype}, not real numbers (the layer path reports them)")
+        raise FusedStepUnavailable(f"the targets are of dtype {y.dtype}, not real numbers "
+                                   "(the layer path reports them)")
     if y.shape != (rows, outputs) and not (y.shape == (rows,) and outputs == 1):
         raise FusedStepUnavailable(f"the targets of shape {y.shape} do not fit {rows} rows of {outputs} outputs "
                                    "(the layer path reports them)")
