@@ -272,10 +272,10 @@ def build_fused_step(model, optimizer, loss, x, y, batch_size: int):
     step.plan = planner
     # Numba compiles the step on its first call in a process unless its disk cache has it;
     # a first compilation takes 10-30 s (BENCHMARKS.md), which fit(verbose=True) says beforehand.
-    compiled = getattr(fused, "train_step", None)  # numba: the dispatcher of this rule's step
+    compiled = getattr(fused, "is_compiled", None)  # numba: whether this rule's step for these targets is
     step.first_call_note = (
         "numba: compiling the training step, or loading it from Numba's cache (a first "
-        "compilation takes 10-30 s, once)" if compiled is not None and not compiled.signatures else None)
+        "compilation takes 10-30 s, once)" if compiled is not None and not compiled() else None)
     if hasattr(fused, "step_profiled"):  # the Cython step times its phases on request
         step.profiled = lambda xb, yb, row_weights=None: run(fused.step_profiled, xb, yb, row_weights)
         step.phase_names = fused.phase_names

@@ -38,7 +38,7 @@ import functools
 import math
 
 import numpy as np
-from numba import prange, typed
+from numba import prange, typed, types
 
 from . import ACTIVATION_CODES, OUTPUT_HEAD_CODES, UPDATE_RULE_CODES, UPDATE_RULES
 from . import numba_backend as _backend
@@ -485,6 +485,14 @@ class FusedMLPStep:
             fan_in = int(table[0, FAN_IN])
             self.sparse_lists = (np.empty(self.max_rows * fan_in, np.int32), np.empty(self.max_rows, np.int32),
                                  np.empty(self.max_rows * fan_in, np.int32), np.empty(fan_in, np.int32))
+
+    def is_compiled(self) -> bool:
+        """Whether this process has the step compiled (or loaded from Numba's cache) for
+        this rule and kind of targets (labels, or the float heads'), so that a first call
+        takes no compilation (bar a weighted or sparse variant of it)."""
+        float_targets = self.head != HEAD_SOFTMAX_CROSS_ENTROPY
+        return any(isinstance(signature[1], types.NoneType) == float_targets
+                   for signature in self.train_step.signatures)
 
     def step(self, x, targets, lr, a, b, eps, weight_decay, t, num_threads, row_weights=None,
              bias_weight_decay=None):
