@@ -180,13 +180,154 @@ def test_fit_says_when_the_numba_step_may_compile(capsys):
         if backend == "cython":
             assert step.first_call_note is None
             continue
+        from numba import types
+
         from nnkern.backends import numba_train
 
         compiled = numba_train.train_step_for(numba_train.RULE_SGD)  # the step of SGD's rule
-        assert (step.first_call_note is None) == bool(compiled.signatures)
+        labels_compiled = any(not isinstance(signature[1], types.NoneType) for signature in compiled.signatures)
+        assert (step.first_call_note is None) == labels_compiled
         model.fit(x.astype(np.float32), y, epochs=1, batch_size=16, optimizer=optim.SGD(lr=0.1))
         printed = capsys.readouterr().out
         assert (step.first_call_note is not None) == ("numba: compiling the training step" in printed)
         assert compiled.signatures  # compiled (or loaded) now: no note any more
         again = fused_train_step(model, optim.SGD(model, lr=0.1), nn.CrossEntropyLoss(), x, y, 16)
         assert again.first_call_note is None
+
+
+# -- the float-target heads: squared error and binary log losses ---------------------------
+
+def _output_loss(activation, loss):
+    pytest.importorskip("sklearn")
+    from nnkern.sklearn._losses import OutputLoss
+
+    return OutputLoss(activation, loss)
+
+
+# name: (the loss, whether the model ends in a Sigmoid, binary targets)
+HEADS = {
+    "mse": (nn.MSELoss, False, False),
+    "mse_half_sum": (lambda: nn.MSELoss("half_sum"), False, False),
+    "bce_after_sigmoid": (nn.BCELoss, True, True),
+    "sklearn_logistic": (lambda: _output_loss("logistic", "binary_log_loss"), False, True),
+    "sklearn_identity": (lambda: _output_loss("identity", "squared_error"), False, False),
+}
+HEAD_OPTIMIZERS = {
+    "sgd": lambda: optim.SGD(lr=0.1),
+    "momentum": lambda: optim.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3),
+    "nesterov": lambda: optim.SGD(lr=0.05, momentum=0.9, nesterov=True),
+    "adam": lambda: optim.Adam(lr=1e-2, weight_decay=1e-3),
+}
+
+
+def _head_steps(backend, head, dtype, outputs, batch, make_optimizer, weighted, steps=4):
+    """(loss, right predictions) per step and the parameters after ``steps`` steps of the
+    fused step and of LayerStep on the same model, optimizer and batches."""
+    from nnkern.training import LayerStep, select_step
+
+    make_loss, sigmoid, binary = HEADS[head]
+    rng = np.random.default_rng(batch * 10 + outputs)
+    x = rng.standard_normal((batch * steps, 9))
+    y = (rng.random((len(x), outputs)) > 0.5) if binary else 3 * rng.standard_normal((len(x), outputs))
+    weights = rng.random(len(x)) * 2 if weighted else None
+    runs = []
+    for fused in (True, False):
+        layers = [nn.Linear(9, 13, seed=0), nn.Tanh(), nn.Linear(13, outputs, seed=1)]
+        model = nn.Sequential(*layers, *([nn.Sigmoid()] if sigmoid else []), backend=backend, dtype=dtype)
+        optimizer = make_optimizer()
+        optimizer.bind(model.parameters(), model.gradients(), backend=backend)
+        objective = model._objective(make_loss())
+        step = select_step(model, optimizer, objective, [x], [y], batch) if fused else \
+            LayerStep(model, optimizer, objective)
+        assert step.fallback_reason is None, step.fallback_reason
+        results = []
+        for i in range(steps):
+            rows = slice(i * batch, (i + 1) * batch)
+            value, _, correct = step.step(x[rows].astype(dtype), y[rows], None if weights is None else weights[rows])
+            results.append((value, correct))
+        runs.append((results, [p.copy() for p in model.parameters()]))
+    return runs
+
+
+def _assert_same_steps(runs, dtype):
+    (fused_results, fused_params), (layer_results, layer_params) = runs
+    tol = 2e-4 if dtype == np.float32 else 1e-9
+    np.testing.assert_allclose([v for v, _ in fused_results], [v for v, _ in layer_results], rtol=tol, atol=tol)
+    assert [c for _, c in fused_results] == [c for _, c in layer_results]  # right predictions, or [None]
+    for got, want in zip(fused_params, layer_params):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("head", list(HEADS))
+@pytest.mark.parametrize("batch", [1, 7, 64])
+@pytest.mark.parametrize("outputs", [1, 3])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_float_heads_equal_the_layer_path(backend, dtype, head, batch, outputs, weighted):
+    runs = _head_steps(backend, head, dtype, outputs, batch, HEAD_OPTIMIZERS["adam"], weighted)
+    _assert_same_steps(runs, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("head", list(HEADS))
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov"])
+def test_float_heads_with_every_momentum_rule(backend, dtype, head, optimizer):
+    runs = _head_steps(backend, head, dtype, 3, 7, HEAD_OPTIMIZERS[optimizer], weighted=True)
+    _assert_same_steps(runs, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mse_fit_trains_on_the_fused_engine(backend, capsys):
+    """Model.fit(loss="mse") on float targets takes the fused step (verbose names no
+    fallback), with the layer path's losses and weights; its plan is keyed by the head."""
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((90, 37)), rng.standard_normal((90, 2))
+    runs = []
+    for fused in (True, False):
+        model = _model(nn.ReLU, np.float64, backend, widths=(37, 11, 2))
+        history = model.fit(x, y, epochs=2, batch_size=16, optimizer=optim.SGD(lr=0.05, momentum=0.9), loss="mse",
+                            seed=1, verbose=fused, fused=fused)
+        runs.append((history.history, model.parameters()))
+    assert "training layer by layer" not in capsys.readouterr().out
+    np.testing.assert_allclose(runs[0][0]["loss"], runs[1][0]["loss"], rtol=1e-10)
+    assert "accuracy" not in runs[0][0]
+    for got, want in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    model = _model(nn.ReLU, np.float32, backend, widths=(37, 11, 2))
+    step = fused_train_step(model, optim.SGD(model, lr=0.1), nn.MSELoss(), x, y, 16)
+    assert step.plan.network == "37-11relu-2 identity_squared"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_what_the_float_heads_refuse(backend):
+    """Targets that do not fit, and models a head does not suit, take the layer path
+    (FusedStepUnavailable says why); a batch of the wrong shape is a ValueError."""
+    from nnkern.engine import FusedStepUnavailable, build_fused_step
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((20, 37)), rng.standard_normal((20, 3))
+    model = _model(nn.ReLU, np.float64, backend, widths=(37, 5, 3))
+    opt = optim.SGD(model, lr=0.1)
+    bad = y.copy()
+    bad[4, 1] = np.nan
+    for targets, reason in [(y[:, :2], r"shape \(20, 2\) do not fit 20 rows of 3 outputs"),
+                            (y.astype(complex), "not real numbers"), (bad, "not all finite .row 4")]:
+        with pytest.raises(FusedStepUnavailable, match=reason):
+            build_fused_step(model, opt, nn.MSELoss(), x, targets, 8)
+    with pytest.raises(FusedStepUnavailable, match="BCELoss trains on the fused engines after a last Sigmoid"):
+        build_fused_step(model, opt, nn.BCELoss(), x, y > 0, 8)
+    sigmoid_model = nn.Sequential(nn.Linear(37, 3), nn.Sigmoid(), backend=backend, dtype=np.float64)
+    with pytest.raises(FusedStepUnavailable, match="take the last Linear's output as the input of MSELoss"):
+        build_fused_step(sigmoid_model, optim.SGD(sigmoid_model, lr=0.1), nn.MSELoss(), x, y, 8)
+    step = build_fused_step(model, opt, nn.MSELoss(), x, y, 8)
+    with pytest.raises(ValueError, match=r"targets of shape \(8, 2\) for a batch of 8 rows and 3 outputs"):
+        step(x[:8], y[:8, :2])
+    # one output takes (rows,) targets as (rows, 1)
+    single = _model(nn.ReLU, np.float64, backend, widths=(37, 5, 1))
+    step = build_fused_step(single, optim.SGD(single, lr=0.1), nn.MSELoss(), x, y[:, 0], 8)
+    assert step(x[:8], y[:8, 0])[1] is None  # a regression loss counts no right predictions
+    poisson = _output_loss("exp", "poisson")
+    with pytest.raises(FusedStepUnavailable, match="exp / poisson output trains layer by layer"):
+        build_fused_step(single, optim.SGD(single, lr=0.1), poisson, x, np.abs(y[:, 0]), 8)

@@ -1,7 +1,8 @@
-"""nnkern.sklearn's estimators train through nnkern's step objects: a multiclass classifier
-on the fused engines of "cython" and "numba" (scikit-learn's weights to round-off, with the
-L2 penalty, sample weights and scikit-learn's Adam epsilon), the other outputs and Nesterov's
-momentum layer by layer, saying why (verbose); float32 input trains in float32."""
+"""nnkern.sklearn's estimators train through nnkern's step objects: multiclass, binary and
+multilabel classifiers and squared-error regressors on the fused engines of "cython" and
+"numba" (scikit-learn's weights to round-off, with the L2 penalty, sample weights and
+scikit-learn's Adam epsilon), the Poisson regressor's exp output layer by layer, saying why
+(verbose); float32 input trains in float32."""
 
 from __future__ import annotations
 
@@ -59,8 +60,8 @@ def test_a_multiclass_classifier_trains_on_the_fused_engine_as_scikit_learn(back
 
 @pytest.mark.parametrize("make, reason", [
     (lambda: MLPClassifier(backend="numpy"), "the 'numpy' backend has no fused training engine"),
-    (lambda: MLPRegressor(), "the fused engines train softmax outputs, and this output is identity"),
-], ids=["numpy", "regressor"])
+    (lambda: MLPRegressor(loss="poisson"), "scikit-learn's exp / poisson output trains layer by layer"),
+], ids=["numpy", "poisson"])
 def test_what_trains_layer_by_layer_says_why(make, reason, capsys):
     estimator = make().set_params(hidden_layer_sizes=(5,), max_iter=2, verbose=True)
     _fit(estimator, X_digits, y_digits)
@@ -76,6 +77,34 @@ def test_the_fused_engine_and_the_layer_path_reach_the_same_weights(backend):
     layers = _fit(MLPClassifier(**common, backend="numpy"), X_digits, y_digits, sample_weight=weights)
     assert _largest_difference(fused, layers) < 1e-12
     np.testing.assert_allclose(fused.loss_curve_, layers.loss_curve_, rtol=1e-12)
+
+
+BINARY, MULTILABEL = y_digits == 0, np.c_[y_digits == 0, y_digits % 2 == 1]
+TARGETS, TARGETS_2D = y_digits + X_digits[:, 20], np.c_[y_digits, X_digits[:, 10] * 3]
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("ours, theirs, y", [
+    (MLPClassifier, neural_network.MLPClassifier, BINARY),
+    (MLPClassifier, neural_network.MLPClassifier, MULTILABEL),
+    (MLPRegressor, neural_network.MLPRegressor, TARGETS),
+    (MLPRegressor, neural_network.MLPRegressor, TARGETS_2D),
+], ids=["binary", "multilabel", "regressor", "regressor_2_outputs"])
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_logistic_and_identity_outputs_train_on_the_fused_engine(backend, ours, theirs, y, solver, capsys):
+    """The logistic (binary log loss) and identity (squared error) outputs take the fused
+    step: the weights of the layer path (the "numpy" backend's) and of scikit-learn."""
+    weights = np.linspace(0.0, 2.0, len(y_digits))
+    common = dict(hidden_layer_sizes=(11,), max_iter=6, random_state=0, alpha=0.1, batch_size=50, solver=solver,
+                  learning_rate_init=0.01)
+    fused = _fit(ours(**common, backend=backend, verbose=True), X_digits, y, sample_weight=weights)
+    assert LAYER_BY_LAYER not in capsys.readouterr().out
+    layers = _fit(ours(**common, backend="numpy"), X_digits, y, sample_weight=weights)
+    assert _largest_difference(fused, layers) < 1e-10
+    np.testing.assert_allclose(fused.loss_curve_, layers.loss_curve_, rtol=1e-10)
+    reference = _fit(theirs(**common), X_digits, y, sample_weight=weights)
+    assert _largest_difference(fused, reference) < 1e-10
+    np.testing.assert_allclose(fused.loss_curve_, reference.loss_curve_, rtol=1e-10)
 
 
 @pytest.mark.parametrize("backend", FUSED)

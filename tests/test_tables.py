@@ -4,7 +4,7 @@ Cython, Numba and CUDA engines compiled them, and what each optimizer maps onto 
 import pytest
 
 from nnkern import optim
-from nnkern.backends import UPDATE_RULE_CODES, UPDATE_RULES
+from nnkern.backends import OUTPUT_HEAD_CODES, OUTPUT_HEADS, UPDATE_RULE_CODES, UPDATE_RULES
 
 
 def test_the_rule_codes_are_one_numbering():
@@ -22,6 +22,14 @@ def test_numba_and_cuda_use_the_same_rule_codes(module):
     assert {name: getattr(engine, f"RULE_{name.upper()}") for name in UPDATE_RULES} == UPDATE_RULE_CODES
     if module == "cuda_train":
         assert engine.RULES == frozenset(UPDATE_RULE_CODES.values())
+
+
+def test_the_loss_heads_are_one_numbering_in_every_cpu_engine():
+    assert OUTPUT_HEAD_CODES == {name: code for code, name in enumerate(OUTPUT_HEADS)}
+    numba_train = pytest.importorskip("nnkern.backends.numba_train")
+    assert {name: getattr(numba_train, f"HEAD_{name.upper()}") for name in OUTPUT_HEADS} == OUTPUT_HEAD_CODES
+    _cy_train = pytest.importorskip("nnkern.backends._cy_train")
+    assert _cy_train.OUTPUT_HEAD_CODES == OUTPUT_HEAD_CODES
 
 
 @pytest.mark.parametrize("make, name, a, b", [

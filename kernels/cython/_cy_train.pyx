@@ -1,10 +1,11 @@
 """The fused training step of the "cython" backend.
 
 One call runs a whole optimisation step of an MLP (Linear layers, each followed by an
-elementwise activation; the last layer's output is the logits): forward, fused
-softmax-cross-entropy, backward and the optimizer update of every parameter, with the GIL
-released and nothing allocated. Activations, gradients and the two backward buffers are
-preallocated for the largest batch.
+elementwise activation; the last layer's output z goes to the loss head): forward, the
+loss and its gradient by z in one pass (the head: softmax cross entropy on integer labels,
+or a float-target head, _float_head), backward and the optimizer update of every
+parameter, with the GIL released and nothing allocated. Activations, gradients and the
+two backward buffers are preallocated for the largest batch.
 
 The arithmetic is that of the separate kernels: the same GEMM and epilogues (gemm.pxd)
 and the same update rules (update_rules.pxd), so a step equals the layer-by-layer path
@@ -34,6 +35,7 @@ takes fewer.
 Arguments are validated by nnkern.engine before this module is reached.
 """
 
+from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from libc.math cimport exp, log
 from libc.stdint cimport int32_t, int64_t
 
@@ -42,7 +44,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from gemm cimport (nnk_gemm_s, nnk_gemm_d, nnk_gemm_team_s, nnk_gemm_team_d, nnk_epilogue_s, nnk_epilogue_d,
                    nnk_epilogue_of_s, nnk_epilogue_of_d,
-                   nnk_act_block_s, nnk_act_block_d, NNK_IDENTITY, nnk_team, nnk_team_run,
+                   nnk_act_block_s, nnk_act_block_d, NNK_IDENTITY, NNK_SIGMOID, nnk_team, nnk_team_run,
                    nnk_team_barrier, nnk_flag_set, nnk_claim, nnk_partition, nnk_alloc,
                    nnk_team_shared_bytes_s, nnk_team_shared_bytes_d, NNK_TEAM_PARALLEL_MIN_MNK,
                    nnk_sparse_index_rows_s, nnk_sparse_index_rows_d, nnk_sparse_index_columns,
@@ -57,6 +59,20 @@ from update_rules cimport (real, apply_update, nnk_update_s, nnk_update_d, nnk_u
 # compares with their one definition, nnkern.backends.UPDATE_RULE_CODES.
 UPDATE_RULE_CODES = {"sgd": RULE_SGD, "momentum": RULE_MOMENTUM, "adagrad": RULE_ADAGRAD, "rmsprop": RULE_RMSPROP,
                      "adadelta": RULE_ADADELTA, "adam": RULE_ADAM, "adamw": RULE_ADAMW, "nesterov": RULE_NESTEROV}
+
+# The loss heads, in the order of their one definition, nnkern.backends.OUTPUT_HEADS
+# (tests/test_tables.py compares OUTPUT_HEAD_CODES with it).
+cdef enum:
+    HEAD_SOFTMAX_CROSS_ENTROPY = 0
+    HEAD_IDENTITY_SQUARED = 1
+    HEAD_LOGISTIC_LOG_LOSS = 2
+    HEAD_SIGMOID_BCE = 3
+
+OUTPUT_HEAD_CODES = {"softmax_cross_entropy": HEAD_SOFTMAX_CROSS_ENTROPY, "identity_squared": HEAD_IDENTITY_SQUARED,
+                     "logistic_log_loss": HEAD_LOGISTIC_LOG_LOSS, "sigmoid_bce": HEAD_SIGMOID_BCE}
+
+# BCELoss's clamp of its logs and of its gradient's denominator (nnkern.backends.numpy_backend.BCE_CLAMP)
+cdef double BCE_CLAMP = 1e-12
 
 cdef enum:
     MAX_LAYERS = 64
@@ -106,6 +122,12 @@ cdef struct StepPlan:
     double lr, a, b, eps, weight_decay
     double bias_weight_decay  # the biases' (0: the weights' alone decay, as scikit-learn's L2)
     long t
+    # the loss head (HEAD_*) and its constants: d loss / dz = grad_scale * (p - y) * the
+    # row's scale, a row's loss = loss_scale * its outputs' summed losses; sums_rows: the
+    # loss sums over the rows (each row's scale 1, or its weight) instead of averaging
+    int head
+    double grad_scale, loss_scale
+    bint sums_rows
     void *delta0
     void *delta1
     bint sparse_input  # the first layer reads only x's nonzeros
@@ -129,8 +151,10 @@ cdef enum:
 cdef struct StepCall:
     StepPlan *plan
     const void *x
-    const int64_t *labels
-    const double *row_weights  # each row's share of the mean loss (NULL: 1 / rows each)
+    const int64_t *labels  # the softmax head's targets
+    const void *targets  # the float heads' (rows x outputs, the step's dtype)
+    const double *row_weights  # each row's share of the mean loss, or weight in a sum (NULL: row_scale each)
+    double row_scale  # each row's scale without weights: 1 / rows, or 1 for a loss summed over rows
     Py_ssize_t rows
     bint is_double
     double loss
@@ -197,6 +221,68 @@ cdef inline double _softmax_cross_entropy(const real *logits, const int64_t *lab
         if best == labels[i]:
             correct[0] += 1
     return loss
+
+
+cdef inline double _float_head(const StepPlan *plan, const real *z, const real *y, Py_ssize_t rows,
+                               Py_ssize_t cols, real *delta, Py_ssize_t *correct, double row_scale,
+                               const double *row_weights) noexcept nogil:
+    """The float-target heads on the last Linear's output z against targets y (rows x cols):
+    p = z (identity_squared) or sigmoid(z) (by the Sigmoid layer's kernel, into delta's row
+    first); delta = grad_scale * (p - y) * the row's scale (row_scale, or row_weights[i]),
+    for sigmoid_bce BCELoss's gradient by p (its denominator p (1 - p) clamped) times the
+    sigmoid's p (1 - p), as the layer path computes it. Returns the rows' losses
+    (loss_scale times the sum of the elements' squared errors, binary log losses with p
+    clipped to [eps, 1 - eps] of the dtype, or BCELoss's with its logs clamped), summed, or
+    with ``row_weights`` summed with those weights (as _softmax_cross_entropy); correct =
+    rows whose every p is on its target's side of 0.5 (the sigmoid heads; none for
+    identity_squared)."""
+    cdef Py_ssize_t i, j, k
+    cdef double loss = 0.0, row_loss, scale, t, pd, clipped
+    cdef double clip = FLT_EPSILON if real is float else DBL_EPSILON
+    cdef real p, d
+    cdef bint right
+    correct[0] = 0
+    for i in range(rows):
+        scale = plan.grad_scale * (row_weights[i] if row_weights != NULL else row_scale)
+        row_loss = 0.0
+        k = i * cols
+        if plan.head == HEAD_IDENTITY_SQUARED:
+            for j in range(k, k + cols):
+                pd = <double>z[j] - y[j]
+                row_loss += pd * pd
+                delta[j] = <real>(scale * pd)
+        else:
+            if real is float:
+                nnk_act_block_s(NNK_SIGMOID, 0, z + k, cols, delta + k, cols, 1, cols)
+            else:
+                nnk_act_block_d(NNK_SIGMOID, 0, z + k, cols, delta + k, cols, 1, cols)
+            right = True
+            for j in range(k, k + cols):
+                p = delta[j]
+                pd = p
+                t = y[j]
+                right = right and (p > 0.5) == (t > 0.5)
+                if plan.head == HEAD_LOGISTIC_LOG_LOSS:
+                    clipped = min(max(pd, clip), 1.0 - clip)
+                    row_loss -= t * log(clipped) + (1.0 - t) * log(1.0 - clipped)
+                    delta[j] = <real>(scale * (pd - t))
+                else:
+                    row_loss -= t * log(max(pd, BCE_CLAMP)) + (1.0 - t) * log(max(1.0 - pd, BCE_CLAMP))
+                    d = <real>(scale * (pd - t) / max(pd * (1.0 - pd), BCE_CLAMP))
+                    delta[j] = d * (p * (1 - p))
+            correct[0] += right
+        loss += row_loss * (row_weights[i] if row_weights != NULL else 1.0)
+    return loss * plan.loss_scale
+
+
+cdef inline double _output_loss(const StepCall *call, const real *z, Py_ssize_t lo, Py_ssize_t hi,
+                                Py_ssize_t cols, real *delta, Py_ssize_t *correct) noexcept nogil:
+    """The plan's loss head on rows [lo, hi) of the batch (z and delta: those rows' own)."""
+    cdef const double *weights = call.row_weights + lo if call.row_weights != NULL else NULL
+    if call.plan.head == HEAD_SOFTMAX_CROSS_ENTROPY:
+        return _softmax_cross_entropy(z, call.labels + lo, hi - lo, cols, delta, correct, call.row_scale, weights)
+    return _float_head(call.plan, z, <const real *>call.targets + lo * cols, hi - lo, cols, delta, correct,
+                       call.row_scale, weights)
 
 
 cdef inline void _column_sums(const real *x, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t lo,
@@ -374,10 +460,9 @@ cdef inline int _sparse_forward(StepCall *call, const real *x, real *out) noexce
         if plan.row_chain:
             for l in range(1, plan.n_layers):
                 status |= _chunk_layer(&plan.layers[l], <real *>plan.layers[l - 1].h, lo, hi)
-            plan.chunk_loss[lo // SPARSE_ROW_CHUNK] = _softmax_cross_entropy(
-                <real *>last.h + lo * last.fan_out, call.labels + lo, hi - lo, last.fan_out,
-                <real *>plan.delta0 + lo * last.fan_out, &plan.chunk_correct[lo // SPARSE_ROW_CHUNK],
-                1.0 / call.rows, call.row_weights + lo if call.row_weights != NULL else NULL)
+            plan.chunk_loss[lo // SPARSE_ROW_CHUNK] = _output_loss(
+                call, <real *>last.h + lo * last.fan_out, lo, hi, last.fan_out,
+                <real *>plan.delta0 + lo * last.fan_out, &plan.chunk_correct[lo // SPARSE_ROW_CHUNK])
             for l in range(plan.n_layers - 1, 0, -1):
                 status |= _chunk_input_grad(&plan.layers[l], &plan.layers[l - 1], <real *>plan.layers[l].delta,
                                             lo, hi)
@@ -422,7 +507,7 @@ cdef inline void _chunk_loss_total(StepCall *call) noexcept nogil:
     for c in range(chunks):
         total += call.plan.chunk_loss[c]
         call.correct += call.plan.chunk_correct[c]
-    call.loss = total if call.row_weights != NULL else total * (1.0 / call.rows)
+    call.loss = total if call.row_weights != NULL else total * call.row_scale
 
 
 cdef void _row_chain_share(StepCall *call, nnk_team *team, int thread, const real *x) noexcept nogil:
@@ -510,10 +595,9 @@ cdef void _step_share(StepCall *call, nnk_team *team, int thread, const real *x)
 
     if thread == 0:  # 64 x 10 or so: not worth splitting
         layer = &plan.layers[plan.n_layers - 1]
-        call.loss = _softmax_cross_entropy(<real *>layer.h, call.labels, rows, layer.fan_out, delta,
-                                           &call.correct, 1.0 / rows, call.row_weights)
+        call.loss = _output_loss(call, <real *>layer.h, 0, rows, layer.fan_out, delta, &call.correct)
         if call.row_weights == NULL:
-            call.loss *= 1.0 / rows
+            call.loss *= call.row_scale
     _phase_end(call, team, thread)
 
     first_layer_update.plan = plan
@@ -575,6 +659,8 @@ cdef class FusedMLPStep:
     buffers of max_rows * max width. The object keeps every array alive.
     ``sparse_input``: the first layer reads only the nonzeros of x (nnk_sparse_impl.h),
     which pays when most of x is zero (nnkern.engine decides from the data set).
+    ``head``: the loss head's code (OUTPUT_HEAD_CODES), with its ``grad_scale``,
+    ``loss_scale`` and ``sums_rows`` (see _float_head; the softmax head takes 1, 1, False).
     """
 
     cdef StepPlan plan
@@ -606,9 +692,14 @@ cdef class FusedMLPStep:
         free(self.plan.chain_deltas)
 
     def __init__(self, layers, delta0, delta1, int rule, bint is_double, Py_ssize_t max_rows,
-                 bint sparse_input=False):
+                 bint sparse_input=False, int head=HEAD_SOFTMAX_CROSS_ENTROPY, double grad_scale=1.0,
+                 double loss_scale=1.0, bint sums_rows=False):
         if not 0 < len(layers) <= MAX_LAYERS:
             raise ValueError(f"FusedMLPStep: {len(layers)} layers, supported 1..{MAX_LAYERS}")
+        if head not in OUTPUT_HEAD_CODES.values():
+            raise ValueError(f"FusedMLPStep: no loss head of code {head}")
+        self.plan.head = head
+        self.plan.grad_scale, self.plan.loss_scale, self.plan.sums_rows = grad_scale, loss_scale, sums_rows
         self.arrays = (layers, delta0, delta1)
         self.is_double = is_double
         self.max_rows = max_rows
@@ -693,19 +784,22 @@ cdef class FusedMLPStep:
                 or self.plan.chunk_loss == NULL or self.plan.chunk_correct == NULL):
             raise MemoryError(f"FusedMLPStep: could not allocate the {2 * index}-byte index of a sparse input")
 
-    def step(self, x, labels, double lr, double a, double b, double eps, double weight_decay,
+    def step(self, x, targets, double lr, double a, double b, double eps, double weight_decay,
              long t, int num_threads, row_weights=None, bias_weight_decay=None):
-        """One step on the batch (x, labels): returns (mean loss, number of rows whose
-        largest logit is their label). x: (rows, fan_in) C-contiguous, rows <= max_rows.
-        ``row_weights``: float64 (rows,), each row's share of a weighted mean loss (summing
-        to 1); None: the plain mean. ``bias_weight_decay``: the biases' weight decay (None:
+        """One step on the batch (x, targets): returns (the loss, right predictions: rows
+        whose largest logit is their label, or for the sigmoid heads whose every output is
+        on its target's side of 0.5). x: (rows, fan_in) C-contiguous, rows <= max_rows;
+        targets: int64 labels (rows,) for the softmax head, else (rows, outputs) C-contiguous
+        of x's dtype. ``row_weights``: float64 (rows,), each row's share of a weighted mean
+        loss (summing to 1), or its weight in a loss summed over rows (``sums_rows``); None:
+        the plain mean (sum). ``bias_weight_decay``: the biases' weight decay (None:
         ``weight_decay``, as the weights')."""
         cdef StepCall call
         call.profiled = False
-        self._run(&call, x, labels, lr, a, b, eps, weight_decay, t, num_threads, row_weights, bias_weight_decay)
+        self._run(&call, x, targets, lr, a, b, eps, weight_decay, t, num_threads, row_weights, bias_weight_decay)
         return call.loss, call.correct
 
-    def step_profiled(self, x, labels, double lr, double a, double b, double eps,
+    def step_profiled(self, x, targets, double lr, double a, double b, double eps,
                       double weight_decay, long t, int num_threads, row_weights=None, bias_weight_decay=None):
         """As step(), also returning the seconds of each phase of the step (in the order
         of phase_names(); the last one runs from the last barrier to the end of the
@@ -713,7 +807,7 @@ cdef class FusedMLPStep:
         cdef StepCall call
         cdef int i
         call.profiled = True
-        self._run(&call, x, labels, lr, a, b, eps, weight_decay, t, num_threads, row_weights, bias_weight_decay)
+        self._run(&call, x, targets, lr, a, b, eps, weight_decay, t, num_threads, row_weights, bias_weight_decay)
         return call.loss, call.correct, [call.marks[i + 1] - call.marks[i] for i in range(call.n_marks - 1)]
 
     def phase_names(self):
@@ -736,7 +830,9 @@ cdef class FusedMLPStep:
                          + (" (x's nonzeros only)" if l == 0 and self.plan.sparse_input else ""))
             if lp.keep_preact:
                 names.append(f"activation of layer {l + 1} (pre-activation kept)")
-        names.append("softmax-cross-entropy")
+        names.append({HEAD_SOFTMAX_CROSS_ENTROPY: "softmax-cross-entropy", HEAD_IDENTITY_SQUARED: "squared error",
+                      HEAD_LOGISTIC_LOG_LOSS: "logistic binary log loss",
+                      HEAD_SIGMOID_BCE: "sigmoid binary cross entropy"}[self.plan.head])
         for l in range(self.plan.n_layers - 1, -1, -1):
             lp = &self.plan.layers[l]
             what = f"backward layer {l + 1}: dW ({lp.fan_in}x{lp.fan_out})"
@@ -748,16 +844,19 @@ cdef class FusedMLPStep:
             names.append(what)
         return names
 
-    cdef _run(self, StepCall *call, x, const int64_t[::1] labels, double lr, double a, double b,
+    cdef _run(self, StepCall *call, x, targets, double lr, double a, double b,
               double eps, double weight_decay, long t, int num_threads, row_weights, bias_weight_decay):
-        cdef Py_ssize_t rows = labels.shape[0]
+        cdef Py_ssize_t rows = len(targets), outputs = self.plan.layers[self.plan.n_layers - 1].fan_out
+        cdef const int64_t[::1] labels
         cdef const double[::1] weights
-        cdef const float[:, ::1] xs
-        cdef const double[:, ::1] xd
+        cdef const float[:, ::1] xs, ys
+        cdef const double[:, ::1] xd, yd
         # a model too small to split runs on one thread: no region, no barriers
         cdef int threads = num_threads if self.largest_product >= NNK_TEAM_PARALLEL_MIN_MNK else 1
         if rows == 0 or rows > self.max_rows:
             raise ValueError(f"FusedMLPStep: batch of {rows} rows, expected 1..{self.max_rows}")
+        if len(x) != rows:
+            raise ValueError(f"FusedMLPStep: {len(x)} rows of x for {rows} targets")
         if row_weights is not None:
             weights = row_weights
             if weights.shape[0] != rows:
@@ -772,7 +871,20 @@ cdef class FusedMLPStep:
             self.plan.weight_decay, self.plan.t = weight_decay, t
             self.plan.bias_weight_decay = weight_decay if bias_weight_decay is None else bias_weight_decay
             call.plan = &self.plan
-            call.labels = &labels[0]
+            call.labels = NULL
+            call.targets = NULL
+            if self.plan.head == HEAD_SOFTMAX_CROSS_ENTROPY:
+                labels = targets
+                call.labels = &labels[0]
+            elif self.is_double:
+                yd = targets
+                call.targets = &yd[0, 0]
+            else:
+                ys = targets
+                call.targets = &ys[0, 0]
+            if self.plan.head != HEAD_SOFTMAX_CROSS_ENTROPY and targets.shape[1] != outputs:
+                raise ValueError(f"FusedMLPStep: targets of {targets.shape[1]} columns for {outputs} outputs")
+            call.row_scale = 1.0 if self.plan.sums_rows else 1.0 / rows
             call.row_weights = &weights[0] if row_weights is not None else NULL
             call.rows = rows
             call.is_double = self.is_double

@@ -19,7 +19,8 @@ never uses more threads when fewer are about as fast.
 
 **The cache** (:func:`cache_path`): ``$NNKERN_PLAN_CACHE``, else
 ``$XDG_CACHE_HOME/nnkern/plans.json``, else ``~/.cache/nnkern/plans.json``. A plan is kept
-per CPU model (from ``/proc/cpuinfo``), backend, network (layer widths and activations),
+per CPU model (from ``/proc/cpuinfo``), backend, network (layer widths and activations, and
+the loss head where it is not softmax cross entropy),
 batch rows, dtype, first layer (sparse or dense input) and thread share. Writes replace the
 file atomically under a lock, so processes planning at once keep each other's plans; a file
 that cannot be read or parsed is ignored with one :class:`PlanCacheWarning` and rewritten
@@ -136,8 +137,9 @@ def candidate_threads(share: int) -> list[int]:
 
 @dataclass(frozen=True)
 class PlanKey:
-    """What a plan is made for. ``network``: the layer widths with each activation, e.g.
-    "784-256relu-10"."""
+    """What a plan is made for. ``network``: the layer widths with each activation, and the
+    loss head unless it is softmax cross entropy, e.g. "784-256relu-10", "13-100relu-1
+    identity_squared"."""
 
     cpu: str
     backend: str

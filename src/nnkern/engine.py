@@ -1,9 +1,13 @@
 """The fused training engine: one compiled call per training step.
 
 For a model on the "cython" or the "numba" backend made of Linear layers, each followed
-by an elementwise activation (or none), trained with cross entropy on integer labels by
-any nnkern optimizer, :func:`fused_train_step` returns a step function that runs forward,
-loss, backward and the update of every parameter in one GIL-free call
+by an elementwise activation (or none), trained by any nnkern optimizer with a loss the
+engines have a head for (:meth:`nnkern.losses.Loss.fused_head`,
+:data:`nnkern.backends.OUTPUT_HEADS`: cross entropy on integer labels; on float targets of
+shape (rows, outputs) ``MSELoss``, ``BCELoss`` after a last Sigmoid layer, and
+scikit-learn's logistic / binary log loss and identity / squared error outputs),
+:func:`fused_train_step` returns a step function that runs forward, loss, backward and the
+update of every parameter in one GIL-free call
 (kernels/cython/_cy_train.pyx, backends/numba_train.py) into preallocated buffers.
 ``fit`` uses it automatically (for a Sequential, or a Graph that is a chain) and falls
 back to the layer-by-layer path for anything else: :func:`nnkern.training.select_step`
@@ -17,11 +21,12 @@ the Cython step folds it into the update and leaves the gradient arrays holding 
 gradient alone. (AdamW's decoupled decay scales the parameters in every path and never
 touches the gradients.) The step reads the optimizer's learning rate at every call, so a
 schedule (:mod:`nnkern.optim`) that changes it between steps or epochs takes effect. On the
-CPU backends the last Linear must not be followed by an activation (its output is the
-logits).
+CPU backends the last Linear must not be followed by an activation (its output z is the
+loss head's input), except the Sigmoid that ``BCELoss`` reads, which the head applies.
 
-On the "cuda" backend the step trains on the device (backends/cuda_train.py): the whole
-data set, the parameters and the optimizer state live there, and besides ``step(xb, yb,
+On the "cuda" backend (cross entropy on integer labels only: other losses train layer by
+layer there) the step trains on the device (backends/cuda_train.py): the whole data set,
+the parameters and the optimizer state live there, and besides ``step(xb, yb,
 row_weights=None)`` the step has ``step.run_epoch(loader)``, which ``fit`` calls to train a
 whole epoch in the DataLoader's order (and with its sample weights) with one kernel launch
 and one read-back of the epoch's losses. The learning rate of each step of the epoch is
@@ -40,8 +45,8 @@ never, "1" always, "auto" (the default) from the data's density.
 Threads: a CPU step plans its thread count for the machine (:mod:`nnkern._plan`): on its
 first steps it times 1 thread, its share of the budget and (from a share of 4) half of it,
 keeps the fewest threads within 5% of the fastest and caches that plan on disk per CPU
-model, backend, network, batch, dtype, first layer and share (``nnkern tune`` makes plans
-ahead of time). ``NNKERN_PLAN=off`` uses the fixed rule instead (one thread below
+model, backend, network (with its loss head), batch, dtype, first layer and share
+(``nnkern tune`` makes plans ahead of time). ``NNKERN_PLAN=off`` uses the fixed rule instead (one thread below
 ``nnkern._threads.SPLIT_MIN_MACS`` multiply-adds in the largest product, else the share),
 ``NNKERN_PLAN=<n>`` n threads; a step never uses more than its share of the budget.
 """
@@ -55,9 +60,8 @@ import numpy as np
 
 from . import _validate
 from ._plan import ThreadPlanner
-from .backends import ACTIVATION_CODES, ACTIVATIONS
+from .backends import ACTIVATION_CODES, ACTIVATIONS, OUTPUT_HEAD_CODES
 from .layers import ActivationLayer, Identity, Linear
-from .losses import CrossEntropyLoss
 
 __all__ = ["fused_train_step", "build_fused_step", "FusedStepUnavailable", "SPARSE_INPUT_MAX_DENSITY"]
 
@@ -108,14 +112,60 @@ def _activation_spec(layer):
     return ACTIVATION_CODES[name], float(params.get("negative_slope", 0.0)), not layer.grad_from_output
 
 
-def _network_name(pairs) -> str:
+def _network_name(pairs, head: str) -> str:
     """The network as its plan is keyed: the input width, then each layer's width and
-    activation ("784-256relu-10")."""
+    activation, then a loss head other than softmax cross entropy ("784-256relu-10",
+    "13-100relu-1 identity_squared")."""
     names = [str(pairs[0][0].in_features)]
     for linear, act_layer in pairs:
         code = _activation_spec(act_layer)[0]
         names.append(f"{linear.out_features}{'' if code == ACTIVATION_CODES['identity'] else ACTIVATIONS[code]}")
-    return "-".join(names)
+    return "-".join(names) + ("" if head == "softmax_cross_entropy" else f" {head}")
+
+
+def _loss_head(loss, pairs):
+    """The loss's head (:class:`nnkern.losses.FusedHead`) on this network, whose last layer
+    must suit it: no activation after the last Linear, or the Sigmoid of BCELoss."""
+    outputs = pairs[-1][0].out_features
+    head = loss.fused_head(outputs)
+    if head is None:
+        raise FusedStepUnavailable(f"the fused engines have no loss head for {loss!r} (they train cross entropy, "
+                                   "squared error and binary log losses; scikit-learn's exp / poisson output "
+                                   "trains layer by layer)")
+    last = pairs[-1][1]
+    last_code = _activation_spec(last)[0]
+    if head.name == "sigmoid_bce" and last_code != ACTIVATION_CODES["sigmoid"]:
+        raise FusedStepUnavailable(f"BCELoss trains on the fused engines after a last Sigmoid layer, "
+                                   f"and this model has {last!r} after its last Linear")
+    if head.name != "sigmoid_bce" and last_code != ACTIVATION_CODES["identity"]:
+        raise FusedStepUnavailable(f"the CPU engines take the last Linear's output as the input of {loss!r}, "
+                                   f"and this model has {last!r} after it")
+    return head
+
+
+def _check_float_targets(y, rows: int, outputs: int):
+    """The float heads' targets, the whole data set: real numbers of shape (rows, outputs)
+    ((rows,) for one output), finite; FusedStepUnavailable says what is wrong."""
+    if y.dtype.kind not in "fiub":
+        raise FusedStepUnavailable(f"the targets are of dtype {y.dtype}, not real numbers "
+                                   "(the layer path reports them)")
+    if y.shape != (rows, outputs) and not (y.shape == (rows,) and outputs == 1):
+        raise FusedStepUnavailable(f"the targets of shape {y.shape} do not fit {rows} rows of {outputs} outputs "
+                                   "(the layer path reports them)")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        row = int(np.argwhere(~np.isfinite(y))[0][0])
+        raise FusedStepUnavailable(f"the targets are not all finite (row {row} holds {y[row]})")
+
+
+def _batch_targets(yb, dtype, rows: int, outputs: int):
+    """A batch's float targets as the engines read them: (rows, outputs) C-contiguous of
+    the model's dtype."""
+    yb = np.ascontiguousarray(yb, dtype=dtype)
+    if yb.shape == (rows,) and outputs == 1:
+        yb = yb.reshape(rows, 1)
+    if yb.shape != (rows, outputs):
+        raise ValueError(f"fused step: targets of shape {yb.shape} for a batch of {rows} rows and {outputs} outputs")
+    return yb
 
 
 def _sparse_input(x) -> bool:
@@ -130,10 +180,13 @@ def _sparse_input(x) -> bool:
 def fused_train_step(model, optimizer, loss, x, y, batch_size: int):
     """A function ``step(xb, yb, row_weights=None) -> (loss, correct)`` running whole
     training steps of ``model`` in one compiled call (``row_weights``: float64, each row's
-    share of a weighted mean loss, summing to 1), or None when this model, loss, optimizer or data
-    needs the layer-by-layer path (:func:`build_fused_step` says why). The whole data set
-    (x, y) is checked here once (x of the model's input width, y integer labels in range),
-    so the compiled step can trust every batch of it.
+    share of a weighted mean loss, summing to 1; for a loss summed over the rows, where
+    ``step.sums_rows``, each row's sample weight), or None when this model, loss, optimizer
+    or data needs the layer-by-layer path (:func:`build_fused_step` says why). ``correct``:
+    the right predictions (None for a loss that does not classify, as
+    :meth:`nnkern.losses.Objective.correct`). The whole data set (x, y) is checked here once
+    (x of the model's input width; y integer labels in range, or finite float targets of
+    the model's outputs), so the compiled step can trust every batch of it.
 
     ``step.plan`` is its :class:`nnkern._plan.ThreadPlanner` (the thread count in use:
     ``step.plan.describe()``). On the "cython" backend the function also has
@@ -151,9 +204,13 @@ def build_fused_step(model, optimizer, loss, x, y, batch_size: int):
     reason where no fused engine applies."""
     if model.backend not in _ENGINES:
         raise FusedStepUnavailable(f"the {model.backend!r} backend has no fused training engine")
-    if not isinstance(loss, CrossEntropyLoss):
-        raise FusedStepUnavailable(f"the fused engines train with cross entropy, not {loss!r}")
     pairs = _layer_pairs(model)
+    if model.backend == "cuda":  # cross entropy alone; other losses train layer by layer there
+        head = loss.fused_head(pairs[-1][0].out_features)
+        if head is None or head.name != "softmax_cross_entropy":
+            raise FusedStepUnavailable(f"the cuda engine trains cross entropy on integer labels, not {loss!r}")
+    else:
+        head = _loss_head(loss, pairs)
     rule = optimizer.update_rule()
     if rule is None:
         raise FusedStepUnavailable(f"{type(optimizer).__name__} has no update rule of the fused engines")
@@ -162,8 +219,11 @@ def build_fused_step(model, optimizer, loss, x, y, batch_size: int):
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim != 2 or x.shape[1] != pairs[0][0].in_features or len(x) != len(y):
         raise FusedStepUnavailable("the data does not fit the first layer (the layer path reports it)")
-    n_classes = pairs[-1][0].out_features
-    if y.ndim != 1 or y.dtype.kind not in "iu" or y.size == 0 or y.min() < 0 or y.max() >= n_classes:
+    outputs = pairs[-1][0].out_features
+    labels = head.name == "softmax_cross_entropy"
+    if not labels:
+        _check_float_targets(y, len(x), outputs)
+    elif y.ndim != 1 or y.dtype.kind not in "iu" or y.size == 0 or y.min() < 0 or y.max() >= outputs:
         # the layer-by-layer path validates and reports such targets
         raise FusedStepUnavailable("the targets are not integer class labels in range (one-hot rows train on the layer path)")
     dtype = model.dtype
@@ -174,13 +234,11 @@ def build_fused_step(model, optimizer, loss, x, y, batch_size: int):
         raise FusedStepUnavailable(str(exc)) from None
     if model.backend == "cuda":
         return _cuda_step(pairs, states, optimizer, dtype, rows, x, y)
-    if _activation_spec(pairs[-1][1])[0] != ACTIVATION_CODES["identity"]:
-        raise FusedStepUnavailable("the CPU engines take the last Linear's output as the logits, "
-                                   f"and this model has {pairs[-1][1]!r} after it")
     engine = importlib.import_module(_ENGINES[model.backend], __package__)
     layers = []
     for linear, act_layer in pairs:
-        code, slope, keep_preact = _activation_spec(act_layer)
+        # the last layer's output is z, whatever the head makes of it (BCELoss's Sigmoid)
+        code, slope, keep_preact = _activation_spec(None if linear is pairs[-1][0] else act_layer)
         h = np.empty((rows, linear.out_features), dtype)
         z = np.empty_like(h) if keep_preact else None
         layers.append((linear.W, linear.b, linear.dW, linear.db, code, slope, keep_preact, h, z,
@@ -189,31 +247,35 @@ def build_fused_step(model, optimizer, loss, x, y, batch_size: int):
     delta0, delta1 = np.empty(rows * widest, dtype), np.empty(rows * widest, dtype)
     sparse = _sparse_input(x)
     fused = engine.FusedMLPStep(layers, delta0, delta1, rule.code, dtype == np.float64, rows,
-                                sparse_input=sparse)
+                                sparse_input=sparse, head=OUTPUT_HEAD_CODES[head.name], grad_scale=head.grad_scale,
+                                loss_scale=head.loss_scale, sums_rows=head.sums_rows)
     # the step's threads: its plan for this machine (nnkern._plan), timed on its first steps
-    planner = ThreadPlanner(model.backend, _network_name(pairs), rows, np.dtype(dtype).name, sparse,
+    planner = ThreadPlanner(model.backend, _network_name(pairs, head.name), rows, np.dtype(dtype).name, sparse,
                             model.largest_product(rows))
+    counts = loss.classification  # else the step's right predictions are None, as Objective.correct's
 
     def run(method, xb, yb, row_weights):
         xb = np.ascontiguousarray(xb, dtype=dtype)
-        yb = np.ascontiguousarray(yb, dtype=np.int64)
+        yb = np.ascontiguousarray(yb, dtype=np.int64) if labels else _batch_targets(yb, dtype, len(xb), outputs)
         now = optimizer.update_rule()  # the hyperparameters as they are now (a schedule changes lr)
-        return planner.run(lambda threads: method(
+        value, correct, *phases = planner.run(lambda threads: method(
             xb, yb, now.lr, now.a, now.b, now.eps, now.weight_decay, optimizer.count_steps(1), threads, row_weights,
             now.bias_weight_decay))
+        return (value, correct if counts else None, *phases)
 
     def step(xb, yb, row_weights=None):
         return run(fused.step, xb, yb, row_weights)
 
-    step.logits = layers[-1][7]  # the last batch's logits (first rows of this buffer)
+    step.logits = layers[-1][7]  # the last batch's z, the head's input (first rows of this buffer)
+    step.sums_rows = head.sums_rows
     step.sparse_input = sparse
     step.plan = planner
     # Numba compiles the step on its first call in a process unless its disk cache has it;
     # a first compilation takes 10-30 s (BENCHMARKS.md), which fit(verbose=True) says beforehand.
-    compiled = getattr(fused, "train_step", None)  # numba: the dispatcher of this rule's step
+    compiled = getattr(fused, "is_compiled", None)  # numba: whether this rule's step for these targets is
     step.first_call_note = (
         "numba: compiling the training step, or loading it from Numba's cache (a first "
-        "compilation takes 10-30 s, once)" if compiled is not None and not compiled.signatures else None)
+        "compilation takes 10-30 s, once)" if compiled is not None and not compiled() else None)
     if hasattr(fused, "step_profiled"):  # the Cython step times its phases on request
         step.profiled = lambda xb, yb, row_weights=None: run(fused.step_profiled, xb, yb, row_weights)
         step.phase_names = fused.phase_names
@@ -283,6 +345,7 @@ def _cuda_step(pairs, states, optimizer, dtype, rows, x, y):
         return [(float(v), int(c), int(r), float(w)) for v, c, r, w in zip(losses, correct, batch_rows, weights)]
 
     step.run_epoch = run_epoch
+    step.sums_rows = False
     step.trainer = trainer
     step.first_call_note = trainer.first_call_note()
     return step

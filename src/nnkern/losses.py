@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -13,6 +14,20 @@ from ._backend import get_backend
 from ._workspace import Buffers
 from .backends.numpy_backend import BCE_CLAMP
 from .layers import add_into
+
+class FusedHead(NamedTuple):
+    """How the fused CPU engines (:mod:`nnkern.engine`) compute a loss in one pass over the
+    last Linear's output z: ``name``, one of :data:`nnkern.backends.OUTPUT_HEADS` (which
+    says what it makes of z), the loss's gradient by z being ``grad_scale * (p - y)`` times
+    each row's scale, and a row's loss ``loss_scale`` times its outputs' summed losses, times
+    the row's scale. The row's scale: 1 / rows, or its share of the batch's sample weights;
+    with ``sums_rows`` (a loss summed over the rows) 1, or its sample weight."""
+
+    name: str
+    grad_scale: float = 1.0
+    loss_scale: float = 1.0
+    sums_rows: bool = False
+
 
 class Loss:
     """A loss: ``forward(pred, target)`` returns the mean loss as a float and keeps the
@@ -93,6 +108,11 @@ class Loss:
     def correct(self, pred, target) -> int | None:
         return None
 
+    def fused_head(self, outputs: int) -> FusedHead | None:
+        """This loss as the fused CPU engines compute it on a network of ``outputs``
+        outputs, or None where they do not (it trains layer by layer)."""
+        return None
+
     def config(self) -> dict:
         return {}
 
@@ -127,6 +147,9 @@ class CrossEntropyLoss(Loss):
             losses = log_norm - z[np.arange(len(z)), target]
         return losses / len(z)
 
+    def fused_head(self, outputs):
+        return FusedHead("softmax_cross_entropy")
+
     def correct(self, pred, target) -> int:
         predicted = np.argmax(_arrays.to_host(pred), axis=1)
         target = np.asarray(_arrays.to_host(target))
@@ -151,6 +174,11 @@ class MSELoss(Loss):
 
     def _row_scale(self, weights, total):
         return weights if self.reduction == "half_sum" else super()._row_scale(weights, total)
+
+    def fused_head(self, outputs):
+        if self.reduction == "half_sum":  # 0.5 * sum of squares, gradient p - y
+            return FusedHead("identity_squared", 1.0, 0.5, sums_rows=True)
+        return FusedHead("identity_squared", 2.0 / outputs, 1.0 / outputs)  # the mean over all elements
 
     def _row_terms(self, pred, target):
         squares = (pred.astype(np.float64) - self._float_target(pred, target)) ** 2
@@ -179,6 +207,10 @@ class BCELoss(Loss):
         t = np.asarray(self._float_target(pred, target), dtype=np.float64).reshape(len(pred), -1)
         logs = t * np.log(np.maximum(p, BCE_CLAMP)) + (1.0 - t) * np.log(np.maximum(1.0 - p, BCE_CLAMP))
         return -logs.sum(axis=1) / p.size
+
+    def fused_head(self, outputs):
+        # the mean over all elements; the engines apply the model's last Sigmoid themselves
+        return FusedHead("sigmoid_bce", 1.0 / outputs, 1.0 / outputs)
 
     def correct(self, pred, target) -> int:
         pred = _arrays.to_host(pred)

@@ -173,6 +173,10 @@ def test_the_device_step_is_made_only_where_it_applies():
     step = engine.fused_train_step(model, opt, nn.CrossEntropyLoss(), x, y, 4)
     assert callable(step.run_epoch) and step.trainer.launches_per_step() in (0, 6)
     assert engine.fused_train_step(model, opt, nn.MSELoss(), x, y, 4) is None
+    # the float-target heads are the CPU engines' alone: here they train layer by layer
+    for loss in (nn.MSELoss(), nn.BCELoss()):
+        with pytest.raises(engine.FusedStepUnavailable, match="the cuda engine trains cross entropy on integer labels"):
+            engine.build_fused_step(model, opt, loss, x, np.zeros((8, 4)), 4)
     assert engine.fused_train_step(model, opt, nn.CrossEntropyLoss(), x, y + 4, 4) is None  # labels out of range
     with pytest.raises(ValueError, match="batch of 5 rows, expected 1..4"):
         step(x[:5].astype(np.float32), y[:5])

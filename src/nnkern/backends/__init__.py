@@ -94,6 +94,19 @@ ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 UPDATE_RULES = ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "nesterov")
 UPDATE_RULE_CODES = {name: code for code, name in enumerate(UPDATE_RULES)}
 
+# The loss heads of the fused CPU engines, by code: the one definition (the Cython enum,
+# _cy_train.OUTPUT_HEAD_CODES, and numba_train take their codes from here; tests/test_tables.py
+# checks). What each makes of the last Linear's output z and its targets:
+# - softmax_cross_entropy: softmax, cross entropy on integer labels (CrossEntropyLoss);
+# - identity_squared: z itself, squared error on float targets (MSELoss; scikit-learn's
+#   identity output with "squared_error");
+# - logistic_log_loss: sigmoid(z), binary log loss with p clipped to [eps, 1 - eps] of the
+#   dtype (scikit-learn's logistic output with "binary_log_loss");
+# - sigmoid_bce: sigmoid(z) as a Sigmoid layer computes it, BCELoss (logs clamped at
+#   log(1e-12)) and its gradient back through the sigmoid, as the layer path.
+OUTPUT_HEADS = ("softmax_cross_entropy", "identity_squared", "logistic_log_loss", "sigmoid_bce")
+OUTPUT_HEAD_CODES = {name: code for code, name in enumerate(OUTPUT_HEADS)}
+
 # Which forward quantity each activation's gradient is computed from.
 GRAD_NEEDS_OUTPUT = frozenset({"sigmoid", "tanh"})
 

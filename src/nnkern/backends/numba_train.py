@@ -2,10 +2,11 @@
 
 One compiled call (the step :func:`train_step_for` makes for an update rule) runs a whole
 optimisation step of an MLP (Linear layers, each followed by an elementwise activation;
-the last layer's output is the logits): forward with the bias and the activation fused
-into the GEMM, fused softmax-cross-entropy on integer labels, backward with the
-activation-derivative mask, and the optimizer update of every parameter, into buffers
-preallocated for the largest batch. It releases the GIL and allocates nothing.
+the last layer's output z goes to the loss head): forward with the bias and the
+activation fused into the GEMM, the loss and its gradient by z in one pass (the head:
+fused softmax-cross-entropy on integer labels, or a float-target head, :func:`_float_head`),
+backward with the activation-derivative mask, and the optimizer update of every parameter,
+into buffers preallocated for the largest batch. It releases the GIL and allocates nothing.
 
 The arithmetic is that of the separate kernels of numba_kernels: the same GEMM
 (``numba_kernels.gemm``), loss, activation and update kernels, called from compiled code,
@@ -34,15 +35,16 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 
 import numpy as np
-from numba import prange, typed
+from numba import prange, typed, types
 
-from . import ACTIVATION_CODES, UPDATE_RULE_CODES, UPDATE_RULES
+from . import ACTIVATION_CODES, OUTPUT_HEAD_CODES, UPDATE_RULE_CODES, UPDATE_RULES
 from . import numba_backend as _backend
 from . import numba_kernels as _k
 
-__all__ = ["FusedMLPStep", "train_step_for"]
+__all__ = ["FusedMLPStep", "train_step_for", "OUTPUT_HEAD_CODES"]
 
 # Columns of the layer table: sizes, activation, then indices into ``bufs`` (0: the dummy).
 FAN_IN, FAN_OUT, ACT, KEEP_PREACT, W, B, GW, GB, H, Z, W_S0, W_S1, B_S0, B_S1 = range(14)
@@ -58,6 +60,16 @@ RULE_SGD, RULE_MOMENTUM, RULE_ADAGRAD, RULE_RMSPROP, RULE_ADADELTA, RULE_ADAM, R
     for name in ("sgd", "momentum", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "nesterov"))
 
 IDENTITY = ACTIVATION_CODES["identity"]
+
+# The loss heads' codes, as nnkern.backends.OUTPUT_HEAD_CODES defines them.
+HEAD_SOFTMAX_CROSS_ENTROPY, HEAD_IDENTITY_SQUARED, HEAD_LOGISTIC_LOG_LOSS, HEAD_SIGMOID_BCE = (
+    OUTPUT_HEAD_CODES[name]
+    for name in ("softmax_cross_entropy", "identity_squared", "logistic_log_loss", "sigmoid_bce"))
+
+# scikit-learn's clip of the logistic output's p, per dtype (np.finfo's eps), and BCELoss's
+# clamp of its logs and gradient denominator (numpy_backend.BCE_CLAMP).
+EPS_FLOAT32, EPS_FLOAT64 = float(np.finfo(np.float32).eps), float(np.finfo(np.float64).eps)
+BCE_CLAMP = 1e-12
 
 
 # Each update rule as one kernel of (p, g, s0, s1, hyper), in the order of the rule codes
@@ -221,6 +233,54 @@ def _sparse_weight_grad(x, delta, gw, cols, row_count, rows_of, col_count):
             _add_scaled(g, x[ri[e], c], delta[ri[e]])
 
 
+@_k._jit()
+def _float_head(head, z, targets, row_weights, row_scale, grad_scale, loss_scale, delta):
+    """The float-target heads on the last Linear's output z against targets (rows x
+    outputs), as the Cython step's _float_head: p = z (identity_squared) or sigmoid(z) (by
+    the numba Sigmoid layer's function); delta = grad_scale * (p - y) * the row's scale
+    (row_scale, or row_weights[r]), for sigmoid_bce BCELoss's gradient by p (its denominator
+    p (1 - p) clamped) times the sigmoid's p (1 - p), as the layer path computes it. Returns
+    (the loss: loss_scale times the sum over the rows of each row's scale times its
+    elements' summed losses, squared errors, binary log losses with p clipped to
+    [eps, 1 - eps] of the dtype, or BCELoss's with clamped logs; right predictions: rows
+    whose every p is on its target's side of 0.5, none for identity_squared)."""
+    rows, cols = z.shape
+    single = z.itemsize == 4
+    clip = EPS_FLOAT32 if single else EPS_FLOAT64
+    one = z.dtype.type(1)
+    loss = 0.0
+    correct = 0
+    for r in range(rows):
+        if row_weights is None:
+            row = row_scale
+        else:
+            row = row_weights[r]
+        scale = grad_scale * row
+        row_loss = 0.0
+        if head == HEAD_IDENTITY_SQUARED:
+            for j in range(cols):
+                diff = float(z[r, j]) - float(targets[r, j])
+                row_loss += diff * diff
+                delta[r, j] = scale * diff
+        else:
+            right = True
+            for j in range(cols):
+                p = _k._sigmoid_f32(z[r, j]) if single else _k._sigmoid(z[r, j])
+                pd, t = float(p), float(targets[r, j])
+                right = right and (pd > 0.5) == (t > 0.5)
+                if head == HEAD_LOGISTIC_LOG_LOSS:
+                    clipped = min(max(pd, clip), 1.0 - clip)
+                    row_loss -= t * math.log(clipped) + (1.0 - t) * math.log(1.0 - clipped)
+                    delta[r, j] = scale * (pd - t)
+                else:
+                    row_loss -= t * math.log(max(pd, BCE_CLAMP)) + (1.0 - t) * math.log(max(1.0 - pd, BCE_CLAMP))
+                    d = z.dtype.type(scale * (pd - t) / max(pd * (1.0 - pd), BCE_CLAMP))
+                    delta[r, j] = d * (p * (one - p))
+            correct += right
+        loss += row_loss * row
+    return loss * loss_scale, correct
+
+
 @functools.cache
 def train_step_for(rule: int):
     """The compiled training step of one optimizer update rule (its code, UPDATE_RULE_CODES).
@@ -230,12 +290,16 @@ def train_step_for(rule: int):
     closure's value."""
 
     @_k._jit()
-    def train_step(x, labels, row_weights, bufs, table, slopes, hyper, bias_hyper, weight_decay,
-                   bias_weight_decay, delta0, delta1, delta2, a_tail, b_pack, spare, sparse_lists,
+    def train_step(x, labels, targets, head, head_scales, row_weights, bufs, table, slopes, hyper, bias_hyper,
+                   weight_decay, bias_weight_decay, delta0, delta1, delta2, a_tail, b_pack, spare, sparse_lists,
                    num_threads):
-        """One training step on (x, labels): returns (mean loss, rows whose first largest
-        logit is their label). x: (rows, fan_in) C-contiguous; labels int64 in range.
-        row_weights: float64, each row's share of a weighted mean loss, or None for the mean.
+        """One training step on (x, labels or targets): returns (the loss, right predictions:
+        rows whose first largest logit is their label, or those _float_head counts).
+        x: (rows, fan_in) C-contiguous; labels int64 in range for the softmax head, else
+        None and targets (rows, outputs) of x's dtype, for the float head ``head`` with
+        head_scales (row scale without weights, gradient scale, loss scale) (_float_head).
+        row_weights: float64, each row's share of a weighted mean loss (its weight in a
+        loss summed over rows), or None for the plain mean (sum).
         bias_hyper, bias_weight_decay: the biases' hyperparameters and L2 flag (their weight
         decay may differ from the weights').
         delta0-2: flat buffers of rows * the widest layer; the derivative mask reads one and
@@ -277,18 +341,24 @@ def train_step_for(rule: int):
         n_classes = table[n_layers - 1, FAN_OUT]
         logits = bufs[table[n_layers - 1, H]][:rows * n_classes].reshape((rows, n_classes))
         delta = delta0[:rows * n_classes].reshape((rows, n_classes))
-        if row_weights is not None:
-            loss = _k.softmax_cross_entropy_labels_weighted(logits, labels, row_weights, delta)
-        else:
-            loss = _k.softmax_cross_entropy_labels(logits, labels, delta)
-        correct = 0
-        for r in range(rows):
-            best = 0
-            for j in range(1, n_classes):
-                if logits[r, j] > logits[r, best]:
-                    best = j
-            if best == labels[r]:
-                correct += 1
+        # two tests of None, not one with an else: Numba prunes the branch of an argument
+        # that is None, not the other branch of an array's test
+        loss, correct = 0.0, 0
+        if targets is not None:
+            loss, correct = _float_head(head, logits, targets, row_weights, head_scales[0], head_scales[1],
+                                        head_scales[2], delta)
+        if labels is not None:
+            if row_weights is not None:
+                loss = _k.softmax_cross_entropy_labels_weighted(logits, labels, row_weights, delta)
+            else:
+                loss = _k.softmax_cross_entropy_labels(logits, labels, delta)
+            for r in range(rows):
+                best = 0
+                for j in range(1, n_classes):
+                    if logits[r, j] > logits[r, best]:
+                        best = j
+                if best == labels[r]:
+                    correct += 1
 
         current, free0, free1 = delta0, delta1, delta2
         for l in range(n_layers - 1, -1, -1):  # backward, updating each layer once used
@@ -349,11 +419,18 @@ class FusedMLPStep:
     layer, arrays C-contiguous of one dtype, h (and z where kept) of shape
     (max_rows, fan_out), the state tuples of 0-2 arrays; ``delta0``/``delta1``: two flat
     buffers of max_rows * max width. The object keeps every array alive. ``sparse_input``:
-    the first layer reads only the nonzeros of x.
+    the first layer reads only the nonzeros of x. ``head``: the loss head's code
+    (OUTPUT_HEAD_CODES), with its ``grad_scale``, ``loss_scale`` and ``sums_rows`` (the loss
+    sums over the rows instead of averaging; see _float_head).
     """
 
     def __init__(self, layers, delta0, delta1, rule: int, is_double: bool, max_rows: int,
-                 sparse_input: bool = False):
+                 sparse_input: bool = False, head: int = HEAD_SOFTMAX_CROSS_ENTROPY, grad_scale: float = 1.0,
+                 loss_scale: float = 1.0, sums_rows: bool = False):
+        if head not in OUTPUT_HEAD_CODES.values():
+            raise ValueError(f"FusedMLPStep: no loss head of code {head}")
+        self.head, self.sums_rows = int(head), bool(sums_rows)
+        self.head_scales = np.array([1.0, grad_scale, loss_scale])  # the row scale is set at each step
         dtype = np.dtype(np.float64 if is_double else np.float32)
         self.dtype = dtype
         self.rule = int(rule)
@@ -409,16 +486,36 @@ class FusedMLPStep:
             self.sparse_lists = (np.empty(self.max_rows * fan_in, np.int32), np.empty(self.max_rows, np.int32),
                                  np.empty(self.max_rows * fan_in, np.int32), np.empty(fan_in, np.int32))
 
-    def step(self, x, labels, lr, a, b, eps, weight_decay, t, num_threads, row_weights=None,
+    def is_compiled(self) -> bool:
+        """Whether this process has the step compiled (or loaded from Numba's cache) for
+        this rule and kind of targets (labels, or the float heads'), so that a first call
+        takes no compilation (bar a weighted or sparse variant of it)."""
+        float_targets = self.head != HEAD_SOFTMAX_CROSS_ENTROPY
+        return any(isinstance(signature[1], types.NoneType) == float_targets
+                   for signature in self.train_step.signatures)
+
+    def step(self, x, targets, lr, a, b, eps, weight_decay, t, num_threads, row_weights=None,
              bias_weight_decay=None):
-        """One step on the batch (x, labels): returns (mean loss, number of rows whose
-        largest logit is their label). x: (rows, fan_in) C-contiguous of the model's
-        dtype, labels int64, rows <= max_rows. ``row_weights``: float64 (rows,), each row's
-        share of a weighted mean loss (summing to 1); None: the plain mean.
-        ``bias_weight_decay``: the biases' weight decay (None: ``weight_decay``)."""
-        rows = len(labels)
+        """One step on the batch (x, targets): returns (the loss, right predictions), as the
+        Cython step's. x: (rows, fan_in) C-contiguous of the model's dtype, rows <= max_rows;
+        targets: int64 labels (rows,) for the softmax head, else (rows, outputs)
+        C-contiguous of x's dtype. ``row_weights``: float64 (rows,), each row's share of a
+        weighted mean loss (summing to 1), or its weight in a loss summed over rows
+        (``sums_rows``); None: the plain mean (sum). ``bias_weight_decay``: the biases'
+        weight decay (None: ``weight_decay``)."""
+        rows = len(targets)
         if rows == 0 or rows > self.max_rows:
             raise ValueError(f"FusedMLPStep: batch of {rows} rows, expected 1..{self.max_rows}")
+        if len(x) != rows:
+            raise ValueError(f"FusedMLPStep: {len(x)} rows of x for {rows} targets")
+        labels = targets if self.head == HEAD_SOFTMAX_CROSS_ENTROPY else None
+        if labels is None:
+            outputs = int(self.table[-1, FAN_OUT])
+            if targets.ndim != 2 or targets.shape[1] != outputs:
+                raise ValueError(f"FusedMLPStep: targets of shape {targets.shape} for {outputs} outputs")
+            self.head_scales[0] = 1.0 if self.sums_rows else 1.0 / rows
+        else:
+            targets = None
         if row_weights is not None and len(row_weights) != rows:
             raise ValueError(f"FusedMLPStep: {len(row_weights)} row weights for a batch of {rows} rows")
         hyper = self.hyper
@@ -437,6 +534,7 @@ class FusedMLPStep:
             bias_hyper[DECAY] = 1.0 - lr * bias_weight_decay
             bias_l2_decay = bias_weight_decay != 0.0 and self.rule != RULE_ADAMW
         with _backend.parallel_threads(num_threads) as threads:
-            return self.train_step(x, labels, row_weights, self.bufs, self.table, self.slopes, hyper,
-                                   bias_hyper, l2_decay, bias_l2_decay, self.delta0, self.delta1, self.delta2,
-                                   self.a_tail, self.b_pack, self.spare, self.sparse_lists, threads)
+            return self.train_step(x, labels, targets, self.head, self.head_scales, row_weights, self.bufs,
+                                   self.table, self.slopes, hyper, bias_hyper, l2_decay, bias_l2_decay, self.delta0,
+                                   self.delta1, self.delta2, self.a_tail, self.b_pack, self.spare, self.sparse_lists,
+                                   threads)

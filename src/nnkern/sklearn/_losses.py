@@ -7,7 +7,7 @@ import numpy as np
 from scipy.special import expit, xlogy
 
 from .. import _arrays
-from ..losses import Loss
+from ..losses import FusedHead, Loss
 
 
 def _output_activation(name: str, z: np.ndarray) -> np.ndarray:
@@ -62,6 +62,13 @@ class OutputLoss(Loss):
     def _row_terms(self, pred, target):
         p = _output_activation(self.activation, pred)
         return _sample_losses(self.loss, self._float_target(p, target), p) / len(p)
+
+    def fused_head(self, outputs):
+        if (self.activation, self.loss) == ("logistic", "binary_log_loss"):
+            return FusedHead("logistic_log_loss")
+        if (self.activation, self.loss) == ("identity", "squared_error"):
+            return FusedHead("identity_squared", 1.0, 0.5 / outputs)  # half the mean; gradient (p - y) / n
+        return None  # softmax trains on CrossEntropyLoss; exp / poisson layer by layer
 
     def config(self):
         return {"activation": self.activation, "loss": self.loss}

@@ -18,7 +18,7 @@ from sklearn.utils.validation import validate_data
 
 from .. import _arrays, nn, ops, optim
 from .._threads import claim
-from ..training import LayerStep, select_step
+from ..training import select_step
 from ._losses import OutputLoss, _output_activation, _sample_losses
 from ._parameters import ADAPTIVE_DIVISOR, ADAPTIVE_MIN_LR, AUTO_BATCH
 
@@ -215,22 +215,19 @@ class _Solvers:
     def _training_step(self, model, optimizer, X, y, batch_size: int, dtype):
         """(the step object that trains ``model`` on batches of (X, y), the targets it takes:
         ``y``, or for a softmax output the class indices). A softmax output trains with
-        cross entropy on the class indices, the loss of nnkern's fused engines
-        (:func:`nnkern.training.select_step` picks the engine); the fused CPU engines train
-        no other output (logistic, exp, identity), which trains layer by layer on
-        scikit-learn's loss (:class:`OutputLoss`)."""
+        cross entropy on the class indices, the others on scikit-learn's loss
+        (:class:`OutputLoss`); :func:`nnkern.training.select_step` picks the engine: the
+        fused CPU engines where they have the loss's head (softmax, logistic, identity),
+        else layer by layer (exp / poisson), saying why."""
         if self.out_activation_ == "softmax":
-            labels = y.argmax(axis=1)
-            # a sparse X stays sparse (its batches are densified one at a time): the engine
-            # is shown its first batch, for the input's width and density
-            data = _rows(X, slice(0, batch_size), dtype) if scipy.sparse.issparse(X) else X
-            rows = len(data)
-            step = select_step(model, optimizer, model._objective("cross_entropy"), [data], [labels[:rows]],
-                               batch_size)
-            return step, labels
-        reason = f"the fused engines train softmax outputs, and this output is {self.out_activation_}"
-        return LayerStep(model, optimizer, model._objective(OutputLoss(self.out_activation_, self._loss_name())),
-                         reason), y
+            targets, loss = y.argmax(axis=1), "cross_entropy"
+        else:
+            targets, loss = y, OutputLoss(self.out_activation_, self._loss_name())
+        # a sparse X stays sparse (its batches are densified one at a time): the engine is
+        # shown its first batch, for the input's width and density
+        data = _rows(X, slice(0, batch_size), dtype) if scipy.sparse.issparse(X) else X
+        step = select_step(model, optimizer, model._objective(loss), [data], [targets[:len(data)]], batch_size)
+        return step, targets
 
     def _fit_stochastic(self, X, y, sample_weight, settings, dtype, incremental):
         model = self._network(settings["backend"], dtype)

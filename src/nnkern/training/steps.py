@@ -11,7 +11,8 @@ The engines:
 * :class:`LayerStep`: the layer-by-layer path (the model's forward, the objective, the
   model's backward, ``optimizer.step()``); every model, loss and optimizer.
 * :class:`FusedStep`: the fused CPU steps of "cython" and "numba" (:mod:`nnkern.engine`):
-  one compiled call per step for plain MLPs trained with cross entropy on integer labels.
+  one compiled call per step for plain MLPs trained with a loss the engines have a head
+  for (cross entropy on integer labels, squared error, binary log losses).
 * :class:`DeviceEpochStep`: the "cuda" engine, whose ``run_epoch`` trains the whole epoch
   on the device and reads its losses back once.
 
@@ -81,8 +82,8 @@ class LayerStep(TrainingStep):
 
 class FusedStep(TrainingStep):
     """A fused CPU engine's step (:func:`nnkern.engine.build_fused_step`); ``function``
-    is the engine's own ``step(xb, yb) -> (loss, right predictions)`` with its extras
-    (``logits``, ``profiled`` on "cython")."""
+    is the engine's own ``step(xb, yb, row_weights=None) -> (loss, right predictions)``
+    with its extras (``logits``, ``sums_rows``, ``profiled`` on "cython")."""
 
     def __init__(self, function, backend: str):
         self.function = function
@@ -94,7 +95,10 @@ class FusedStep(TrainingStep):
         if wb is None:
             value, correct = self.function(xb, yb)
         else:
-            value, correct = self.function(xb, yb, row_weights=np.asarray(wb, np.float64) / np.sum(wb, dtype=np.float64))
+            # each row's share of the batch's weight, or for a loss summed over rows its weight
+            weights = np.asarray(wb, np.float64)
+            value, correct = self.function(xb, yb, row_weights=weights if self.function.sums_rows
+                                           else weights / weights.sum())
         return value, [value], [correct]
 
 
