@@ -488,9 +488,7 @@ def _info(args) -> int:
         print(f"  {name:<6} {'available' if reason is None else 'unavailable: ' + reason}")
     print(f"  default: {nnkern.get_backend()} (fastest CPU backend: {fastest_cpu_backend()})")
     if nnkern.unavailable_reason("cython") is None:
-        from .backends import _cy_gemm
-
-        print(f"  cython GEMM: {_cy_gemm.gemm_variant()}")
+        print(f"  cython GEMM: {nnkern._backend.backend_module('cython').gemm_variant()}")
     model, flags = _cpu_description()
     print(f"CPU: {model}; {os.cpu_count()} logical CPU(s), {nnkern._threads.default_num_threads()} usable;"
           f" SIMD: {' '.join(flags) or 'unknown'}")

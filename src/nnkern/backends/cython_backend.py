@@ -17,6 +17,11 @@ _threads.load_openmp_runtime()
 from . import _cy_elementwise, _cy_gemm, _cy_losses, _cy_norm, _cy_optim, _cy_vector  # noqa: E402
 
 
+def gemm_variant() -> str:
+    """The GEMM variant this CPU runs and how it was chosen (see _cy_gemm.gemm_variant)."""
+    return _cy_gemm.gemm_variant()
+
+
 def _run(kernel, *args):
     """kernel(*args, threads): one call, with its share of the thread budget."""
     with _threads.claim() as threads:

@@ -17,6 +17,7 @@ import nnkern
 import threadpoolctl
 
 from .. import ops
+from .._backend import backend_module
 from .._threads import default_num_threads, openmp_defaults
 from ..backends import BACKENDS
 from .networks import DTYPE
@@ -106,9 +107,7 @@ def _cython_gemm_variant() -> str | None:
     where the backend is not built."""
     if nnkern.unavailable_reason("cython") is not None:
         return None
-    from ..backends import _cy_gemm
-
-    return _cy_gemm.gemm_variant()
+    return backend_module("cython").gemm_variant()
 
 
 def versions() -> dict:
