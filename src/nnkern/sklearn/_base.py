@@ -19,6 +19,14 @@ from ._parameters import ACTIVATIONS, LEARNING_RATES, SOLVERS, _check, _choice
 from ._solvers import CHUNK_ROWS, _batches, _rows, _Solvers
 
 
+def _keep_parameters(estimator, parameters: dict) -> None:
+    """Store each argument of ``estimator.__init__`` (its ``locals()``) as the attribute of
+    its name, untouched: scikit-learn's rule for an estimator's constructor."""
+    for name, value in parameters.items():
+        if name not in ("self", "__class__"):
+            setattr(estimator, name, value)
+
+
 class _BaseMLP(_Solvers, BaseEstimator):
     """What MLPClassifier and MLPRegressor share: parameters, the network, training."""
 
