@@ -23,3 +23,22 @@ if _reason is not None:
         "(its own process) or on a machine with a CUDA GPU.",
         returncode=pytest.ExitCode.USAGE_ERROR,
     )
+
+
+@pytest.fixture
+def device_epochs(monkeypatch):
+    """A list that receives the number of batches of every epoch the cuda engine trains on
+    the device (its step's run_epoch), for the tests that fit must go through it."""
+    from nnkern import engine
+
+    epochs = []
+    make_step = engine._cuda_step
+
+    def counting_step(*args):
+        step = make_step(*args)
+        run_epoch = step.run_epoch
+        step.run_epoch = lambda loader, **kw: epochs.append(len(loader)) or run_epoch(loader, **kw)
+        return step
+
+    monkeypatch.setattr(engine, "_cuda_step", counting_step)
+    return epochs

@@ -84,21 +84,11 @@ def test_the_launches_executor_computes_the_same(split_gemms, monkeypatch, neste
     _assert_same_training(runs, rtol=1e-10)
 
 
-def test_fit_runs_whole_epochs_on_the_device(monkeypatch):
+def test_fit_runs_whole_epochs_on_the_device(monkeypatch, device_epochs):
     """fit trains through run_epoch (one read-back per epoch), in the loader's order; with
     the GPU's 16 x 16-thread blocks rather than the simulator's 8 x 8."""
     monkeypatch.setattr(cuda_train, "SIMULATOR_BLOCK_SIDE", cuda_train.BLOCK_SIDE)
     x, y = _data(n=8)
-    calls = []
-    make_step = engine._cuda_step
-
-    def counting_step(*args):
-        step = make_step(*args)
-        run_epoch = step.run_epoch
-        step.run_epoch = lambda loader, **kw: calls.append(len(loader)) or run_epoch(loader, **kw)
-        return step
-
-    monkeypatch.setattr(engine, "_cuda_step", counting_step)
     histories, rates, weights = [], [], []
     for backend in ("cuda", "numpy"):
         model = _small_model(backend, np.float64)
@@ -107,7 +97,7 @@ def test_fit_runs_whole_epochs_on_the_device(monkeypatch):
         histories.append(model.fit(x, y, epochs=2, batch_size=5, optimizer=opt, seed=1, verbose=False).history)
         rates.append(opt.lr)
         weights.append(model.state_dict())
-    assert calls == [2, 2]
+    assert device_epochs == [2, 2]
     np.testing.assert_allclose(histories[0]["loss"], histories[1]["loss"], rtol=1e-12)
     assert histories[0]["accuracy"] == histories[1]["accuracy"]
     assert rates[0] == rates[1] == 0.3 * 0.5**4
