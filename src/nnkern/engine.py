@@ -42,13 +42,15 @@ zero terms; once a weight or gradient is infinite or NaN, the dense products' 0 
 terms are among those left out). The environment variable ``NNKERN_SPARSE_INPUT`` overrides the choice: "0"
 never, "1" always, "auto" (the default) from the data's density.
 
-Threads: a CPU step plans its thread count for the machine (:mod:`nnkern._plan`): on its
-first steps it times 1 thread, its share of the budget and (from a share of 4) half of it,
-keeps the fewest threads within 5% of the fastest and caches that plan on disk per CPU
-model, backend, network (with its loss head), batch, dtype, first layer and share
-(``nnkern tune`` makes plans ahead of time). ``NNKERN_PLAN=off`` uses the fixed rule instead (one thread below
-``nnkern._threads.SPLIT_MIN_MACS`` multiply-adds in the largest product, else the share),
-``NNKERN_PLAN=<n>`` n threads; a step never uses more than its share of the budget.
+Threads: a CPU step takes its thread count from a plan for the machine (:mod:`nnkern._plan`),
+cached on disk per CPU model, backend, network (with its loss head), batch, dtype, first
+layer and share, made by ``nnkern tune`` or by a fit under ``NNKERN_PLAN=auto`` (which times
+1 thread, its share of the budget and, from a share of 4, half of it on its first steps and
+keeps the fewest threads within 5% of the fastest). By default (``NNKERN_PLAN=cached``) a
+step without a stored plan, and every step under ``NNKERN_PLAN=off``, uses the fixed rule
+(one thread below ``nnkern._threads.SPLIT_MIN_MACS`` multiply-adds in the largest product,
+else the share); ``NNKERN_PLAN=<n>``: n threads. A step never uses more than its share of
+the budget.
 """
 
 from __future__ import annotations
