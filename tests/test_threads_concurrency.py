@@ -40,12 +40,16 @@ def _data(seed):
     return x, rng.integers(0, 10, len(x))
 
 
-def _fit(backend, seed):
-    """Weights and losses of a small fit (96-128-64-10, batch 64: its products split)."""
+def _fit(backend, seed, loss="cross_entropy"):
+    """Weights and losses of a small fit (96-128-64-10, batch 64: its products split), on
+    the class labels, or with "mse" on their one-hot rows (the fused step's float head)."""
     x, y = _data(seed)
+    if loss == "mse":
+        y = np.eye(10, dtype=np.float32)[y]
     model = nn.Sequential(nn.Linear(96, 128, seed=seed), nn.ReLU(), nn.Linear(128, 64, seed=seed + 1), nn.Tanh(),
                           nn.Linear(64, 10, seed=seed + 2), backend=backend)
-    history = model.fit(x, y, epochs=2, batch_size=64, optimizer=optim.Adam(lr=1e-3), seed=seed, verbose=False)
+    history = model.fit(x, y, epochs=2, batch_size=64, optimizer=optim.Adam(lr=1e-3), loss=loss, seed=seed,
+                        verbose=False)
     predictions = model.predict(x)
     weights = [np.asarray(p).copy() for p in model.parameters()]
     return weights, history, np.asarray(predictions)
@@ -76,17 +80,18 @@ def _assert_close(got, want, rtol):
                                    rtol=rtol, atol=rtol)
 
 
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
 @pytest.mark.parametrize("backend", ["numpy", *FAST_CPU_BACKENDS])
-def test_concurrent_fits_equal_sequential_ones(backend, split_everything):
+def test_concurrent_fits_equal_sequential_ones(backend, loss, split_everything):
     from threadpoolctl import threadpool_info
 
     def blas_threads():
         return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
 
     seeds = list(range(CALLERS))
-    sequential = [_fit(backend, s) for s in seeds]
+    sequential = [_fit(backend, s, loss) for s in seeds]
     blas_before = blas_threads()
-    concurrent = _concurrently(lambda s: _fit(backend, s), [(s,) for s in seeds])
+    concurrent = _concurrently(lambda s: _fit(backend, s, loss), [(s,) for s in seeds])
     assert blas_threads() == blas_before  # nnkern leaves the BLAS's count alone
     for (w_seq, h_seq, p_seq), (w_con, h_con, p_con) in zip(sequential, concurrent):
         # a call's share of the budget may differ from the sequential run's: a product's
