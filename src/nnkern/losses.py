@@ -15,6 +15,7 @@ from ._workspace import Buffers
 from .backends.numpy_backend import BCE_CLAMP
 from .layers import add_into
 
+
 class FusedHead(NamedTuple):
     """How the fused CPU engines (:mod:`nnkern.engine`) compute a loss in one pass over the
     last Linear's output z: ``name``, one of :data:`nnkern.backends.OUTPUT_HEADS` (which
