@@ -40,6 +40,7 @@ epoch (or, with ``interval="step"``, after each batch)::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 
 import numpy as np
@@ -73,6 +74,14 @@ def _hyperparameter(owner: str, name: str, value, *, below_one: bool = False) ->
     if below_one:
         return _validate.real(owner, name, value, low=0, high=1, high_open=True, expected="in [0, 1)")
     return _validate.real(owner, name, value, low=0, expected="finite and >= 0")
+
+
+@functools.cache
+def _rule_spec(optimizer_type: type) -> tuple | None:
+    """``RULE`` of the class that defines the optimizer's ``_update``: a subclass that
+    inherits the update inherits its rule, one that redefines it has none unless it says."""
+    owner = next(cls for cls in optimizer_type.__mro__ if "_update" in cls.__dict__)
+    return owner.__dict__.get("RULE")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,11 +257,15 @@ class Optimizer:
     def _rule_name(self, name: str) -> str:
         return name
 
+    def _rule_eps(self) -> float:
+        """The ``eps`` of the rule the fused engines run for the coming step."""
+        return self.hyperparameters.get("eps", 0.0)
+
     def update_rule(self) -> UpdateRule | None:
         """The rule the fused training engines run for this optimizer, with the
-        hyperparameters now in force; None when they have none for it."""
-        owner = next(cls for cls in type(self).__mro__ if "_update" in cls.__dict__)
-        spec = owner.__dict__.get("RULE")
+        hyperparameters now in force; None when they have none for it. (Read before
+        every fused step: a small network's step lasts tens of microseconds.)"""
+        spec = _rule_spec(type(self))
         if spec is None:
             return None
         name, a_name, b_name = spec
@@ -260,7 +273,7 @@ class Optimizer:
         h = self.hyperparameters
         weight_decay = h.get("weight_decay", 0.0)
         return UpdateRule(name, UPDATE_RULE_CODES[name], h["lr"], h[a_name] if a_name else 0.0,
-                          h[b_name] if b_name else 0.0, h.get("eps", 0.0), weight_decay,
+                          h[b_name] if b_name else 0.0, self._rule_eps(), weight_decay,
                           weight_decay if self.DECAY_BIASES else 0.0)
 
     def state_of(self, param) -> tuple:

@@ -4,7 +4,6 @@ training loop with scikit-learn's batches, stopping rule and learning-rate sched
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 
@@ -50,9 +49,9 @@ class _ScikitLearnAdam(optim.Adam):
         """The epsilon of torch's rule that is scikit-learn's at step ``t`` (1-based)."""
         return self.hyperparameters["eps"] / math.sqrt(1.0 - self.hyperparameters["beta2"] ** t)
 
-    def update_rule(self):
+    def _rule_eps(self) -> float:
         # a fused engine reads the rule, then counts the step it takes: step t + 1
-        return dataclasses.replace(super().update_rule(), eps=self._eps_at(self.t + 1))
+        return self._eps_at(self.t + 1)
 
     def _update(self, p, g, state):
         h = self.hyperparameters
@@ -78,18 +77,31 @@ class _Adadelta(optim.Adadelta):
     DECAY_BIASES = False
 
 
-def _set_l2_penalty(model, optimizer, alpha: float, weight_sum: float) -> float:
-    """Set the optimizer's weight decay to scikit-learn's L2 gradient ``alpha / weight_sum``
-    (times W) for the coming step, and return the penalty ``0.5 * alpha * ||W||^2 /
-    weight_sum`` of the weights before it (both on the weight matrices alone)."""
-    optimizer.weight_decay = alpha / weight_sum
-    if not alpha:
-        return 0.0
-    squares = 0.0
-    for W in model.parameters()[0::2]:
-        host = _arrays.to_host(W).ravel()
-        squares += float(np.dot(host, host))
-    return 0.5 * alpha * squares / weight_sum
+class _L2Penalty:
+    """scikit-learn's L2 penalty on one fit's weight matrices (the intercepts go free).
+    ``before_step(weight_sum)`` sets the optimizer's weight decay to the penalty's gradient
+    ``alpha / weight_sum`` (times W) for the coming step and returns the penalty ``0.5 *
+    alpha * ||W||^2 / weight_sum`` of the weights before it. Called before every step (a
+    small network's lasts tens of microseconds), it reads host weights through views made
+    once: the engines update the parameter arrays in place."""
+
+    def __init__(self, model, optimizer, alpha: float):
+        self.optimizer, self.alpha = optimizer, alpha
+        weights = model.parameters()[0::2]
+        self.views = [W.ravel() for W in weights] if all(isinstance(W, np.ndarray) for W in weights) else None
+        self.weights = weights
+
+    def before_step(self, weight_sum: float) -> float:
+        decay = self.alpha / weight_sum
+        if self.optimizer.hyperparameters.get("weight_decay") != decay:
+            self.optimizer.weight_decay = decay
+        if not self.alpha:
+            return 0.0
+        views = self.views if self.views is not None else [_arrays.to_host(W).ravel() for W in self.weights]
+        squares = 0.0
+        for view in views:
+            squares += float(np.dot(view, view))
+        return 0.5 * self.alpha * squares / weight_sum
 
 
 def _sgd(lr: float, momentum: float, nesterov: bool) -> optim.Optimizer:
@@ -104,7 +116,7 @@ def _rows(X, index, dtype, out=None) -> np.ndarray:
     if (out is not None and isinstance(index, np.ndarray) and isinstance(X, np.ndarray)
             and X.dtype == out.dtype == dtype):
         # mode="clip": the indices are in range, and "raise" would copy through a buffer
-        return np.take(X, index, axis=0, out=out[:len(index)], mode="clip")
+        return X.take(index, axis=0, out=out[:len(index)], mode="clip")
     part = X[index]
     if scipy.sparse.issparse(part):
         part = part.toarray()
@@ -250,6 +262,7 @@ class _Solvers:
         step, targets = self._training_step(model, optimizer, X_train, y_train, batch_size, dtype)
         if self.verbose and step.fallback_reason:
             print(f"Training layer by layer, not on a fused engine: {step.fallback_reason}")
+        l2_penalty = _L2Penalty(model, optimizer, settings["alpha"])
         sample_idx = np.arange(n_samples)
         batch_rows = np.empty((batch_size, X_train.shape[1]), dtype) if self.shuffle else None
         callbacks = list(self.callbacks or ())
@@ -274,7 +287,7 @@ class _Solvers:
                     weight_sum = (batch.stop - batch.start) if swb is None else float(swb.sum())
                     if not weight_sum:  # a batch of zero weights has no loss: no step
                         continue
-                    penalty = _set_l2_penalty(model, optimizer, settings["alpha"], weight_sum)
+                    penalty = l2_penalty.before_step(weight_sum)
                     loss, _, _ = step.step(_rows(X_train, index, dtype, batch_rows), targets[index], swb)
                     accumulated_loss += (loss + penalty) * (batch.stop - batch.start)
                 self.n_iter_ += 1
