@@ -2,7 +2,7 @@
 
     python benchmarks/search_scaling.py [--rounds 5] [--repeats 3] [--grid small|large] [--epochs 200]
                                         [--configs n_jobs=1,loky,threading,dask-2x1,dask-1x2]
-                                        [--fixed-work] [--json PATH]
+                                        [--fixed-work] [--cold] [--json PATH]
 
 The search: scikit-learn's GridSearchCV (12 fits: 3 widths x 2 alphas x 2 folds, no refit)
 of nnkern.sklearn's MLPClassifier on scikit-learn's digits, a fixed number of epochs each
@@ -31,6 +31,11 @@ GIL, with no memory traffic, Python or threads of their own: its speed-up is wha
 configuration's own costs (starting tasks, moving them and their results, its other
 processes' share of the cores) leave of the ideal 2x, a ceiling for any estimator whose fits
 last that long. It needs n_jobs=1 first in ``--configs``.
+
+``--cold`` times each process's first search instead, with no warm-up: what a user's first
+search in a fresh process costs, the loky or Dask workers importing Python, scikit-learn
+and nnkern and loading the kernels on their first task (a Dask cluster is started before
+the clock all the same).
 """
 
 from __future__ import annotations
@@ -92,9 +97,11 @@ class FixedWork(ClassifierMixin, BaseEstimator):
         return np.zeros(len(X), dtype=self.classes_.dtype)
 
 
-def measure(config: str, grid: str, repeats: int, epochs: int, fit_seconds: dict | None = None) -> dict:
-    """Median seconds per search over ``repeats`` searches after a warm-up, in this process;
-    the searched estimator is nnkern's MLPClassifier, or ``FixedWork`` with ``fit_seconds``."""
+def measure(config: str, grid: str, repeats: int, epochs: int, fit_seconds: dict | None = None,
+            cold: bool = False) -> dict:
+    """Median seconds per search over ``repeats`` searches after a warm-up (``cold``: the
+    first search alone), in this process; the searched estimator is nnkern's MLPClassifier,
+    or ``FixedWork`` with ``fit_seconds``."""
     import warnings
 
     import joblib
@@ -137,9 +144,10 @@ def measure(config: str, grid: str, repeats: int, epochs: int, fit_seconds: dict
 
     try:
         with parallel:
-            search()  # warm-up: worker processes started, kernels loaded
+            if not cold:
+                search()  # warm-up: worker processes started, kernels loaded
             times, fits = [], []
-            for _ in range(repeats):
+            for _ in range(1 if cold else repeats):
                 start = time.perf_counter()
                 fits.append(search())
                 times.append(time.perf_counter() - start)
@@ -161,13 +169,14 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per fit")
     parser.add_argument("--fixed-work", action="store_true",
                         help="also run each configuration on FixedWork fits of n_jobs=1's seconds (a ceiling)")
+    parser.add_argument("--cold", action="store_true", help="time each process's first search, no warm-up")
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--fit-seconds", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         fit_seconds = json.loads(args.fit_seconds) if args.fit_seconds else None
-        print(json.dumps(measure(args.worker, args.grid, args.repeats, args.epochs, fit_seconds)))
+        print(json.dumps(measure(args.worker, args.grid, args.repeats, args.epochs, fit_seconds, args.cold)))
         return 0
 
     configs = args.configs.split(",")
@@ -176,7 +185,7 @@ def main(argv=None) -> int:
 
     def run(config, fit_seconds=None):
         command = [sys.executable, __file__, "--grid", args.grid, "--repeats", str(args.repeats),
-                   "--epochs", str(args.epochs), "--worker", config]
+                   "--epochs", str(args.epochs), "--worker", config] + (["--cold"] if args.cold else [])
         if fit_seconds is not None:
             command += ["--fit-seconds", json.dumps(fit_seconds)]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -192,7 +201,8 @@ def main(argv=None) -> int:
                 fixed_runs.setdefault(config, []).append(run(config, sequential_fits))
     widths = ", ".join(str(w) for w in GRIDS[args.grid])
     print(f"GridSearchCV of 12 fits (hidden {widths}; alpha 1e-4, 1e-2; 2 folds; {args.epochs} epochs) on digits; "
-          f"median of {args.rounds} rounds, each the median of {args.repeats} searches in a process of its own")
+          f"median of {args.rounds} rounds, each " + ("the first search of a process of its own (cold)" if args.cold else
+                                                      f"the median of {args.repeats} searches in a process of its own"))
     fixed_header = f" {'fixed-work':>10} {'nnkern/it':>9}" if args.fixed_work else ""
     print(f"{'configuration':>14} {'search s':>9} {'speed-up':>9} {'fits s':>7}{fixed_header}   nnkern budget in the parent")
     base = statistics.median(r["search_s"] for r in runs[configs[0]])

@@ -6,6 +6,10 @@ reference and every fast CPU backend."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -196,6 +200,33 @@ def test_skl2onnx_converts_nnkern_estimators():
     reg = MLPRegressor(hidden_layer_sizes=(8,), max_iter=10, random_state=0, dtype="float64").fit(x, x[:, 0])
     (variable,) = _run(skl_to_onnx(reg, x), {"X": x})  # a float64 input gives a float64 graph
     np.testing.assert_allclose(variable.ravel(), reg.predict(x), rtol=1e-12, atol=1e-12)
+
+
+def test_nnkern_sklearn_registers_with_skl2onnx_when_skl2onnx_is_imported_later():
+    """Importing nnkern.sklearn does not import skl2onnx (~0.8 s, paid by every joblib or
+    Dask worker that fits an estimator); importing skl2onnx afterwards registers the
+    estimators, so skl2onnx.to_onnx converts them. In a fresh interpreter: this one has
+    skl2onnx imported already."""
+    pytest.importorskip("skl2onnx")
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import nnkern.sklearn
+        assert "skl2onnx" not in sys.modules, "importing nnkern.sklearn imported skl2onnx"
+        x = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)
+        clf = nnkern.sklearn.MLPClassifier((6,), max_iter=5, random_state=0).fit(x, x[:, 0] > 0)
+        import onnxruntime
+        import skl2onnx
+        proto = skl2onnx.to_onnx(clf, x, options={"zipmap": False})
+        session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        label, proba = session.run(None, {"X": x})
+        np.testing.assert_array_equal(label, clf.predict(x))
+        np.testing.assert_allclose(proba, clf.predict_proba(x), rtol=2e-5, atol=2e-5)
+        print("converted")
+    """)
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "converted"
 
 
 # -- PyTorch ----------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ and output node names. An estimator of :mod:`nnkern.sklearn` gets the outputs
 skl2onnx gives scikit-learn's MLP: a classifier "label" (int64 for integer classes,
 string otherwise) and "probabilities" (N x classes), a regressor "variable"
 (N x outputs). With skl2onnx installed, :func:`register_skl2onnx` (called when
-:mod:`nnkern.sklearn` is imported) makes ``skl2onnx.to_onnx(estimator, X)`` work too,
-with its options (``zipmap``).
+:mod:`nnkern.sklearn` is imported; it registers once skl2onnx is imported) makes
+``skl2onnx.to_onnx(estimator, X)`` work too, with its options (``zipmap``).
 
 onnxruntime has no float64 ``Erf``, so the exact GELU of a float64 model evaluates its
 erf in float32 (casts around the one node): those outputs agree with nnkern to about
@@ -36,8 +36,13 @@ more than the last one) raises ValueError.
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import math
 import numbers
+import sys
+import threading
+import warnings
 
 import numpy as np
 
@@ -418,16 +423,64 @@ def _skl2onnx_shapes(operator) -> None:
 def register_skl2onnx(MLPClassifier, MLPRegressor) -> bool:  # noqa: N803 (the classes)
     """Register the estimator classes (nnkern.sklearn's, which calls this when it is
     imported) with skl2onnx, so that ``skl2onnx.to_onnx(estimator, X)`` converts them (with
-    skl2onnx's classifier options, such as ``options={"zipmap": False}``). Returns False,
-    doing nothing, when skl2onnx is not installed."""
-    try:
+    skl2onnx's classifier options, such as ``options={"zipmap": False}``): at once where
+    skl2onnx is imported already, else as soon as it is imported. (Importing skl2onnx takes
+    ~0.8 s, which a process that never exports, such as each joblib or Dask worker fitting
+    an estimator, should not pay.) Returns False, doing nothing, when skl2onnx is not
+    installed."""
+
+    def register():
         from skl2onnx import update_registered_converter
-    except ImportError:
+
+        update_registered_converter(MLPClassifier, "NnkernMLPClassifier", _skl2onnx_shapes, _skl2onnx_converter,
+                                    options={"zipmap": [True, False, "columns"], "nocl": [True, False]})
+        update_registered_converter(MLPRegressor, "NnkernMLPRegressor", _skl2onnx_shapes, _skl2onnx_converter)
+
+    if "skl2onnx" in sys.modules:
+        register()
+        return True
+    if importlib.util.find_spec("skl2onnx") is None:
         return False
-    update_registered_converter(MLPClassifier, "NnkernMLPClassifier", _skl2onnx_shapes, _skl2onnx_converter,
-                                options={"zipmap": [True, False, "columns"], "nocl": [True, False]})
-    update_registered_converter(MLPRegressor, "NnkernMLPRegressor", _skl2onnx_shapes, _skl2onnx_converter)
+    _call_after_import("skl2onnx", register)
     return True
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: on the first import of the top-level module ``name`` it has
+    the other finders find it, and has its loader call ``callback()`` once the module has
+    run (a post-import hook: PEP 369's idea, as wrapt's ``when_imported``)."""
+
+    def __init__(self, name: str, callback):
+        self.name, self.callback = name, callback
+        self._lock = threading.Lock()
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        with self._lock:
+            if self not in sys.meta_path:  # another thread's import took the hook
+                return None
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run_module, callback = spec.loader.exec_module, self.callback
+
+        def exec_module(module):
+            run_module(module)
+            try:
+                callback()
+            except Exception as exc:  # the user's import of skl2onnx must not fail for nnkern
+                warnings.warn(f"nnkern could not register its estimators with {fullname}: {exc!r}",
+                              RuntimeWarning, stacklevel=2)
+
+        spec.loader.exec_module = exec_module  # this module's loader alone, all else of it kept
+        return spec
+
+
+def _call_after_import(name: str, callback) -> None:
+    """``callback()`` once the top-level module ``name`` is first imported."""
+    sys.meta_path.insert(0, _AfterImport(name, callback))
 
 
 # ---------------------------------------------------------------------------------------
