@@ -331,3 +331,111 @@ def test_what_the_float_heads_refuse(backend):
     poisson = _output_loss("exp", "poisson")
     with pytest.raises(FusedStepUnavailable, match="exp / poisson output trains layer by layer"):
         build_fused_step(single, optim.SGD(single, lr=0.1), poisson, x, np.abs(y[:, 0]), 8)
+
+
+# -- an epoch in one call (step.epochs: the Cython engine) ---------------------------------------
+
+
+def _epoch_and_steps(head, dtype, x_dtype, batch, make_optimizer, sparse_x=False):
+    """The same epoch (a shuffled order, the last batch shorter unless ``batch`` divides it)
+    trained by ``step.epochs`` and by the step one batch at a time, from equal models:
+    (per-batch results, parameters, optimizer steps) of each."""
+    from nnkern.training import select_step
+
+    make_loss, sigmoid, binary = HEADS[head] if head != "softmax" else (nn.CrossEntropyLoss, False, False)
+    rng = np.random.default_rng(batch)  # (the rates keep every loss finite)
+    n, outputs = 61, 3
+    x = rng.standard_normal((n, 9))
+    if sparse_x:
+        x[rng.random(x.shape) < 0.8] = 0.0
+    x = x.astype(x_dtype)
+    if head == "softmax":
+        y = rng.integers(0, outputs, n)
+    else:
+        y = (rng.random((n, outputs)) > 0.5).astype(float) if binary else rng.standard_normal((n, outputs))
+    order = rng.permutation(n).astype(np.int64)
+    batches = [order[i:i + batch] for i in range(0, n, batch)]
+    eps = [1e-8 * (k + 1) for k in range(len(batches))]  # per batch, as scikit-learn's Adam
+    decay = [1e-3 / len(rows) for rows in batches]
+    runs = []
+    for whole_epoch in (True, False):
+        layers = [nn.Linear(9, 13, seed=0), nn.ReLU(), nn.Linear(13, outputs, seed=1)]
+        model = nn.Sequential(*layers, *([nn.Sigmoid()] if sigmoid else []), backend="cython", dtype=dtype)
+        optimizer = make_optimizer()
+        optimizer.bind(model.parameters(), model.gradients(), backend="cython")
+        step = select_step(model, optimizer, model._objective(make_loss()), [x], [y], batch)
+        assert step.epochs is not None, "the Cython step has whole-epoch calls"
+        if whole_epoch:
+            losses, correct, squares = step.epochs(x, y)(order, batch, eps, decay, weight_squares=True)
+            rights = [None] * len(losses) if correct is None else correct.tolist()
+            results = list(zip(losses.tolist(), rights, squares.tolist()))
+        else:
+            results = []
+            for k, rows in enumerate(batches):
+                squared = sum(float(np.sum(np.square(W, dtype=np.float64))) for W in model.parameters()[0::2])
+                optimizer.hyperparameters["eps"] = eps[k]
+                optimizer.weight_decay = decay[k]
+                value, _, right = step.step(x[rows].astype(dtype), y[rows])
+                results.append((value, right[0], squared))
+        runs.append((results, [p.copy() for p in model.parameters()], optimizer.t))
+    return runs
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("head", ["softmax", "mse", "sklearn_logistic", "bce_after_sigmoid"])
+@pytest.mark.parametrize("batch", [1, 7, 61, 64])
+@pytest.mark.parametrize("make_optimizer", [lambda: optim.SGD(lr=0.01, momentum=0.9),
+                                            lambda: optim.Adam(lr=1e-2)], ids=["momentum", "adam"])
+def test_an_epoch_in_one_call_equals_its_steps(dtype, x_dtype, head, batch, make_optimizer):
+    """step.epochs gathers each batch's rows (converting x of the other float type as the
+    per-step path does) and runs the very steps the per-batch calls run: the parameters are
+    equal to the last bit, the losses too, and the weights' squares to round-off."""
+    pytest.importorskip("nnkern.backends.cython_backend")
+    if head != "softmax":
+        pytest.importorskip("sklearn")
+    (epoch_results, epoch_params, epoch_t), (step_results, step_params, step_t) = _epoch_and_steps(
+        head, dtype, x_dtype, batch, make_optimizer)
+    assert epoch_t == step_t == -(-61 // batch)
+    for got, want in zip(epoch_params, step_params):
+        np.testing.assert_array_equal(got, want)
+    assert np.all(np.isfinite([loss for loss, _, _ in step_results]))
+    np.testing.assert_array_equal([loss for loss, _, _ in epoch_results], [loss for loss, _, _ in step_results])
+    if head in ("softmax", "sklearn_logistic", "bce_after_sigmoid"):
+        assert [right for _, right, _ in epoch_results] == [right for _, right, _ in step_results]
+    np.testing.assert_allclose([s for _, _, s in epoch_results], [s for _, _, s in step_results], rtol=1e-12)
+
+
+def test_an_epoch_in_one_call_on_sparse_input():
+    pytest.importorskip("nnkern.backends.cython_backend")
+    (epoch_results, epoch_params, _), (step_results, step_params, _) = _epoch_and_steps(
+        "softmax", np.float32, np.float32, 16, lambda: optim.SGD(lr=0.1), sparse_x=True)
+    for got, want in zip(epoch_params, step_params):
+        np.testing.assert_array_equal(got, want)
+    assert [r[:2] for r in epoch_results] == [r[:2] for r in step_results]
+
+
+def test_an_epoch_in_one_call_checks_its_arguments():
+    pytest.importorskip("nnkern.backends.cython_backend")
+    from nnkern.training import select_step
+
+    x, y = _data(n=40, width=9, classes=3)
+    model = _model(nn.ReLU, np.float32, "cython", widths=(9, 5, 3))
+    optimizer = optim.SGD(lr=0.1)
+    optimizer.bind(model.parameters(), model.gradients(), backend="cython")
+    step = select_step(model, optimizer, model._objective(nn.CrossEntropyLoss()), [x], [y], 8)
+    run = step.epochs(x, y)
+    order = np.arange(40, dtype=np.int64)
+    with pytest.raises(ValueError, match=r"order must be int64 row indices in 0\.\.39"):
+        run(np.append(order, 40), 8, [0.0] * 6, [0.0] * 6)
+    with pytest.raises(ValueError, match=r"order must be int64 row indices"):
+        run(order.astype(np.int32), 8, [0.0] * 5, [0.0] * 5)
+    with pytest.raises(ValueError, match=r"one value per batch \(5\)"):
+        run(order, 8, [0.0] * 4, [0.0] * 5)
+    with pytest.raises(ValueError, match=r"batches of 9 rows, expected 1\.\.8"):
+        run(order, 9, [0.0] * 5, [0.0] * 5)
+    with pytest.raises(ValueError, match=r"labels 0\.\.3 for 3 classes"):
+        step.epochs(x, np.append(y[:-1], 3))
+    with pytest.raises(ValueError, match=r"x must be C-contiguous float32 or float64 \(n, 9\)"):
+        step.epochs(np.asfortranarray(x), y)(order, 8, [0.0] * 5, [0.0] * 5)
+    assert optimizer.t == 0  # nothing trained

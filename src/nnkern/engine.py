@@ -268,6 +268,39 @@ def build_fused_step(model, optimizer, loss, x, y, batch_size: int):
     def step(xb, yb, row_weights=None):
         return run(fused.step, xb, yb, row_weights)
 
+    if hasattr(fused, "epoch"):
+        def epochs(x, targets):
+            """``run(order, batch_size, eps, weight_decay, weight_squares=False)``: a pass over
+            the rows ``order`` of (x, targets) in batches of ``batch_size``, in one compiled
+            call with the GIL released (nnkern.sklearn's epochs; ~20% of a small network's
+            step was the Python between steps). x: C-contiguous float32 or float64, read in
+            place; ``eps``, ``weight_decay``: one per batch; the rate and the rule's other
+            hyperparameters are the optimizer's now. ``run`` returns per batch (loss, right
+            predictions or None, the sum of the squared weight matrices before its step or
+            0) and counts the steps; or None, training nothing, where the step's plan is
+            still being timed (NNKERN_PLAN=auto) or the optimizer's schedule changes the rate
+            within the epoch. The targets are checked once, here."""
+            if labels:
+                targets = np.ascontiguousarray(targets, dtype=np.int64)
+                if len(targets) and not 0 <= targets.min() <= targets.max() < outputs:
+                    raise ValueError(f"fused epoch: labels {targets.min()}..{targets.max()} for {outputs} classes")
+            else:
+                targets = _batch_targets(targets, dtype, len(x), outputs)
+
+            def run(order, batch_size: int, eps, weight_decay, weight_squares: bool = False):
+                if planner.setting == "auto" or (optimizer.schedule is not None
+                                                 and optimizer.schedule.interval == "step"):
+                    return None
+                now = optimizer.update_rule()
+                losses, correct, squares = planner.run(lambda threads: fused.epoch(
+                    x, targets, order, batch_size, now.lr, now.a, now.b, eps, weight_decay, optimizer.t, threads,
+                    decay_biases=optimizer.DECAY_BIASES, weight_squares=weight_squares))
+                optimizer.count_steps(len(losses))
+                return losses, correct if counts else None, squares
+
+            return run
+
+        step.epochs = epochs
     step.logits = layers[-1][7]  # the last batch's z, the head's input (first rows of this buffer)
     step.sums_rows = head.sums_rows
     step.sparse_input = sparse

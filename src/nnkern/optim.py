@@ -257,8 +257,8 @@ class Optimizer:
     def _rule_name(self, name: str) -> str:
         return name
 
-    def _rule_eps(self) -> float:
-        """The ``eps`` of the rule the fused engines run for the coming step."""
+    def _rule_eps(self, step: int) -> float:
+        """The ``eps`` of the rule the fused engines run at ``step`` (1-based)."""
         return self.hyperparameters.get("eps", 0.0)
 
     def update_rule(self) -> UpdateRule | None:
@@ -273,7 +273,7 @@ class Optimizer:
         h = self.hyperparameters
         weight_decay = h.get("weight_decay", 0.0)
         return UpdateRule(name, UPDATE_RULE_CODES[name], h["lr"], h[a_name] if a_name else 0.0,
-                          h[b_name] if b_name else 0.0, self._rule_eps(), weight_decay,
+                          h[b_name] if b_name else 0.0, self._rule_eps(self.t + 1), weight_decay,
                           weight_decay if self.DECAY_BIASES else 0.0)
 
     def state_of(self, param) -> tuple:

@@ -49,9 +49,8 @@ class _ScikitLearnAdam(optim.Adam):
         """The epsilon of torch's rule that is scikit-learn's at step ``t`` (1-based)."""
         return self.hyperparameters["eps"] / math.sqrt(1.0 - self.hyperparameters["beta2"] ** t)
 
-    def _rule_eps(self) -> float:
-        # a fused engine reads the rule, then counts the step it takes: step t + 1
-        return self._eps_at(self.t + 1)
+    def _rule_eps(self, step: int) -> float:
+        return self._eps_at(step)
 
     def _update(self, p, g, state):
         h = self.hyperparameters
@@ -102,6 +101,27 @@ class _L2Penalty:
         for view in views:
             squares += float(np.dot(view, view))
         return 0.5 * self.alpha * squares / weight_sum
+
+
+class _EpochCall:
+    """An epoch of one fit in the engine's one call (``step.epochs``): ``call(order)`` is
+    the epoch's summed (loss + L2 penalty) * batch rows as the loop over batches adds them
+    up, or None where the engine trained nothing (the loop then does it)."""
+
+    def __init__(self, run, n_samples: int, batch_size: int, optimizer, alpha: float):
+        self.run, self.batch_size, self.optimizer, self.alpha = run, batch_size, optimizer, alpha
+        self.rows = np.diff(np.append(np.arange(0, n_samples, batch_size), n_samples)).astype(np.float64)
+        self.weight_decay = alpha / self.rows
+
+    def __call__(self, order):
+        t, rule_eps = self.optimizer.t, self.optimizer._rule_eps
+        eps = [rule_eps(t + k + 1) for k in range(len(self.rows))]
+        done = self.run(order, self.batch_size, eps, self.weight_decay, weight_squares=bool(self.alpha))
+        if done is None:
+            return None
+        losses, _, squares = done
+        penalties = 0.5 * self.alpha * squares / self.rows
+        return float(np.sum((losses + penalties) * self.rows))
 
 
 def _sgd(lr: float, momentum: float, nesterov: bool) -> optim.Optimizer:
@@ -263,6 +283,12 @@ class _Solvers:
         if self.verbose and step.fallback_reason:
             print(f"Training layer by layer, not on a fused engine: {step.fallback_reason}")
         l2_penalty = _L2Penalty(model, optimizer, settings["alpha"])
+        # a whole epoch in one compiled call where the engine has one (the Cython step): the
+        # rows of a dense C-contiguous X, unweighted (a weighted batch of weight 0 takes no step)
+        epochs = getattr(step, "epochs", None)
+        epoch_call = None
+        if epochs is not None and isinstance(X_train, np.ndarray) and X_train.flags.c_contiguous and sw_train is None:
+            epoch_call = _EpochCall(epochs(X_train, targets), n_samples, batch_size, optimizer, settings["alpha"])
         sample_idx = np.arange(n_samples)
         batch_rows = np.empty((batch_size, X_train.shape[1]), dtype) if self.shuffle else None
         callbacks = list(self.callbacks or ())
@@ -281,7 +307,10 @@ class _Solvers:
                 if self.shuffle:
                     sample_idx = _shuffled(sample_idx, self._random_state)
                 accumulated_loss = 0.0
-                for batch in _batches(n_samples, batch_size):
+                done = epoch_call(sample_idx) if epoch_call is not None else None
+                if done is not None:
+                    accumulated_loss = done
+                for batch in _batches(n_samples, batch_size) if done is None else ():
                     index = sample_idx[batch] if self.shuffle else batch
                     swb = None if sw_train is None else sw_train[index]
                     weight_sum = (batch.stop - batch.start) if swb is None else float(swb.sum())

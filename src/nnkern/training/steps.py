@@ -90,6 +90,8 @@ class FusedStep(TrainingStep):
         self.engine = f"{backend} fused step"
         self.first_call_note = function.first_call_note
         self.plan = getattr(function, "plan", None)
+        # the engine's whole-epoch calls, where it has them (nnkern.engine.build_fused_step)
+        self.epochs = getattr(function, "epochs", None)
 
     def step(self, xb, yb, wb=None):
         if wb is None:
