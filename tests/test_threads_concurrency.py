@@ -170,6 +170,31 @@ def test_joblib_threads_train_on_the_backend_set_for_the_process():
     assert seen == [(backend, backend)] * 4
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
+def test_estimator_fits_from_joblib_threads_equal_sequential_ones(backend):
+    """scikit-learn estimators fitted by joblib's threading backend (on "cython" each epoch
+    one call of the engine with the GIL released, the L2 penalty summed there) reach the
+    weights and loss curves of the same fits one after another."""
+    pytest.importorskip("sklearn")
+    from joblib import Parallel, delayed
+
+    from nnkern.sklearn import MLPClassifier
+
+    x, y = _data(1)
+
+    def fit(seed):
+        clf = MLPClassifier((24,), alpha=1e-3, max_iter=6, random_state=seed, backend=backend).fit(x, y)
+        return clf.coefs_ + clf.intercepts_, clf.loss_curve_
+
+    sequential = [fit(seed) for seed in range(4)]
+    threaded = Parallel(n_jobs=2, backend="threading")(delayed(fit)(seed) for seed in range(4))
+    for (params, losses), (want_params, want_losses) in zip(threaded, sequential):
+        assert losses == want_losses
+        for got, want in zip(params, want_params):
+            np.testing.assert_array_equal(got, want)
+
+
 WORKQUEUE_SCRIPT = textwrap.dedent("""
     import sys, threading
     import numpy as np

@@ -644,6 +644,38 @@ cdef void _run_step_share(nnk_team *team, int thread, void *context) noexcept no
         _step_share(call, team, thread, <const float *>call.x)
 
 
+cdef inline void _start_step(StepPlan *plan, StepCall *call, double lr, double a, double b, double eps,
+                             double weight_decay, double bias_weight_decay, long t, Py_ssize_t rows) noexcept nogil:
+    """The hyperparameters and the per-step fields of a step on ``rows`` rows (what step()
+    and each batch of epoch() set before running it)."""
+    plan.lr, plan.a, plan.b, plan.eps = lr, a, b, eps
+    plan.weight_decay, plan.bias_weight_decay, plan.t = weight_decay, bias_weight_decay, t
+    call.row_scale = 1.0 if plan.sums_rows else 1.0 / rows
+    call.rows = rows
+    call.loss = 0.0
+    call.correct = 0
+    call.failed = 0
+    call.n_marks = 0
+    call.sparse_rows_claimed = call.sparse_columns_claimed = 0
+
+
+cdef double _squares(const real *w, Py_ssize_t count) noexcept nogil:
+    """The sum of w's squared entries in float64 (four partial sums: independent chains of
+    additions, ~4x one chain's speed)."""
+    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
+    cdef Py_ssize_t i = 0
+    while i + 4 <= count:
+        s0 += <double>w[i] * w[i]
+        s1 += <double>w[i + 1] * w[i + 1]
+        s2 += <double>w[i + 2] * w[i + 2]
+        s3 += <double>w[i + 3] * w[i + 3]
+        i += 4
+    while i < count:
+        s0 += <double>w[i] * w[i]
+        i += 1
+    return (s0 + s1) + (s2 + s3)
+
+
 cdef inline void _convert_row(char *out, const char *row, Py_ssize_t n, bint to_double) noexcept nogil:
     """A row of n floats into doubles (to_double), or of n doubles into floats."""
     cdef Py_ssize_t i
@@ -880,9 +912,8 @@ cdef class FusedMLPStep:
             raise RuntimeError("FusedMLPStep: step() called from two threads at once on one model")
         self.busy = True
         try:
-            self.plan.lr, self.plan.a, self.plan.b, self.plan.eps = lr, a, b, eps
-            self.plan.weight_decay, self.plan.t = weight_decay, t
-            self.plan.bias_weight_decay = weight_decay if bias_weight_decay is None else bias_weight_decay
+            _start_step(&self.plan, call, lr, a, b, eps, weight_decay,
+                        weight_decay if bias_weight_decay is None else bias_weight_decay, t, rows)
             call.plan = &self.plan
             call.labels = NULL
             call.targets = NULL
@@ -897,15 +928,8 @@ cdef class FusedMLPStep:
                 call.targets = &ys[0, 0]
             if self.plan.head != HEAD_SOFTMAX_CROSS_ENTROPY and targets.shape[1] != outputs:
                 raise ValueError(f"FusedMLPStep: targets of {targets.shape[1]} columns for {outputs} outputs")
-            call.row_scale = 1.0 if self.plan.sums_rows else 1.0 / rows
             call.row_weights = &weights[0] if row_weights is not None else NULL
-            call.rows = rows
             call.is_double = self.is_double
-            call.loss = 0.0
-            call.correct = 0
-            call.failed = 0
-            call.n_marks = 0
-            call.sparse_rows_claimed = call.sparse_columns_claimed = 0
             if self.is_double:
                 xd = x
                 call.x = &xd[0, 0]
@@ -983,7 +1007,7 @@ cdef class FusedMLPStep:
         cdef int64_t source
         cdef StepCall call
         if self.busy:
-            raise RuntimeError("FusedMLPStep: step() called from two threads at once on one model")
+            raise RuntimeError("FusedMLPStep: epoch() called while another thread steps this model")
         self.busy = True
         try:
             call.plan = &self.plan
@@ -994,7 +1018,6 @@ cdef class FusedMLPStep:
             call.x = x_rows
             call.profiled = False
             call.failed = 0
-            self.plan.lr, self.plan.a, self.plan.b = lr, a, b
             with nogil:
                 for k in range(batches):
                     lo = k * batch_size
@@ -1008,14 +1031,8 @@ cdef class FusedMLPStep:
                         memcpy(target_rows + r * target_bytes, targets_all + source * target_bytes, target_bytes)
                     if weight_squares:
                         squares_out[k] = self._weight_squares()
-                    self.plan.eps, self.plan.weight_decay, self.plan.t = eps_of[k], decay_of[k], t + k + 1
-                    self.plan.bias_weight_decay = decay_of[k] if decay_biases else 0.0
-                    call.row_scale = 1.0 if self.plan.sums_rows else 1.0 / rows
-                    call.rows = rows
-                    call.loss = 0.0
-                    call.correct = 0
-                    call.n_marks = 0
-                    call.sparse_rows_claimed = call.sparse_columns_claimed = 0
+                    _start_step(&self.plan, &call, lr, a, b, eps_of[k], decay_of[k],
+                                decay_of[k] if decay_biases else 0.0, t + k + 1, rows)
                     nnk_team_run(&self.team, threads, _run_step_share, &call)
                     if call.failed:
                         break
@@ -1028,36 +1045,14 @@ cdef class FusedMLPStep:
         return losses, correct, squares
 
     cdef double _weight_squares(self) noexcept nogil:
-        """The sum of the squared entries of every layer's weight matrix, in float64 (four
-        partial sums: independent chains of additions, ~4x one chain's speed)."""
-        cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
-        cdef Py_ssize_t i, count
+        """The sum of the squared entries of every layer's weight matrix, in float64."""
+        cdef double total = 0.0
+        cdef Py_ssize_t count
         cdef int l
-        cdef const float *ws
-        cdef const double *wd
         for l in range(self.plan.n_layers):
             count = self.plan.layers[l].fan_in * self.plan.layers[l].fan_out
-            i = 0
             if self.is_double:
-                wd = <const double *>self.plan.layers[l].w
-                while i + 4 <= count:
-                    s0 += wd[i] * wd[i]
-                    s1 += wd[i + 1] * wd[i + 1]
-                    s2 += wd[i + 2] * wd[i + 2]
-                    s3 += wd[i + 3] * wd[i + 3]
-                    i += 4
-                while i < count:
-                    s0 += wd[i] * wd[i]
-                    i += 1
+                total += _squares(<const double *>self.plan.layers[l].w, count)
             else:
-                ws = <const float *>self.plan.layers[l].w
-                while i + 4 <= count:
-                    s0 += <double>ws[i] * ws[i]
-                    s1 += <double>ws[i + 1] * ws[i + 1]
-                    s2 += <double>ws[i + 2] * ws[i + 2]
-                    s3 += <double>ws[i + 3] * ws[i + 3]
-                    i += 4
-                while i < count:
-                    s0 += <double>ws[i] * ws[i]
-                    i += 1
-        return (s0 + s1) + (s2 + s3)
+                total += _squares(<const float *>self.plan.layers[l].w, count)
+        return total

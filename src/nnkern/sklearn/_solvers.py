@@ -90,8 +90,16 @@ class _L2Penalty:
         self.views = [W.ravel() for W in weights] if all(isinstance(W, np.ndarray) for W in weights) else None
         self.weights = weights
 
+    def gradient(self, weight_sum):
+        """The weight decay that is the penalty's gradient (times W), of a batch or batches."""
+        return self.alpha / weight_sum
+
+    def value(self, squares, weight_sum):
+        """The penalty of weights whose squares sum to ``squares``, of a batch or batches."""
+        return 0.5 * self.alpha * squares / weight_sum
+
     def before_step(self, weight_sum: float) -> float:
-        decay = self.alpha / weight_sum
+        decay = self.gradient(weight_sum)
         if self.optimizer.hyperparameters.get("weight_decay") != decay:
             self.optimizer.weight_decay = decay
         if not self.alpha:
@@ -100,7 +108,7 @@ class _L2Penalty:
         squares = 0.0
         for view in views:
             squares += float(np.dot(view, view))
-        return 0.5 * self.alpha * squares / weight_sum
+        return self.value(squares, weight_sum)
 
 
 class _EpochCall:
@@ -108,20 +116,19 @@ class _EpochCall:
     the epoch's summed (loss + L2 penalty) * batch rows as the loop over batches adds them
     up, or None where the engine trained nothing (the loop then does it)."""
 
-    def __init__(self, run, n_samples: int, batch_size: int, optimizer, alpha: float):
-        self.run, self.batch_size, self.optimizer, self.alpha = run, batch_size, optimizer, alpha
+    def __init__(self, run, n_samples: int, batch_size: int, optimizer, l2_penalty: _L2Penalty):
+        self.run, self.batch_size, self.optimizer, self.l2_penalty = run, batch_size, optimizer, l2_penalty
         self.rows = np.diff(np.append(np.arange(0, n_samples, batch_size), n_samples)).astype(np.float64)
-        self.weight_decay = alpha / self.rows
+        self.weight_decay = l2_penalty.gradient(self.rows)
 
     def __call__(self, order):
         t, rule_eps = self.optimizer.t, self.optimizer._rule_eps
         eps = [rule_eps(t + k + 1) for k in range(len(self.rows))]
-        done = self.run(order, self.batch_size, eps, self.weight_decay, weight_squares=bool(self.alpha))
+        done = self.run(order, self.batch_size, eps, self.weight_decay, weight_squares=bool(self.l2_penalty.alpha))
         if done is None:
             return None
         losses, _, squares = done
-        penalties = 0.5 * self.alpha * squares / self.rows
-        return float(np.sum((losses + penalties) * self.rows))
+        return float(np.sum((losses + self.l2_penalty.value(squares, self.rows)) * self.rows))
 
 
 def _sgd(lr: float, momentum: float, nesterov: bool) -> optim.Optimizer:
@@ -288,7 +295,7 @@ class _Solvers:
         epochs = getattr(step, "epochs", None)
         epoch_call = None
         if epochs is not None and isinstance(X_train, np.ndarray) and X_train.flags.c_contiguous and sw_train is None:
-            epoch_call = _EpochCall(epochs(X_train, targets), n_samples, batch_size, optimizer, settings["alpha"])
+            epoch_call = _EpochCall(epochs(X_train, targets), n_samples, batch_size, optimizer, l2_penalty)
         sample_idx = np.arange(n_samples)
         batch_rows = np.empty((batch_size, X_train.shape[1]), dtype) if self.shuffle else None
         callbacks = list(self.callbacks or ())
